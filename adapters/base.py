@@ -1,0 +1,167 @@
+"""The Adapter contract: the only place that knows a model's quirks.
+
+An adapter turns (image, question) into a ``Record`` (store/schema.py) with one forward pass,
+and exposes what attribution methods (analysis/attribution.py) need, in model-independent
+terms:
+
+- ``attribution_spec(image, question)`` -> ``AttributionSpec``: the model inputs, baselines,
+  and how positions of the attributed layers map to words and image regions;
+- ``forward_logits(inputs)`` -> (batch, answers) differentiable logits;
+- ``attribution_layers()`` -> {"text": module, "image": module} for LayerIntegratedGradients;
+  ``layer_scores(name, attribution)`` reduces a layer attribution to one score per word / region;
+- ``attention_probs(inputs)`` -> logits and every attention map, in the graph (for gradient-weighted
+  relevance and rollout);
+- ``occlude(inputs, spec, region_mask, word_mask)`` -> inputs with those regions / words replaced
+  by their baseline (for occlusion and deletion curves).
+
+Loading never passes ``trust_remote_code``. Models are put in eval mode.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+from PIL import Image
+
+from store.schema import Prediction, Record
+
+
+class AdapterError(RuntimeError):
+    """A model could not be loaded or run; the message says why and what to do."""
+
+
+class InputError(ValueError):
+    """The user's input (image, question) cannot be used; the message says why."""
+
+
+def image_bytes_of(image: Image.Image) -> bytes:
+    """Canonical bytes of an image for hashing: mode + size + raw RGB pixels."""
+    rgb = image.convert("RGB")
+    return f"{rgb.size}".encode() + rgb.tobytes()
+
+
+def example_id_of(image: Image.Image, question: str) -> str:
+    """Content hash of (image pixels, question); the same in every adapter, so runs join."""
+    h = hashlib.sha256()
+    h.update(hashlib.sha256(image_bytes_of(image)).digest())
+    h.update(" ".join(question.strip().split()).encode("utf-8"))
+    return h.hexdigest()[:24]
+
+
+def display_copy(image: Image.Image, max_side: int = 384) -> np.ndarray:
+    """A (y, x, 3) uint8 copy for the store: boxes are fractions, so any resolution overlays."""
+    rgb = image.convert("RGB")
+    if max(rgb.size) > max_side:
+        rgb = rgb.copy()
+        rgb.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+    return np.asarray(rgb, dtype=np.uint8).copy()
+
+
+@dataclass(frozen=True, kw_only=True)
+class AttributionSpec:
+    """Everything attribution methods need for one input, in model-independent terms.
+
+    inputs / baselines: keyword tensors for ``forward_logits`` (batch of 1); the baseline is a
+    zero image and padding tokens in place of the words (special tokens kept).
+    words: record token index of each position of the "text" layer's output (text and special).
+    regions: one entry per image unit of the "image" layer (ViLT: patches in (row, col) order),
+    with its box in the source image and the record token it becomes.
+    """
+
+    record_tokens: tuple[str, ...]
+    record_modality: tuple[str, ...]
+    inputs: dict
+    baselines: dict
+    word_token_index: np.ndarray  # (W,) -> record token index, for the text layer's positions
+    word_is_special: np.ndarray  # (W,) bool
+    region_boxes: np.ndarray  # (R, 4) x0, y0, x1, y1 in 0..1 of the source image
+    region_token_index: np.ndarray  # (R,) -> record token index
+    cls_token_index: int  # record token whose final state the classifier reads
+    notices: tuple[str, ...] = ()
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def words(self) -> list[str]:
+        return [self.record_tokens[i] for i in self.word_token_index]
+
+
+class Adapter(ABC):
+    """Base class of every model adapter. Subclasses register in adapters/registry.py."""
+
+    name: ClassVar[str]  # registry key
+    version: ClassVar[str]  # bump when the Record an adapter writes changes
+    architecture: ClassVar[str]  # "single-stream" | "dual-stream"
+    default_source: ClassVar[str]  # hub id or local directory
+    description: ClassVar[str] = ""
+    needs: ClassVar[str] = "pixels"  # "pixels" or "regions" (detector features)
+
+    model_id: str
+    max_text_tokens: int
+
+    # ---- loading and running -----------------------------------------------------------------
+    @classmethod
+    @abstractmethod
+    def load(cls, source: str | Path | None = None, *, device: str = "cpu") -> "Adapter":
+        """Load from a hub id or a local directory (never trust_remote_code)."""
+
+    @abstractmethod
+    def run(self, image: Image.Image, question: str, *, top_k: int = 5, label: str | None = None,
+            source_key: str | None = None) -> Record:
+        """One forward that captures every attention kind and hidden state."""
+
+    @abstractmethod
+    def predict(self, image: Image.Image, question: str, *, top_k: int = 5) -> Prediction:
+        """Top-k answers only (no capture)."""
+
+    @abstractmethod
+    def answers(self) -> list[str]:
+        """The answer vocabulary, in logit order."""
+
+    def provenance(self) -> dict:
+        """Group attributes of a run recorded with this adapter."""
+        import platform
+
+        import torch
+        import transformers
+
+        return {
+            "model_id": self.model_id,
+            "adapter": self.name,
+            "adapter_version": self.version,
+            "architecture": self.architecture,
+            "config": self.config_summary(),
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                         "python": platform.python_version()},
+        }
+
+    def config_summary(self) -> dict:
+        return {}
+
+    # ---- attribution contract (see module docstring) -----------------------------------------
+    def attribution_spec(self, image: Image.Image, question: str) -> AttributionSpec:
+        raise NotImplementedError(f"{self.name} does not support attribution yet")
+
+    def forward_logits(self, **inputs):
+        raise NotImplementedError(f"{self.name} does not support attribution yet")
+
+    def attribution_layers(self) -> dict:
+        raise NotImplementedError(f"{self.name} does not support attribution yet")
+
+    def layer_scores(self, name: str, attribution, spec: AttributionSpec) -> np.ndarray:
+        raise NotImplementedError(f"{self.name} does not support attribution yet")
+
+    def attention_probs(self, inputs: dict):
+        """(logits, {kind: [tensor (batch, head, query, key) per layer]}, {kind: (query_index, key_index)}).
+
+        The attention tensors are part of the autograd graph (call ``retain_grad`` on them to get
+        their gradients). Indices map query / key positions to record tokens.
+        """
+        raise NotImplementedError(f"{self.name} does not support attribution yet")
+
+    def occlude(self, inputs: dict, spec: AttributionSpec, *, region_mask=None, word_mask=None) -> dict:
+        raise NotImplementedError(f"{self.name} does not support attribution yet")

@@ -1,0 +1,1 @@
+"""Pure computations on Records and arrays: no Streamlit, no store, no model loading."""

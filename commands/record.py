@@ -1,0 +1,61 @@
+"""`cli.py record`: record a data set through one or more models into a store."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def add_arguments(p):
+    p.add_argument("--model", action="append", required=True,
+                   help="model name (see `models`) or ADAPTER:HUB_ID_OR_DIR; repeat to record several")
+    p.add_argument("--dataset", default="easyvqa", help="data set spec (default: easyvqa)")
+    p.add_argument("--split", default="test", help="split, for data sets that have them (default: test)")
+    p.add_argument("--limit", type=int, default=None, help="record at most N examples")
+    p.add_argument("--out", required=True, help="store path (directory) or fsspec URL")
+    p.add_argument("--run", default=None, help="run name (default: the model name); one model only")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--workers", type=int, default=1, help="processes to record with (default 1)")
+    p.add_argument("--scheduler", default=None, help="Dask scheduler address (tcp://host:8786) to record on a cluster")
+
+
+def run_name_for(model: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", model.split(":")[-1].strip("/")).strip("-")[:100] or "run"
+
+
+def run(args) -> int:
+    from adapters.registry import load_model, resolve_model
+    from record import limited, record_examples
+    from sources import open_source
+    from store.zarr_store import VLStore
+
+    if args.limit is not None and args.limit < 1:
+        raise ValueError("--limit must be at least 1")
+    if args.run and len(args.model) > 1:
+        raise ValueError("--run names one run; leave it out when recording several models")
+    for m in args.model:
+        resolve_model(m)  # fail fast on an unknown name, before any work
+    out = args.out
+    if "://" not in out:
+        parent = Path(out).resolve().parent
+        if not parent.exists():
+            raise FileNotFoundError(f"--out: directory {parent} does not exist")
+    source = open_source(args.dataset, split=args.split)
+    total = len(source) if args.limit is None else min(args.limit, len(source))
+    store = VLStore(out, mode="a")
+    for m in args.model:
+        run_name = args.run or run_name_for(m)
+        if args.workers > 1 or args.scheduler:
+            from record_parallel import record_parallel
+
+            res = record_parallel(m, args.dataset, args.split, args.limit, out, run_name,
+                                  workers=args.workers, scheduler=args.scheduler, top_k=args.top_k)
+        else:
+            adapter = load_model(m)
+            res = record_examples(adapter, limited(iter(source), args.limit), store, run_name, total=total,
+                                  top_k=args.top_k)
+        print(f"{run_name}: {res.written} written, {res.skipped} already there, {len(res.failed)} failed "
+              f"in {res.seconds:.1f} s -> {out}")
+        for key, why in res.failed[:10]:
+            print(f"  failed {key}: {why}")
+    return 0

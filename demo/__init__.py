@@ -1,0 +1,1 @@
+"""easy-VQA demo models: build, train and record them (see README 'Demo models')."""

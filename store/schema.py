@@ -1,0 +1,267 @@
+"""The Record: one example through one model, in one schema for every adapter.
+
+Every array carries named dimensions (``DIMS``), so no view guesses what an axis means.
+Records are frozen and validated in ``__post_init__``; an invalid record fails at construction
+with a ``RecordError`` that names the field and the problem.
+
+Token coordinates (length N, the record's token list):
+    tokens[n]       display string
+    modality[n]     "text" | "image" | "special"  (explicit, never inferred from position)
+    token_boxes[n]  (x0, y0, x1, y1) in 0..1 of the source image for image tokens, NaN otherwise
+    token_grid[n]   (row, col) of a grid patch, (-1, -1) when not a grid cell
+    token_spans[n]  (start, end) character span in the question for text tokens, (-1, -1) otherwise
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Mapping
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+MODALITIES = ("text", "image", "special")
+# Tolerance on attention row sums: values are stored in float16 (about 3 significant digits).
+ROW_SUM_TOLERANCE = 2e-2
+
+
+class RecordError(ValueError):
+    """A Record (or one of its parts) is invalid. The message names the field."""
+
+
+def _fail(field_name: str, problem: str):
+    raise RecordError(f"{field_name}: {problem}")
+
+
+def _as_index(name: str, value, n_tokens: int | None) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.ndim != 1:
+        _fail(name, f"must be 1-D, got shape {arr.shape}")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        _fail(name, f"must hold integer token indices, got dtype {arr.dtype}")
+    arr = arr.astype(np.int32, copy=False)
+    if n_tokens is not None and arr.size and (arr.min() < 0 or arr.max() >= n_tokens):
+        _fail(name, f"token indices must lie in [0, {n_tokens}), got [{arr.min()}, {arr.max()}]")
+    if len(np.unique(arr)) != len(arr):
+        _fail(name, "token indices must be unique")
+    arr.setflags(write=False)
+    return arr
+
+
+@dataclass(frozen=True, kw_only=True)
+class AttentionBlock:
+    """One kind of attention: values (layer, head, query, key), rows are softmax rows over keys."""
+
+    DIMS = ("layer", "head", "query", "key")
+    values: np.ndarray
+    query_index: np.ndarray  # (query,) -> Record.tokens
+    key_index: np.ndarray  # (key,)  -> Record.tokens
+
+    def __post_init__(self):
+        v = np.asarray(self.values)
+        if v.ndim != 4:
+            _fail("attention.values", f"must have dims {self.DIMS}, got shape {v.shape}")
+        if not np.issubdtype(v.dtype, np.floating):
+            _fail("attention.values", f"must be floating point, got {v.dtype}")
+        v = v.astype(np.float16, copy=False)
+        v.setflags(write=False)
+        object.__setattr__(self, "values", v)
+        qi = _as_index("attention.query_index", self.query_index, None)
+        ki = _as_index("attention.key_index", self.key_index, None)
+        if len(qi) != v.shape[2]:
+            _fail("attention.query_index", f"has {len(qi)} entries for {v.shape[2]} queries")
+        if len(ki) != v.shape[3]:
+            _fail("attention.key_index", f"has {len(ki)} entries for {v.shape[3]} keys")
+        object.__setattr__(self, "query_index", qi)
+        object.__setattr__(self, "key_index", ki)
+
+    @property
+    def n_layers(self) -> int:
+        return self.values.shape[0]
+
+    @property
+    def n_heads(self) -> int:
+        return self.values.shape[1]
+
+
+@dataclass(frozen=True, kw_only=True)
+class HiddenBlock:
+    """Hidden states of one stream: (layer, token, dim); layer 0 is the embeddings output."""
+
+    DIMS = ("layer", "token", "dim")
+    values: np.ndarray
+    token_index: np.ndarray  # (token,) -> Record.tokens
+
+    def __post_init__(self):
+        v = np.asarray(self.values)
+        if v.ndim != 3:
+            _fail("hidden.values", f"must have dims {self.DIMS}, got shape {v.shape}")
+        if not np.issubdtype(v.dtype, np.floating):
+            _fail("hidden.values", f"must be floating point, got {v.dtype}")
+        v = v.astype(np.float16, copy=False)
+        v.setflags(write=False)
+        object.__setattr__(self, "values", v)
+        ti = _as_index("hidden.token_index", self.token_index, None)
+        if len(ti) != v.shape[1]:
+            _fail("hidden.token_index", f"has {len(ti)} entries for {v.shape[1]} tokens")
+        object.__setattr__(self, "token_index", ti)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Prediction:
+    """Top-k answers, best first, with their probabilities."""
+
+    answers: tuple[str, ...]
+    probabilities: tuple[float, ...]
+
+    def __post_init__(self):
+        answers = tuple(str(a) for a in self.answers)
+        probs = tuple(float(p) for p in self.probabilities)
+        if not answers:
+            _fail("prediction.answers", "must hold at least one answer")
+        if len(answers) != len(probs):
+            _fail("prediction", f"{len(answers)} answers but {len(probs)} probabilities")
+        for p in probs:
+            if not (0.0 <= p <= 1.0 + 1e-6) or math.isnan(p):
+                _fail("prediction.probabilities", f"must lie in [0, 1], got {p}")
+        if any(probs[i] < probs[i + 1] - 1e-9 for i in range(len(probs) - 1)):
+            _fail("prediction.probabilities", "must be sorted best first")
+        object.__setattr__(self, "answers", answers)
+        object.__setattr__(self, "probabilities", probs)
+
+    @property
+    def top(self) -> str:
+        return self.answers[0]
+
+    @property
+    def confidence(self) -> float:
+        return self.probabilities[0]
+
+
+def _freeze_mapping(name: str, value, cls) -> Mapping:
+    if not isinstance(value, Mapping):
+        _fail(name, f"must be a mapping of name -> {cls.__name__}")
+    out = {}
+    for k, v in value.items():
+        if not isinstance(k, str) or not k or "/" in k:
+            _fail(name, f"keys must be non-empty names without '/', got {k!r}")
+        if not isinstance(v, cls):
+            _fail(f"{name}[{k!r}]", f"must be a {cls.__name__}, got {type(v).__name__}")
+        out[k] = v
+    return MappingProxyType(out)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Record:
+    """One example through one model. See the module docstring for the token coordinates."""
+
+    example_id: str
+    question: str
+    tokens: tuple[str, ...]
+    modality: tuple[str, ...]
+    token_boxes: np.ndarray  # (token, 4) float32
+    token_grid: np.ndarray  # (token, 2) int32
+    token_spans: np.ndarray  # (token, 2) int32
+    image: np.ndarray  # (y, x, 3) uint8, a display copy of the source image
+    attention: Mapping[str, AttentionBlock]
+    hidden: Mapping[str, HiddenBlock]
+    prediction: Prediction
+    label: str | None = None
+    source_key: str | None = None
+    notices: tuple[str, ...] = ()
+    meta: Mapping = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not isinstance(self.example_id, str) or not self.example_id or "/" in self.example_id:
+            _fail("example_id", f"must be a non-empty string without '/', got {self.example_id!r}")
+        if not isinstance(self.question, str):
+            _fail("question", f"must be a string, got {type(self.question).__name__}")
+        tokens = tuple(self.tokens)
+        if not tokens:
+            _fail("tokens", "must hold at least one token")
+        if not all(isinstance(t, str) for t in tokens):
+            _fail("tokens", "must all be strings")
+        n = len(tokens)
+        modality = tuple(self.modality)
+        if len(modality) != n:
+            _fail("modality", f"has {len(modality)} entries for {n} tokens")
+        bad = sorted({m for m in modality if m not in MODALITIES})
+        if bad:
+            _fail("modality", f"values must be one of {MODALITIES}, got {bad}")
+        object.__setattr__(self, "tokens", tokens)
+        object.__setattr__(self, "modality", modality)
+
+        boxes = np.asarray(self.token_boxes, dtype=np.float32)
+        if boxes.shape != (n, 4):
+            _fail("token_boxes", f"must have shape ({n}, 4), got {boxes.shape}")
+        is_image = np.array([m == "image" for m in modality])
+        img_boxes = boxes[is_image]
+        if np.isnan(img_boxes).any():
+            _fail("token_boxes", "every image token needs a box")
+        if img_boxes.size:
+            if (img_boxes < -1e-6).any() or (img_boxes > 1 + 1e-6).any():
+                _fail("token_boxes", "image token boxes must lie inside the image (0..1)")
+            if (img_boxes[:, 2] < img_boxes[:, 0]).any() or (img_boxes[:, 3] < img_boxes[:, 1]).any():
+                _fail("token_boxes", "boxes must satisfy x0 <= x1 and y0 <= y1")
+        grid = np.asarray(self.token_grid)
+        if grid.shape != (n, 2):
+            _fail("token_grid", f"must have shape ({n}, 2), got {grid.shape}")
+        spans = np.asarray(self.token_spans)
+        if spans.shape != (n, 2):
+            _fail("token_spans", f"must have shape ({n}, 2), got {spans.shape}")
+        if spans.size and (spans.max() > len(self.question)):
+            _fail("token_spans", "character spans must lie inside the question")
+        image = np.asarray(self.image)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or min(image.shape[:2]) < 1:
+            _fail("image", f"must be a (y, x, 3) uint8 array, got {image.shape} {image.dtype}")
+        for name, arr in (("token_boxes", boxes), ("token_grid", grid.astype(np.int32)),
+                          ("token_spans", spans.astype(np.int32)), ("image", image)):
+            arr = np.array(arr, copy=True)
+            arr.setflags(write=False)
+            object.__setattr__(self, name, arr)
+
+        attention = _freeze_mapping("attention", self.attention, AttentionBlock)
+        if not attention:
+            _fail("attention", "must hold at least one kind")
+        for kind, block in attention.items():
+            for idx_name in ("query_index", "key_index"):
+                idx = getattr(block, idx_name)
+                if idx.size and idx.max() >= n:
+                    _fail(f"attention[{kind!r}].{idx_name}", f"points past the {n} tokens")
+            sums = block.values.astype(np.float32).sum(axis=-1)
+            if block.values.size and np.abs(sums - 1.0).max() > ROW_SUM_TOLERANCE:
+                worst = float(np.abs(sums - 1.0).max())
+                _fail(f"attention[{kind!r}]", f"rows must be softmax rows summing to 1 (worst off by {worst:.3g})")
+        hidden = _freeze_mapping("hidden", self.hidden, HiddenBlock)
+        for stream, block in hidden.items():
+            if block.token_index.size and block.token_index.max() >= n:
+                _fail(f"hidden[{stream!r}].token_index", f"points past the {n} tokens")
+        object.__setattr__(self, "attention", attention)
+        object.__setattr__(self, "hidden", hidden)
+        if not isinstance(self.prediction, Prediction):
+            _fail("prediction", "must be a Prediction")
+        if self.label is not None and not isinstance(self.label, str):
+            _fail("label", "must be a string or None")
+        object.__setattr__(self, "notices", tuple(str(x) for x in self.notices))
+        if not isinstance(self.meta, Mapping):
+            _fail("meta", "must be a mapping")
+        object.__setattr__(self, "meta", MappingProxyType(dict(self.meta)))
+
+    # ---- derived, read-only -------------------------------------------------------------------
+    @property
+    def n_tokens(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def correct(self) -> bool | None:
+        if self.label is None:
+            return None
+        return self.prediction.top == self.label
+
+    def indices(self, modality: str) -> np.ndarray:
+        return np.array([i for i, m in enumerate(self.modality) if m == modality], dtype=np.int32)
+
+    @property
+    def single_stream(self) -> bool:
+        return set(self.attention) == {"self"}

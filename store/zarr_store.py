@@ -1,0 +1,454 @@
+"""Read and write Records in a Zarr v3 store.
+
+Layout (one group per model run; every array has ``dimension_names``)::
+
+    <root>/                                   attrs: {"vl_lens": {"format": ..., "schema_version": N}}
+      runs/<run>/                             attrs: provenance (model, adapter, versions, config)
+        examples/<example_id>/                attrs: tokens, modality, prediction, ...; "committed" last
+          image              (y, x, channel)            uint8
+          token_boxes        (token, coord)             float32
+          token_grid         (token, axis)              int32
+          token_spans        (token, bound)             int32
+          attention/<kind>   (layer, head, query, key)  float16, chunk = one (layer, head) block
+          hidden/<stream>    (layer, token, dim)        float16, chunk = one layer
+          head_stats/<kind>  (stat, layer, head)        float32
+        index/                                attrs: summary rows of the examples it covers
+          head_stats/<kind>  (example, stat, layer, head) float32
+
+Commit protocol: an example's arrays are written first and its group attribute ``committed``
+last, so a reader never sees a half-written example and a run killed midway keeps every
+committed example; a rerun deletes uncommitted leftovers and resumes. Writers of different
+examples touch disjoint keys, so parallel workers need no lock. ``index/`` is a consolidated
+summary written after a run; readers merge it with any committed example it does not yet cover,
+so it is an accelerator, never a source of truth.
+
+Only JSON and numeric arrays are ever read back: nothing here unpickles anything.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import zarr
+from zarr.core.sync import sync
+
+from store.schema import SCHEMA_VERSION, AttentionBlock, HiddenBlock, Prediction, Record, RecordError
+
+FORMAT_NAME = "vl-lens-store"
+RUN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+class StoreError(RuntimeError):
+    """The store cannot be used: missing, foreign, corrupt, newer, or read-only. Message says which."""
+
+
+def _jsonable(obj):
+    """Convert numpy scalars / arrays / tuples in attributes to plain JSON values."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    if hasattr(obj, "items"):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    return obj
+
+
+def _open_store(location: str | Path, read_only: bool):
+    loc = str(location)
+    if "://" in loc and not loc.startswith("file://"):
+        from zarr.storage import FsspecStore
+
+        return FsspecStore.from_url(loc, read_only=read_only)
+    from zarr.storage import LocalStore
+
+    path = Path(loc.removeprefix("file://"))
+    if read_only and not path.exists():
+        raise StoreError(f"no store at {path}")
+    return LocalStore(path, read_only=read_only)
+
+
+def _list_dir(store, prefix: str) -> list[str]:
+    async def collect():
+        # Child node names only: zarr.json is the node's own metadata document.
+        return [k async for k in store.list_dir(prefix) if k != "zarr.json"]
+
+    try:
+        return sync(collect())
+    except FileNotFoundError:
+        return []
+
+
+@dataclass(frozen=True)
+class ExampleSummary:
+    """One row of a run's example table (what the browser and aggregates need, no arrays)."""
+
+    example_id: str
+    question: str
+    label: str | None
+    answer: str
+    confidence: float
+    answers: tuple[str, ...]
+    probabilities: tuple[float, ...]
+    correct: bool | None
+    source_key: str | None
+    n_tokens: int
+    group: str | None = None
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+class VLStore:
+    """A VL-Lens store: a Zarr group holding one group per model run."""
+
+    def __init__(self, location: str | Path, *, mode: str = "r"):
+        if mode not in ("r", "a"):
+            raise ValueError("mode must be 'r' (read) or 'a' (read and write)")
+        self.location = str(location)
+        self.read_only = mode == "r"
+        try:
+            self._store = _open_store(location, read_only=self.read_only)
+            if mode == "a":
+                root = zarr.open_group(self._store, mode="a")
+                meta = root.attrs.get("vl_lens")
+                if meta is None:
+                    if list(root.keys()):
+                        raise StoreError(f"{location} is a Zarr store from another tool (no 'vl_lens' attributes); "
+                                         "refusing to write into it")
+                    root.attrs["vl_lens"] = {"format": FORMAT_NAME, "schema_version": SCHEMA_VERSION}
+                    root.require_group("runs")
+            else:
+                root = zarr.open_group(self._store, mode="r")
+        except StoreError:
+            raise
+        except PermissionError as e:
+            raise StoreError(f"cannot write to {location}: permission denied (open it read-only, or choose "
+                             "another --out)") from e
+        except OSError as e:
+            if getattr(e, "errno", None) == 30:  # EROFS
+                raise StoreError(f"cannot write to {location}: the file system is read-only") from e
+            raise StoreError(f"cannot open store {location}: {e}") from e
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
+            raise StoreError(f"{location} is not a Zarr store (no group found)") from e
+        except (ValueError, KeyError, json.JSONDecodeError) as e:
+            raise StoreError(f"{location} is not a readable Zarr store (corrupt metadata: {e})") from e
+        self._root = root
+        meta = root.attrs.get("vl_lens")
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+            raise StoreError(f"{location} is not a VL-Lens store (it may come from another tool)")
+        version = meta.get("schema_version")
+        if not isinstance(version, int) or version > SCHEMA_VERSION:
+            raise StoreError(f"{location} was written with store schema version {version}; this VL-Lens reads "
+                             f"up to version {SCHEMA_VERSION}. Upgrade VL-Lens to read it.")
+
+    # ---- runs --------------------------------------------------------------------------------
+    def runs(self) -> list[str]:
+        return sorted(_list_dir(self._store, "runs"))
+
+    def run(self, name: str) -> "RunReader":
+        if name not in self.runs():
+            raise StoreError(f"store {self.location} has no run {name!r}; runs: {', '.join(self.runs()) or 'none'}")
+        return RunReader(self, name)
+
+    def writer(self, name: str, provenance: dict) -> "RunWriter":
+        if self.read_only:
+            raise StoreError(f"store {self.location} is open read-only")
+        if not RUN_NAME_RE.match(name):
+            raise StoreError(f"run name {name!r} must be letters, digits, '.', '_' or '-'")
+        return RunWriter(self, name, provenance)
+
+
+class RunReader:
+    """Reads one run. Each method reads only what it returns (one head = one chunk)."""
+
+    def __init__(self, store: VLStore, name: str):
+        self.store = store
+        self.name = name
+        self.path = f"runs/{name}"
+        self._group = zarr.open_group(store._store, path=self.path, mode="r")
+
+    # ---- provenance / listing ----------------------------------------------------------------
+    @property
+    def provenance(self) -> dict:
+        return dict(self._group.attrs.get("provenance", {}))
+
+    def _example_group(self, eid: str):
+        return zarr.open_group(self.store._store, path=f"{self.path}/examples/{eid}", mode="r")
+
+    def _example_attrs(self, eid: str) -> dict | None:
+        try:
+            attrs = dict(self._example_group(eid).attrs)
+        except Exception:  # missing or half-written metadata: not committed
+            return None
+        return attrs if attrs.get("committed") is True else None
+
+    def _index(self) -> tuple[list[dict], dict[str, np.ndarray]]:
+        try:
+            idx = zarr.open_group(self.store._store, path=f"{self.path}/index", mode="r")
+            rows = list(idx.attrs.get("examples", []))
+            stats = {}
+            for kind in _list_dir(self.store._store, f"{self.path}/index/head_stats"):
+                arr = zarr.open_array(self.store._store, path=f"{self.path}/index/head_stats/{kind}", mode="r")
+                if arr.shape[0] != len(rows):
+                    return [], {}  # being rewritten: fall back to a scan
+                stats[kind] = arr
+            return rows, stats
+        except Exception:
+            return [], {}
+
+    def _listing(self) -> tuple[list[dict], dict[str, object], list[str]]:
+        """(summary rows of committed examples, index stat arrays, ids not covered by the index)."""
+        names = _list_dir(self.store._store, f"{self.path}/examples")
+        rows, stats = self._index()
+        covered = {r["example_id"] for r in rows}
+        present = set(names)
+        rows = [r for r in rows if r["example_id"] in present]
+        extra = []
+        for eid in sorted(present - covered):
+            attrs = self._example_attrs(eid)
+            if attrs is not None:
+                rows.append(attrs["summary"])
+                extra.append(eid)
+        return rows, stats, extra
+
+    def summaries(self) -> list[ExampleSummary]:
+        rows, _, _ = self._listing()
+        return [ExampleSummary(**{**r, "answers": tuple(r["answers"]), "probabilities": tuple(r["probabilities"])})
+                for r in rows]
+
+    def example_ids(self) -> list[str]:
+        return [s.example_id for s in self.summaries()]
+
+    def __len__(self) -> int:
+        return len(self.summaries())
+
+    # ---- per-example reads -------------------------------------------------------------------
+    def attrs(self, eid: str) -> dict:
+        attrs = self._example_attrs(eid)
+        if attrs is None:
+            raise StoreError(f"run {self.name!r} has no committed example {eid!r}")
+        return attrs
+
+    def tokens(self, eid: str) -> dict:
+        """Token coordinates: tokens, modality, boxes, grid, spans (small; no attention read)."""
+        a = self.attrs(eid)
+        base = f"{self.path}/examples/{eid}"
+        return {
+            "tokens": list(a["tokens"]),
+            "modality": list(a["modality"]),
+            "token_boxes": zarr.open_array(self.store._store, path=f"{base}/token_boxes", mode="r")[:],
+            "token_grid": zarr.open_array(self.store._store, path=f"{base}/token_grid", mode="r")[:],
+            "token_spans": zarr.open_array(self.store._store, path=f"{base}/token_spans", mode="r")[:],
+        }
+
+    def image(self, eid: str) -> np.ndarray:
+        return zarr.open_array(self.store._store, path=f"{self.path}/examples/{eid}/image", mode="r")[:]
+
+    def attention_kinds(self, eid: str | None = None) -> list[str]:
+        if eid is None:
+            return list(self.provenance.get("attention_kinds", []))
+        return sorted(_list_dir(self.store._store, f"{self.path}/examples/{eid}/attention"))
+
+    def attention_array(self, eid: str, kind: str):
+        """The lazy zarr array (layer, head, query, key); index it to read only what you need."""
+        return zarr.open_array(self.store._store, path=f"{self.path}/examples/{eid}/attention/{kind}", mode="r")
+
+    def attention_index(self, eid: str, kind: str) -> tuple[np.ndarray, np.ndarray]:
+        arr = self.attention_array(eid, kind)
+        return np.asarray(arr.attrs["query_index"], np.int32), np.asarray(arr.attrs["key_index"], np.int32)
+
+    def attention(self, eid: str, kind: str, layer: int, head: int | None = None) -> np.ndarray:
+        """(query, key) of one head (one chunk), or (head, query, key) of one layer when head is None."""
+        arr = self.attention_array(eid, kind)
+        if head is None:
+            return arr[layer].astype(np.float32)
+        return arr[layer, head].astype(np.float32)
+
+    def hidden_streams(self, eid: str) -> list[str]:
+        return sorted(_list_dir(self.store._store, f"{self.path}/examples/{eid}/hidden"))
+
+    def hidden(self, eid: str, stream: str, layer: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(values, token_index): values (token, dim) of one layer, or (layer, token, dim)."""
+        arr = zarr.open_array(self.store._store, path=f"{self.path}/examples/{eid}/hidden/{stream}", mode="r")
+        vals = arr[:] if layer is None else arr[layer]
+        return vals.astype(np.float32), np.asarray(arr.attrs["token_index"], np.int32)
+
+    def head_stats(self, eid: str) -> dict[str, tuple[list[str], np.ndarray]]:
+        """kind -> (stat names, (stat, layer, head))."""
+        out = {}
+        base = f"{self.path}/examples/{eid}/head_stats"
+        for kind in _list_dir(self.store._store, base):
+            arr = zarr.open_array(self.store._store, path=f"{base}/{kind}", mode="r")
+            out[kind] = (list(arr.attrs["names"]), arr[:])
+        return out
+
+    def head_stats_all(self, kind: str, example_ids: Iterable[str] | None = None) -> tuple[list[str], list[str], np.ndarray]:
+        """(example ids, stat names, (example, stat, layer, head)) over committed examples.
+
+        Reads the consolidated index (one array read) plus any example it does not cover.
+        """
+        rows, stats, _ = self._listing()
+        wanted = None if example_ids is None else set(example_ids)
+        ids, blocks, names = [], [], None
+        full, pos = None, {}
+        if kind in stats:
+            arr = stats[kind]
+            names = list(arr.attrs["names"])
+            full = arr[:]  # one read for the whole run
+            pos = {r["example_id"]: i for i, r in enumerate(self._index()[0])}
+        for r in rows:
+            eid = r["example_id"]
+            if wanted is not None and eid not in wanted:
+                continue
+            if full is not None and eid in pos:
+                ids.append(eid)
+                blocks.append(full[pos[eid]])
+                continue
+            hs = self.head_stats(eid)  # not in the index yet: read it on its own
+            if kind in hs:
+                names = names or hs[kind][0]
+                ids.append(eid)
+                blocks.append(hs[kind][1])
+        if not blocks:
+            return [], names or [], np.zeros((0, 0, 0, 0), np.float32)
+        return ids, names, np.stack(blocks)
+
+    def record(self, eid: str) -> Record:
+        """Rebuild the full Record (reads everything of the example)."""
+        a = self.attrs(eid)
+        tok = self.tokens(eid)
+        base = f"{self.path}/examples/{eid}"
+        attention = {}
+        for kind in self.attention_kinds(eid):
+            arr = self.attention_array(eid, kind)
+            attention[kind] = AttentionBlock(values=arr[:], query_index=np.asarray(arr.attrs["query_index"]),
+                                             key_index=np.asarray(arr.attrs["key_index"]))
+        hidden = {}
+        for stream in self.hidden_streams(eid):
+            arr = zarr.open_array(self.store._store, path=f"{base}/hidden/{stream}", mode="r")
+            hidden[stream] = HiddenBlock(values=arr[:], token_index=np.asarray(arr.attrs["token_index"]))
+        try:
+            return Record(
+                example_id=eid, question=a["question"], tokens=tuple(tok["tokens"]), modality=tuple(tok["modality"]),
+                token_boxes=tok["token_boxes"], token_grid=tok["token_grid"], token_spans=tok["token_spans"],
+                image=self.image(eid), attention=attention, hidden=hidden,
+                prediction=Prediction(answers=tuple(a["prediction"]["answers"]),
+                                      probabilities=tuple(a["prediction"]["probabilities"])),
+                label=a.get("label"), source_key=a.get("source_key"), notices=tuple(a.get("notices", ())),
+                meta=a.get("meta", {}),
+            )
+        except RecordError as e:
+            raise StoreError(f"example {eid!r} of run {self.name!r} is corrupt: {e}") from e
+
+
+class RunWriter(RunReader):
+    """Writes examples of one run; safe to run in several processes on disjoint examples."""
+
+    def __init__(self, store: VLStore, name: str, provenance: dict):
+        self.store = store
+        self.name = name
+        self.path = f"runs/{name}"
+        grp = zarr.open_group(store._store, path=self.path, mode="a")
+        old = grp.attrs.get("provenance")
+        prov = _jsonable(provenance)
+        if old and old.get("model_id") not in (None, prov.get("model_id")):
+            raise StoreError(f"run {name!r} already holds model {old.get('model_id')!r}, not "
+                             f"{prov.get('model_id')!r}; choose another run name")
+        if not old:
+            grp.attrs["provenance"] = prov
+        grp.require_group("examples")
+        self._group = grp
+
+    def committed_ids(self) -> set[str]:
+        names = _list_dir(self.store._store, f"{self.path}/examples")
+        rows, _, _ = self._listing()
+        return {r["example_id"] for r in rows} & set(names)
+
+    def _array(self, grp, name, data, dims, chunks=None, attrs=None):
+        data = np.ascontiguousarray(data)
+        arr = grp.create_array(name, shape=data.shape, dtype=data.dtype, chunks=chunks or data.shape,
+                               dimension_names=dims, overwrite=True)
+        arr[...] = data
+        if attrs:
+            arr.attrs.update(_jsonable(attrs))
+        return arr
+
+    def write(self, record: Record, head_stats: dict | None = None, *, group: str | None = None) -> bool:
+        """Write one example atomically. Returns False (and writes nothing) if already committed."""
+        eid = record.example_id
+        path = f"{self.path}/examples/{eid}"
+        if eid in _list_dir(self.store._store, f"{self.path}/examples"):
+            if self._example_attrs(eid) is not None:
+                return False
+            sync(self.store._store.delete_dir(path))  # leftover of a killed run
+        grp = zarr.open_group(self.store._store, path=path, mode="w")
+        self._array(grp, "image", record.image, ("y", "x", "channel"))
+        self._array(grp, "token_boxes", record.token_boxes, ("token", "coord"))
+        self._array(grp, "token_grid", record.token_grid, ("token", "axis"))
+        self._array(grp, "token_spans", record.token_spans, ("token", "bound"))
+        for kind, block in record.attention.items():
+            L, H, Q, K = block.values.shape
+            self._array(grp, f"attention/{kind}", block.values, AttentionBlock.DIMS, chunks=(1, 1, Q, K),
+                        attrs={"query_index": block.query_index, "key_index": block.key_index})
+        for stream, block in record.hidden.items():
+            L, T, D = block.values.shape
+            self._array(grp, f"hidden/{stream}", block.values, HiddenBlock.DIMS, chunks=(1, T, D),
+                        attrs={"token_index": block.token_index})
+        for kind, hs in (head_stats or {}).items():
+            self._array(grp, f"head_stats/{kind}", hs.values.astype(np.float32), ("stat", "layer", "head"),
+                        attrs={"names": list(hs.names)})
+        summary = ExampleSummary(
+            example_id=eid, question=record.question, label=record.label, answer=record.prediction.top,
+            confidence=record.prediction.confidence, answers=record.prediction.answers,
+            probabilities=record.prediction.probabilities, correct=record.correct, source_key=record.source_key,
+            n_tokens=record.n_tokens, group=group,
+        )
+        attrs = {
+            "question": record.question, "tokens": list(record.tokens), "modality": list(record.modality),
+            "prediction": {"answers": list(record.prediction.answers),
+                           "probabilities": list(record.prediction.probabilities)},
+            "label": record.label, "source_key": record.source_key, "notices": list(record.notices),
+            "meta": _jsonable(dict(record.meta)), "summary": _jsonable(summary.as_dict()),
+        }
+        grp.attrs.update(_jsonable(attrs))
+        # The commit marker goes last: until it is there, readers ignore this example.
+        grp.attrs["committed"] = True
+        return True
+
+    def consolidate(self) -> int:
+        """Rewrite index/ from the committed examples; returns how many it covers."""
+        names = _list_dir(self.store._store, f"{self.path}/examples")
+        rows, stacks, names_by_kind = [], {}, {}
+        for eid in sorted(names):
+            attrs = self._example_attrs(eid)
+            if attrs is None:
+                continue
+            rows.append(attrs["summary"])
+            for kind, (snames, vals) in self.head_stats(eid).items():
+                stacks.setdefault(kind, []).append(vals)
+                names_by_kind[kind] = snames
+        idx = zarr.open_group(self.store._store, path=f"{self.path}/index", mode="w")
+        for kind, vals in stacks.items():
+            if len(vals) != len(rows):
+                continue  # a kind missing from some examples is read per example instead
+            data = np.stack(vals).astype(np.float32)
+            self._array(idx, f"head_stats/{kind}", data, ("example", "stat", "layer", "head"),
+                        attrs={"names": names_by_kind[kind]})
+        idx.attrs["examples"] = _jsonable(rows)
+        idx.attrs["written"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        return len(rows)
+
+
+def open_store(location: str | Path, mode: str = "r") -> VLStore:
+    return VLStore(location, mode=mode)

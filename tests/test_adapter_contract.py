@@ -1,0 +1,95 @@
+"""The contract every adapter in the registry passes (tiny random models, no hub).
+
+Each adapter NAME provides ``tests/tiny_NAME.py`` with ``make_tiny_adapter(tmp_path)`` returning
+(adapter, image); this suite is parametrized over the registry, so a new adapter is tested as
+soon as it registers.
+"""
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+
+from adapters.registry import ADAPTERS
+from store.schema import Record
+
+QUESTION = "what color is the shape?"
+
+
+@pytest.fixture(scope="module", params=sorted(ADAPTERS))
+def adapter_and_image(request, tmp_path_factory):
+    mod = importlib.import_module(f"tests.tiny_{request.param}")
+    return mod.make_tiny_adapter(tmp_path_factory.mktemp(f"tiny_{request.param}"))
+
+
+@pytest.fixture(scope="module")
+def record(adapter_and_image) -> Record:
+    adapter, image = adapter_and_image
+    return adapter.run(image, QUESTION, label="red")
+
+
+def test_record_shapes_and_coordinates(adapter_and_image, record):
+    adapter, _ = adapter_and_image
+    n = record.n_tokens
+    assert len(record.modality) == n and record.token_boxes.shape == (n, 4)
+    assert set(record.modality) <= {"text", "image", "special"}
+    assert (np.asarray(record.modality) == "text").any() and (np.asarray(record.modality) == "image").any()
+    for kind, block in record.attention.items():
+        L, H, Q, K = block.values.shape
+        assert L >= 1 and H >= 1 and Q == len(block.query_index) and K == len(block.key_index)
+        assert block.values.dtype == np.float16
+    for stream, block in record.hidden.items():
+        assert block.values.shape[1] == len(block.token_index)
+    assert record.meta["adapter"] == adapter.name
+
+
+def test_every_attention_row_sums_to_one(record):
+    for kind, block in record.attention.items():
+        sums = block.values.astype(np.float32).sum(-1)
+        np.testing.assert_allclose(sums, 1.0, atol=1e-2, err_msg=f"kind {kind}")
+
+
+def test_image_token_geometry_inside_image(record):
+    img = record.indices("image")
+    boxes = record.token_boxes[img]
+    assert not np.isnan(boxes).any()
+    assert (boxes >= 0).all() and (boxes <= 1).all()
+    assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
+    # text tokens carry character spans inside the question
+    for i in record.indices("text"):
+        s, e = record.token_spans[i]
+        assert 0 <= s < e <= len(record.question)
+
+
+def test_same_input_twice_gives_identical_record(adapter_and_image, record):
+    adapter, image = adapter_and_image
+    again = adapter.run(image, QUESTION, label="red")
+    assert again.example_id == record.example_id
+    assert again.tokens == record.tokens
+    for kind in record.attention:
+        np.testing.assert_array_equal(again.attention[kind].values, record.attention[kind].values)
+    for stream in record.hidden:
+        np.testing.assert_array_equal(again.hidden[stream].values, record.hidden[stream].values)
+
+
+def test_prediction_top_k_sorted(adapter_and_image):
+    adapter, image = adapter_and_image
+    pred = adapter.predict(image, QUESTION, top_k=3)
+    assert len(pred.answers) == 3 and set(pred.answers) <= set(adapter.answers())
+    assert list(pred.probabilities) == sorted(pred.probabilities, reverse=True)
+
+
+def test_overlong_question_is_truncated_with_notice(adapter_and_image):
+    adapter, image = adapter_and_image
+    rec = adapter.run(image, " ".join(["what color is the shape"] * 40))
+    assert any("truncated" in n for n in rec.notices)
+    assert len(rec.indices("text")) <= adapter.max_text_tokens
+
+
+def test_empty_question_is_a_clear_input_error(adapter_and_image):
+    from adapters.base import InputError
+
+    adapter, image = adapter_and_image
+    with pytest.raises(InputError, match="empty"):
+        adapter.run(image, "   ")
