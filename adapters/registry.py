@@ -1,7 +1,11 @@
 """The one registry of model adapters: name -> class. Explicit, no import side effects."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from adapters.base import Adapter, AdapterError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _vilt():

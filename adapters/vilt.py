@@ -26,6 +26,8 @@ from adapters.base import (Adapter, AdapterError, AttributionSpec, InputError, d
 from store.schema import AttentionBlock, HiddenBlock, Prediction, Record
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
 IMAGE_CLS = "[IMG]"
 
 

@@ -36,3 +36,18 @@ def rgb_image():
 
     rng = np.random.RandomState(0)
     return Image.fromarray((rng.rand(40, 56, 3) * 255).astype(np.uint8))
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory, tiny_vilt_dir):
+    """A store with 6 easy-VQA test examples recorded by the tiny random ViLT (run 'tiny')."""
+    from adapters.vilt import ViltAdapter
+    from record import limited, record_examples
+    from sources.easyvqa import EasyVQA
+    from store.zarr_store import VLStore
+
+    path = tmp_path_factory.mktemp("stores") / "tiny.zarr"
+    store = VLStore(path, mode="a")
+    adapter = ViltAdapter.load(str(tiny_vilt_dir))
+    record_examples(adapter, limited(iter(EasyVQA("test")), 6), store, "tiny", total=6, progress=False)
+    return path

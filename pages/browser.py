@@ -1,0 +1,63 @@
+"""Example browser: every recorded example of a run, with the model's answers; the entry point."""
+from __future__ import annotations
+
+import streamlit as st
+
+from ui.state import example_image, freshness, qp_get, qp_set, sidebar, summaries_table
+
+store, reader = sidebar()
+st.title("Examples")
+df = summaries_table(store.location, reader.name, freshness(reader))
+if df.empty:
+    st.info("No committed examples in this run yet.")
+    st.stop()
+
+c1, c2, c3 = st.columns([1, 1, 2])
+correctness = c1.selectbox("Correctness", ["all", "correct", "incorrect"], key="filter_correct")
+answers = sorted({a for a in df["label"].dropna()} | set(df["answer"]))
+answer = c2.selectbox("Answer (true or predicted)", ["any"] + answers, key="filter_answer")
+text = c3.text_input("Question contains", key="filter_text")
+view = df
+if correctness != "all":
+    view = view[view["correct"] == (correctness == "correct")]
+if answer != "any":
+    view = view[(view["label"] == answer) | (view["answer"] == answer)]
+if text:
+    view = view[view["question"].str.contains(text, case=False, regex=False)]
+
+n_correct = int((df["correct"] == True).sum())  # noqa: E712
+n_labelled = int(df["correct"].notna().sum())
+acc = f"{n_correct / n_labelled:.1%}" if n_labelled else "n/a"
+st.caption(f"{len(view)} of {len(df)} examples shown · accuracy {acc} over {n_labelled} labelled")
+
+table = view[["example_id", "question", "label", "answer", "confidence", "correct", "top_answers"]].rename(
+    columns={"label": "true answer", "answer": "model answer"})
+event = st.dataframe(table, hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row",
+                     key="examples_table",
+                     column_config={"example_id": None,
+                                    "confidence": st.column_config.ProgressColumn("confidence", min_value=0.0,
+                                                                                  max_value=1.0, format="%.2f")})
+rows = event.selection.rows if event and event.selection else []
+if rows:
+    eid = view.iloc[rows[0]]["example_id"]
+    qp_set(ex=eid)
+else:
+    eid = qp_get("ex")
+    if eid not in set(view["example_id"]):
+        eid = view.iloc[0]["example_id"] if len(view) else None
+if eid is None:
+    st.stop()
+
+row = df[df["example_id"] == eid].iloc[0]
+st.subheader("Selected example")
+left, right = st.columns([1, 2])
+left.image(example_image(store.location, reader.name, eid), caption=row["question"], width=256)
+with right:
+    st.markdown(f"**Question:** {row['question']}")
+    st.markdown(f"**True answer:** {row['label'] if row['label'] is not None else '—'}")
+    verdict = "correct" if row["correct"] else "incorrect" if row["correct"] is False else "unlabelled"
+    st.markdown(f"**Model answer:** {row['answer']} ({row['confidence']:.2f}) — {verdict}")
+    import pandas as pd
+
+    top = pd.DataFrame({"answer": list(row["answers"]), "probability": list(row["probabilities"])})
+    st.dataframe(top, hide_index=True, key="top_answers_table")

@@ -1,0 +1,29 @@
+"""VL-Lens: router only. Each view is one file in pages/; shared sidebar in ui/state.py."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import streamlit as st  # noqa: E402
+
+st.set_page_config(page_title="VL-Lens", page_icon=":material/visibility:", layout="wide")
+
+# (file, title, icon, url path). Pages not yet present in this build are left out.
+PAGES = [
+    ("pages/browser.py", "Examples", ":material/photo_library:", "examples"),
+    ("pages/head_summary.py", "Head summary", ":material/grid_on:", "heads"),
+    ("pages/attention.py", "Attention", ":material/visibility:", "attention"),
+    ("pages/projections.py", "Hidden states", ":material/scatter_plot:", "projections"),
+    ("pages/compare.py", "Compare", ":material/compare:", "compare"),
+    ("pages/ask.py", "Ask", ":material/help:", "ask"),
+]
+
+pages = [st.Page(str(ROOT / f), title=t, icon=i, url_path=u, default=(u == "examples"))
+         for f, t, i, u in PAGES if (ROOT / f).exists()]
+st.navigation(pages).run()

@@ -1,0 +1,56 @@
+"""AppTest of the home page (example browser): it shows the run's examples and their answers."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def app(tiny_store, monkeypatch):
+    monkeypatch.setenv("VL_LENS_STORE", str(tiny_store))
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=60)
+    return at
+
+
+def test_home_lists_examples_with_answers(app, tiny_store):
+    from store.zarr_store import VLStore
+
+    app.run()
+    assert not app.exception, app.exception
+    summaries = VLStore(tiny_store).run("tiny").summaries()
+    table = app.dataframe[0].value
+    assert len(table) == len(summaries) == 6
+    assert set(table["question"]) == {s.question for s in summaries}
+    truth = {s.question: (s.label, s.answer, s.correct) for s in summaries}
+    for _, row in table.iterrows():
+        assert (row["true answer"], row["model answer"], row["correct"]) == truth[row["question"]]
+    assert "6 of 6 examples shown" in " ".join(c.value for c in app.caption)
+    # the selected example panel shows the first example's question and answer
+    md = " ".join(m.value for m in app.markdown)
+    assert summaries[0].question in md or table.iloc[0]["question"] in md
+
+
+def test_filter_by_correctness(app, tiny_store):
+    from store.zarr_store import VLStore
+
+    summaries = VLStore(tiny_store).run("tiny").summaries()
+    app.run()
+    app.selectbox(key="filter_correct").select("incorrect").run()
+    assert not app.exception
+    n_wrong = sum(1 for s in summaries if s.correct is False)
+    assert f"{n_wrong} of 6 examples shown" in " ".join(c.value for c in app.caption)
+
+
+def test_foreign_store_gives_clear_message(tmp_path, monkeypatch):
+    import zarr
+
+    zarr.open_group(str(tmp_path / "other.zarr"), mode="w").create_array("x", shape=(2,), dtype="f4")
+    monkeypatch.setenv("VL_LENS_STORE", str(tmp_path / "other.zarr"))
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=60)
+    at.run()
+    assert not at.exception
+    assert any("not a VL-Lens store" in e.value for e in at.error)
