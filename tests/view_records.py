@@ -126,3 +126,42 @@ def write_store(path: Path, records, run: str = "hand", consolidate: bool = True
     if consolidate:
         writer.consolidate()
     return path
+
+
+# ---- AppTest helpers ---------------------------------------------------------------------------
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def open_page(monkeypatch, store_path: Path, page: str, **params):
+    """An AppTest of ``page`` on the store at ``store_path`` with URL query parameters."""
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("VL_LENS_STORE", str(store_path))
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=180)
+    for k, v in params.items():
+        at.query_params[k] = str(v)
+    at.switch_page(page)
+    return at
+
+
+def chart_datasets(at) -> list[dict]:
+    """For each Altair chart on the page: {"spec": dict, "data": [DataFrame per inline dataset]}."""
+    import json
+
+    import pyarrow as pa
+
+    out = []
+    for el in at.get("vega_lite_chart"):
+        p = el.proto
+        frames = [pa.ipc.open_stream(ds.data.data).read_all().to_pandas() for ds in p.datasets]
+        out.append({"spec": json.loads(p.spec), "data": frames})
+    return out
+
+
+def find_frame(at, *columns: str):
+    """The first chart dataset holding all ``columns``."""
+    for chart in chart_datasets(at):
+        for f in chart["data"]:
+            if all(c in f.columns for c in columns):
+                return f
+    raise AssertionError(f"no chart dataset with columns {columns}")
