@@ -1,0 +1,277 @@
+"""Attention: one head (or the mean over heads) of one layer and attention kind.
+
+Reads one (layer, head) chunk per draw (or one layer's heads for the mean), never the whole
+example. Works for any kind: queries and keys are each kind's own token sets, so a matrix may
+be text x image (LXMERT cross_l2v) rather than a square joint sequence.
+"""
+from __future__ import annotations
+
+import time
+
+import altair as alt
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from analysis.attention_views import (DIRECTIONS, blend, grid_shape, matrix_rows, mean_over_heads, modality_blocks,
+                                      overlay_boxes, overlay_heat, patch_at, restrict, token_attention, top_k)
+from ui.charts import (MODALITY_COLORS, export_buttons, frame, image_layer, modality_color, selected_points)
+from ui.state import example_image, example_tokens, freshness, open_store, pick_example, qp_get, qp_set, sidebar, \
+    summaries_table
+
+MEAN = "mean"
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def read_attention(location: str, run: str, eid: str, kind: str, layer: int, head: str) -> np.ndarray:
+    """(query, key) of one head, or the mean over heads (reads one layer's chunks)."""
+    reader = open_store(location).run(run)
+    if head == MEAN:
+        return mean_over_heads(reader.attention(eid, kind, layer))
+    return reader.attention(eid, kind, layer, int(head))
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def kind_layout(location: str, run: str, eid: str, kind: str):
+    """(layers, heads, query_index, key_index) from metadata only."""
+    reader = open_store(location).run(run)
+    arr = reader.attention_array(eid, kind)
+    qi, ki = reader.attention_index(eid, kind)
+    return int(arr.shape[0]), int(arr.shape[1]), qi, ki
+
+
+store, reader = sidebar()
+st.title("Attention")
+df = summaries_table(store.location, reader.name, freshness(reader))
+eid = pick_example(reader, df, key="att_example")
+if eid is None:
+    st.stop()
+tok = example_tokens(store.location, reader.name, eid)
+tokens, modality = tok["tokens"], tok["modality"]
+kinds = reader.attention_kinds(eid)
+if not kinds:
+    st.warning("This example has no recorded attention.")
+    st.stop()
+
+kind = qp_get("kind", "self" if "self" in kinds else kinds[0])
+kind = kind if kind in kinds else kinds[0]
+c1, c2, c3 = st.columns([1, 3, 1])
+if len(kinds) > 1:
+    kind = c1.selectbox("Attention kind", kinds, index=kinds.index(kind), key="att_kind",
+                        help="Each kind has its own query and key tokens (e.g. cross_l2v: text queries, image keys).")
+else:
+    c1.markdown(f"**Attention kind:** `{kind}`")
+n_layers, n_heads, qidx, kidx = kind_layout(store.location, reader.name, eid, kind)
+layer = min(max(qp_get("layer", n_layers - 1, int), 0), n_layers - 1)
+layer = c2.slider("Layer", 0, n_layers - 1, layer, key=f"att_layer_{kind}") if n_layers > 1 else 0
+head_options = [MEAN] + [str(h) for h in range(n_heads)]
+head = qp_get("head", MEAN)
+head = head if head in head_options else MEAN
+head = c3.selectbox("Head", head_options, index=head_options.index(head), key=f"att_head_{kind}",
+                    format_func=lambda h: "mean over heads" if h == MEAN else f"head {h}")
+qp_set(kind=kind, layer=layer, head=head)
+
+mod = np.asarray(modality)
+q_mods = mod[qidx]
+k_mods = mod[kidx]
+st.caption(f"Kind `{kind}`: {len(qidx)} queries ({', '.join(sorted(set(q_mods)))}) × {len(kidx)} keys "
+           f"({', '.join(sorted(set(k_mods)))}) · {n_layers} layers × {n_heads} heads · rows sum to 1 over the keys")
+
+direction = qp_get("dir", DIRECTIONS[0])
+direction = direction if direction in DIRECTIONS else DIRECTIONS[0]
+direction = st.radio("Direction", DIRECTIONS, index=DIRECTIONS.index(direction), horizontal=True, key="att_dir",
+                     help="attends to: the token's row (where its attention goes); attended by: its column "
+                          "(how much each query puts on it).")
+qp_set(dir=direction if direction != DIRECTIONS[0] else None)
+# Tokens on the axis this direction reads them from.
+own_axis = qidx if direction == "attends to" else kidx
+other_mods = set(k_mods if direction == "attends to" else q_mods)
+verb_phrase = "attends to" if direction == "attends to" else "is attended by"
+
+
+def matrix_chart(matrix: np.ndarray, title: str, keep_q: list[str], keep_k: list[str]):
+    qk = np.isin(q_mods, keep_q)
+    kk = np.isin(k_mods, keep_k)
+    data = frame(matrix_rows(matrix, qidx, kidx, tokens, modality, query_keep=qk, key_keep=kk))
+    nq, nk = int(qk.sum()), int(kk.sum())
+    cell = max(3, min(18, 640 // max(nq, nk, 1)))
+    w, h = cell * nk, cell * nq
+    heat = alt.Chart(data).mark_rect().encode(
+        x=alt.X("key:O", title="key", sort=None, axis=alt.Axis(labelAngle=-70, labelLimit=80, labelFontSize=9)),
+        y=alt.Y("query:O", title="query", sort=None, axis=alt.Axis(labelLimit=80, labelFontSize=9)),
+        color=alt.Color("weight:Q", scale=alt.Scale(scheme="viridis"), title="attention"),
+        tooltip=["query:N", "key:N", alt.Tooltip("weight:Q", format=".4f")],
+    ).properties(width=w, height=h)
+    # Block marks: a modality strip along each axis, and a white rule at each block boundary.
+    kpos = np.flatnonzero(kk)
+    qpos = np.flatnonzero(qk)
+    kb = modality_blocks(list(k_mods[kpos]))
+    qb = modality_blocks(list(q_mods[qpos]))
+    klabels = data.drop_duplicates("key_pos").sort_values("key_pos")["key"].tolist()
+    qlabels = data.drop_duplicates("query_pos").sort_values("query_pos")["query"].tolist()
+    krules = pd.DataFrame({"key": [klabels[b.start] for b in kb[1:]]})
+    qrules = pd.DataFrame({"query": [qlabels[b.start] for b in qb[1:]]})
+    layers = [heat]
+    if len(krules):
+        layers.append(alt.Chart(krules).mark_rule(color="white", strokeWidth=1.5).encode(
+            x=alt.X("key:O", sort=None, bandPosition=0)))
+    if len(qrules):
+        layers.append(alt.Chart(qrules).mark_rule(color="white", strokeWidth=1.5).encode(
+            y=alt.Y("query:O", sort=None, bandPosition=0)))
+    main = alt.layer(*layers)
+    kstrip = alt.Chart(pd.DataFrame({"key": klabels, "modality": list(k_mods[kpos])})).mark_rect().encode(
+        x=alt.X("key:O", sort=None, axis=None), color=modality_color(), tooltip=["key:N", "modality:N"],
+    ).properties(width=w, height=8)
+    qstrip = alt.Chart(pd.DataFrame({"query": qlabels, "modality": list(q_mods[qpos])})).mark_rect().encode(
+        y=alt.Y("query:O", sort=None, axis=None), color=modality_color(), tooltip=["query:N", "modality:N"],
+    ).properties(width=8, height=h)
+    chart = alt.vconcat(kstrip, alt.hconcat(qstrip, main, spacing=2), spacing=2).resolve_scale(
+        color="independent").properties(title=title)
+    return chart, data
+
+
+def overlay_chart(image: np.ndarray, boxes: dict, opacity: float, smooth: bool, title: str, select=None):
+    h, w = image.shape[:2]
+    size = 360
+    bdf = pd.DataFrame({k: v for k, v in boxes.items()})
+    bdf["label"] = [tokens[t] for t in bdf["token"]]
+    bdf["alpha"] = 0.0 if smooth else bdf["share"] * opacity
+    base = image_layer(blend(image, overlay_heat(boxes, h, w, smooth=True), opacity) if smooth else image, size)
+    rects = alt.Chart(bdf).mark_rect(color="#ff4000", stroke="white", strokeOpacity=0.25).encode(
+        x=alt.X("x0:Q", scale=alt.Scale(domain=[0, 1]), axis=None), x2="x1:Q",
+        y=alt.Y("y0:Q", scale=alt.Scale(domain=[0, 1], reverse=True), axis=None), y2="y1:Q",
+        opacity=alt.Opacity("alpha:Q", scale=None, legend=None),
+        tooltip=["label:N", alt.Tooltip("weight:Q", format=".4f")],
+    )
+    if select is not None:
+        rects = rects.add_params(select)
+    return alt.layer(base, rects).properties(title=title), bdf
+
+
+def bars_chart(rows: pd.DataFrame, title: str):
+    return alt.Chart(rows).mark_bar().encode(
+        x=alt.X("weight:Q", title="attention"),
+        y=alt.Y("label:N", sort=None, title=None),
+        color=modality_color(),
+        tooltip=["label:N", alt.Tooltip("weight:Q", format=".4f")],
+    ).properties(title=title, height=max(80, 18 * len(rows)))
+
+
+head_label = "mean over heads" if head == MEAN else f"head {head}"
+tab_matrix, tab_text, tab_image = st.tabs(["Matrix", "Text token → image", "Image patch → text"])
+
+# ---- full matrix -----------------------------------------------------------------------------
+with tab_matrix:
+    f1, f2, f3 = st.columns([2, 2, 1])
+    q_all, k_all = sorted(set(q_mods)), sorted(set(k_mods))
+    keep_q = f1.multiselect("Query tokens", q_all, default=q_all, key=f"att_keepq_{kind}")
+    keep_k = f2.multiselect("Key tokens", k_all, default=k_all, key=f"att_keepk_{kind}")
+    play = f3.button("▶ Play layers", key="att_play", disabled=n_layers < 2,
+                     help="Draw every layer in turn (the slider stays where it is).")
+    slot = st.empty()
+    if not keep_q or not keep_k:
+        st.info("Choose at least one query and one key modality.")
+    else:
+        if play:
+            for lyr in range(n_layers):
+                m = read_attention(store.location, reader.name, eid, kind, lyr, head)
+                ch, _ = matrix_chart(m, f"{kind} · layer {lyr} · {head_label}", keep_q, keep_k)
+                slot.altair_chart(ch)
+                time.sleep(0.6)
+        matrix = read_attention(store.location, reader.name, eid, kind, layer, head)
+        chart, data = matrix_chart(matrix, f"{kind} · layer {layer} · {head_label}", keep_q, keep_k)
+        slot.altair_chart(chart, key="att_matrix_chart")
+        with st.expander("Download"):
+            export_buttons(chart, data, f"attention_{kind}_L{layer}_{head}", key="att_matrix_export")
+
+matrix = read_attention(store.location, reader.name, eid, kind, layer, head)
+image = example_image(store.location, reader.name, eid)
+
+# ---- text token -> image overlay -------------------------------------------------------------
+with tab_text:
+    text_tokens = [int(t) for t in own_axis if mod[t] == "text"]
+    if not text_tokens or "image" not in other_mods:
+        st.info(f"In kind `{kind}`, no text token {verb_phrase} image tokens. "
+                + ("Pick a cross or joint kind." if len(kinds) > 1 else ""))
+    else:
+        cur = qp_get("token", None, int)
+        cur = cur if cur in text_tokens else text_tokens[0]
+        o1, o2, o3 = st.columns([2, 1, 1])
+        token = o1.selectbox("Text token", text_tokens, index=text_tokens.index(cur), key=f"att_token_{kind}",
+                             format_func=lambda t: f"{tokens[t]}  (#{t})")
+        smooth = o2.radio("Overlay", ["patches", "smoothed"], horizontal=True, key="att_smooth") == "smoothed"
+        opacity = o3.slider("Opacity", 0.0, 1.0, 0.7, 0.05, key="att_opacity")
+        qp_set(token=token)
+        att = token_attention(matrix, qidx, kidx, token, direction)
+        boxes = overlay_boxes(att, tok["token_boxes"], modality)
+        img_mass = float(boxes["weight"].sum())
+        verb = "puts on" if direction == "attends to" else "gets from"
+        chart, bdf = overlay_chart(image, boxes, opacity, smooth,
+                                   f"“{tokens[token]}” {direction} image · {kind} · layer {layer} · {head_label}")
+        left, right = st.columns([3, 2])
+        with left:
+            play_overlay = st.button("▶ Play layers", key="att_play_overlay", disabled=n_layers < 2)
+            oslot = st.empty()
+            if play_overlay:
+                for lyr in range(n_layers):
+                    m = read_attention(store.location, reader.name, eid, kind, lyr, head)
+                    b = overlay_boxes(token_attention(m, qidx, kidx, token, direction), tok["token_boxes"], modality)
+                    ch, _ = overlay_chart(image, b, opacity, smooth, f"“{tokens[token]}” · layer {lyr}")
+                    oslot.altair_chart(ch)
+                    time.sleep(0.6)
+            oslot.altair_chart(chart, key="att_overlay_chart")
+        with right:
+            st.caption(f"“{tokens[token]}” {verb} image tokens {img_mass:.1%} of its attention"
+                       if direction == "attends to" else
+                       f"Image tokens' attention on “{tokens[token]}” (column of the matrix)")
+            img_att = restrict(att, modality, "image")
+            st.dataframe(pd.DataFrame([{"token": tokens[t], "weight": w} for t, w in top_k(img_att, 8)]),
+                         hide_index=True, key="att_topk_image")
+        with st.expander("Download"):
+            export_buttons(chart, bdf.drop(columns=["alpha"]), f"overlay_{kind}_L{layer}_{head}_tok{token}",
+                           key="att_overlay_export")
+
+# ---- image patch -> text bars ----------------------------------------------------------------
+with tab_image:
+    image_tokens = [int(t) for t in own_axis if mod[t] == "image"]
+    if not image_tokens or "text" not in other_mods:
+        st.info(f"In kind `{kind}`, no image token {verb_phrase} text tokens. "
+                + ("Pick a cross or joint kind." if len(kinds) > 1 else ""))
+    else:
+        cur = qp_get("patch", None, int)
+        cur = cur if cur in image_tokens else image_tokens[0]
+        shape = grid_shape(tok["token_grid"], modality)
+        left, right = st.columns([2, 3])
+        with left:
+            # Click a patch on the image, or pick it from the grid / list.
+            pick = alt.selection_point(name="patch", fields=["token"], on="click")
+            all_boxes = {"token": np.asarray(image_tokens),
+                         **{k: np.asarray(tok["token_boxes"])[image_tokens][:, i]
+                            for i, k in enumerate(("x0", "y0", "x1", "y1"))},
+                         "weight": np.where(np.asarray(image_tokens) == cur, 1.0, 0.0),
+                         "share": np.where(np.asarray(image_tokens) == cur, 1.0, 0.0)}
+            grid_chart, _ = overlay_chart(image, all_boxes, 0.5, False, "click a patch", select=pick)
+            event = st.altair_chart(grid_chart, on_select="rerun", selection_mode="patch", key=f"att_grid_{kind}")
+            clicked = selected_points(event, "patch")
+            if clicked:
+                cur = int(clicked[0]["token"])
+            if shape is not None:
+                r0, c0 = (int(x) for x in tok["token_grid"][cur])
+                g1, g2 = st.columns(2)
+                row = g1.number_input("Row", 0, shape[0] - 1, r0, key="att_patch_row")
+                col = g2.number_input("Column", 0, shape[1] - 1, c0, key="att_patch_col")
+                hit = patch_at(tok["token_grid"], modality, int(row), int(col))
+                if hit is not None and (int(row), int(col)) != (r0, c0):
+                    cur = hit
+            else:
+                cur = st.selectbox("Region", image_tokens, index=image_tokens.index(cur), key="att_region",
+                                   format_func=lambda t: f"{tokens[t]}  (#{t})")
+        qp_set(patch=cur)
+        att = restrict(token_attention(matrix, qidx, kidx, cur, direction), modality, "text")
+        rows = pd.DataFrame({"token": att.tokens, "label": [f"{tokens[t]} (#{t})" for t in att.tokens],
+                             "modality": [modality[t] for t in att.tokens], "weight": att.weights})
+        with right:
+            chart = bars_chart(rows, f"{tokens[cur]} {direction} text · {kind} · layer {layer} · {head_label}")
+            st.altair_chart(chart, key="att_bars_chart")
+            with st.expander("Download"):
+                export_buttons(chart, rows, f"patch_{kind}_L{layer}_{head}_tok{cur}", key="att_bars_export")

@@ -1,0 +1,144 @@
+"""Head summary: a layers x heads map of one head statistic, for one example or a set of examples.
+
+Reads only the stored head statistics (never raw attention): one small array per example, or
+one read of the run's consolidated index for a set.
+"""
+from __future__ import annotations
+
+import altair as alt
+import numpy as np
+import streamlit as st
+
+from analysis.attention_views import MEAN_COLUMN, head_summary, head_summary_rows, select_examples
+from analysis.head_stats import STAT_LABELS
+from ui.charts import export_buttons, frame, heatmap, selected_points
+from ui.state import freshness, open_store, pick_example, qp_get, qp_set, sidebar, summaries_table
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def example_stats(location: str, run: str, eid: str) -> dict:
+    return open_store(location).run(run).head_stats(eid)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def set_stats(location: str, run: str, kind: str, ids: tuple[str, ...], _fresh: int):
+    return open_store(location).run(run).head_stats_all(kind, ids)
+
+
+store, reader = sidebar()
+st.title("Head summary")
+df = summaries_table(store.location, reader.name, freshness(reader))
+if df.empty:
+    st.info("No committed examples in this run yet.")
+    st.stop()
+
+SCOPES = {"example": "One example", "set": "A set of examples"}
+scope = qp_get("scope", "example")
+scope = st.radio("Scope", list(SCOPES), index=list(SCOPES).index(scope) if scope in SCOPES else 0,
+                 format_func=SCOPES.get, horizontal=True, key="hs_scope")
+qp_set(scope=scope if scope != "example" else None)
+
+eid = None
+if scope == "example":
+    eid = pick_example(reader, df, key="hs_example")
+    if eid is None:
+        st.stop()
+    stats_by_kind = example_stats(store.location, reader.name, eid)
+    kinds = list(stats_by_kind)
+    ids = (eid,)
+else:
+    c1, c2, c3 = st.columns([1, 1, 2])
+    options = ["all", "correct", "incorrect"]
+    correctness = qp_get("set", "all")
+    correctness = c1.selectbox("Examples", options, index=options.index(correctness) if correctness in options else 0,
+                               key="hs_set")
+    answers = ["any"] + sorted({a for a in df["label"].dropna()} | set(df["answer"].dropna()))
+    answer = qp_get("answer", "any")
+    answer = c2.selectbox("Answer (true or predicted)", answers, index=answers.index(answer) if answer in answers else 0,
+                          key="hs_answer")
+    text = c3.text_input("Question contains", value=qp_get("q", ""), key="hs_text")
+    qp_set(set=correctness if correctness != "all" else None, answer=answer if answer != "any" else None,
+           q=text or None)
+    ids = tuple(select_examples(df.to_dict("records"), correctness=correctness,
+                                answer=None if answer == "any" else answer, text=text))
+    if not ids:
+        st.warning("No example matches these filters.")
+        st.stop()
+    eid = qp_get("ex") if qp_get("ex") in ids else ids[0]
+    kinds = reader.attention_kinds() or list(example_stats(store.location, reader.name, ids[0]))
+
+if not kinds:
+    st.warning("This run stores no head statistics (record it again with `python cli.py record`).")
+    st.stop()
+kind = qp_get("kind", "self" if "self" in kinds else kinds[0])
+kind = kind if kind in kinds else kinds[0]
+c1, c2, c3 = st.columns([1, 2, 1])
+if len(kinds) > 1:
+    kind = c1.selectbox("Attention kind", kinds, index=kinds.index(kind), key="hs_kind",
+                        help="Dual-stream models record several attention kinds (self, cross, ...).")
+else:
+    c1.markdown(f"**Attention kind:** `{kind}`")
+
+if scope == "example":
+    if kind not in stats_by_kind:
+        st.warning(f"Example has no statistics for kind {kind!r}.")
+        st.stop()
+    names, values = stats_by_kind[kind]
+else:
+    got_ids, names, values = set_stats(store.location, reader.name, kind, ids, freshness(reader))
+    if not got_ids:
+        st.warning(f"No stored statistics of kind {kind!r} for these examples.")
+        st.stop()
+
+# Default to the first statistic defined for this kind (e.g. text -> image is undefined for vision self).
+defined = [n for i, n in enumerate(names) if np.isfinite(np.asarray(values)[..., i, :, :]).any()] or list(names)
+stat = qp_get("stat", defined[0])
+stat = stat if stat in names else defined[0]
+stat = c2.selectbox("Statistic", names, index=names.index(stat), format_func=lambda s: STAT_LABELS.get(s, s),
+                    key="hs_stat")
+zscore = c3.toggle("z-score across all heads", value=qp_get("z", "0") == "1", key="hs_z",
+                   help="Standardize over every head of the model together (not per head).")
+qp_set(kind=kind, stat=stat, z="1" if zscore else None)
+
+summary = head_summary(values, names, stat, zscore=zscore)
+data = frame(head_summary_rows(summary))
+L, H = summary.grid.shape
+label = STAT_LABELS.get(stat, stat)
+value_title = f"z({label})" if zscore else label
+cell = alt.selection_point(name="cell", fields=["layer", "head"], on="click", clear="dblclick")
+head_order = [str(h) for h in range(H)] + [MEAN_COLUMN]
+chart = heatmap(
+    data, x="head", y="layer", color="value", x_title="head (last column: mean over heads)", y_title="layer",
+    color_title=value_title, x_sort=head_order, y_sort="descending",
+    tooltip=[alt.Tooltip("layer:O"), alt.Tooltip("head:N"), alt.Tooltip("value:Q", format=".3f")],
+    scheme="viridis", domain_mid=0.0 if zscore else None, height=max(160, 28 * L), selection=cell,
+).properties(title=f"{value_title} · kind {kind}")
+
+if scope == "example":
+    st.caption(f"One example · {L} layers × {H} heads · click a cell to open that head in the attention view")
+else:
+    st.caption(f"Mean over **{summary.n_examples}** examples of {len(df)} · {L} layers × {H} heads · "
+               "click a cell to open that head in the attention view")
+event = st.altair_chart(chart, on_select="rerun", selection_mode="cell", key="hs_chart", width="stretch")
+
+best = summary.best_cell()
+if best is not None:
+    st.caption(f"Highest: layer {best[0]}, head {best[1]} ({summary.grid[best]:.3f})")
+
+picked = selected_points(event, "cell")
+if picked:
+    layer = int(picked[0]["layer"])
+    head = picked[0]["head"]
+    params = {k: v for k, v in {"store": qp_get("store"), "run": reader.name, "ex": eid, "kind": kind,
+                                "layer": layer, "head": "mean" if head == MEAN_COLUMN else head}.items()
+              if v is not None}
+    # Open the attention view once per new click (coming back here clears the chart's selection).
+    if st.session_state.get("hs_last_open") != params:
+        st.session_state["hs_last_open"] = params
+        st.switch_page("pages/attention.py", query_params=params)
+    st.page_link("pages/attention.py", label=f"Open layer {layer}, head {head} in the attention view",
+                 icon=":material/visibility:", query_params=params)
+
+with st.expander("Download"):
+    export_buttons(chart, data.assign(stat=stat, kind=kind, zscored=zscore, n_examples=summary.n_examples),
+                   f"head_summary_{kind}_{stat}", key="hs_export")

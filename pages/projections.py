@@ -1,0 +1,135 @@
+"""Hidden-state projections: one example's tokens in 2-D, one layer at a time, comparable across layers.
+
+All layers are fit once (every layer's tokens stacked), so the axes mean the same at every layer;
+the projection is cached per (example, stream, method, centering).
+"""
+from __future__ import annotations
+
+import altair as alt
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from analysis.projections import (METHOD_LABELS, METHOD_NOTES, METHODS, nearest_other_modality, project_layers, projection_rows,
+                                  stack_streams)
+from ui.charts import export_buttons, modality_color, modality_shape
+from ui.state import example_tokens, freshness, open_store, pick_example, qp_get, qp_set, sidebar, summaries_table
+
+JOINT = "all streams"
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def read_hidden(location: str, run: str, eid: str) -> dict:
+    reader = open_store(location).run(run)
+    return {s: reader.hidden(eid, s) for s in reader.hidden_streams(eid)}
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def cached_projection(location: str, run: str, eid: str, stream: str, method: str, center: bool):
+    streams = read_hidden(location, run, eid)
+    chosen = streams if stream == JOINT else {stream: streams[stream]}
+    values, index, owner = stack_streams(chosen)
+    return project_layers(values, index, method, center=center), owner, values
+
+
+store, reader = sidebar()
+st.title("Hidden states")
+df = summaries_table(store.location, reader.name, freshness(reader))
+eid = pick_example(reader, df, key="proj_example")
+if eid is None:
+    st.stop()
+tok = example_tokens(store.location, reader.name, eid)
+tokens, modality = tok["tokens"], tok["modality"]
+streams = read_hidden(store.location, reader.name, eid)
+if not streams:
+    st.warning("This example has no recorded hidden states.")
+    st.stop()
+
+# Streams can be projected together only when they share depth and width (ViLT: one joint stream).
+options = list(streams)
+try:
+    stack_streams(streams)
+    if len(streams) > 1:
+        options = [JOINT] + options
+except ValueError:
+    pass
+c1, c2, c3 = st.columns([1, 1, 2])
+stream = qp_get("stream", options[0])
+stream = stream if stream in options else options[0]
+if len(options) > 1:
+    stream = c1.selectbox("Stream", options, index=options.index(stream), key="proj_stream",
+                          help="Dual-stream models keep text and image states apart; streams of different depth "
+                               "are projected one at a time.")
+else:
+    c1.markdown(f"**Stream:** `{stream}`")
+method = qp_get("method", "pca")
+method = method if method in METHODS else "pca"
+method = c2.radio("Method", METHODS, index=METHODS.index(method), format_func=METHOD_LABELS.get, horizontal=True,
+                  key="proj_method", help=" · ".join(f"{METHOD_LABELS[m]}: {METHOD_NOTES[m]}" for m in METHODS))
+center = c3.toggle("Center each layer", value=qp_get("center", "1") == "1", key="proj_center",
+                   help="Remove each layer's mean token before the joint fit, so the plot shows how tokens "
+                        "sit relative to each other rather than the drift of the whole layer.")
+qp_set(stream=stream if stream != options[0] else None, method=method if method != "pca" else None,
+       center=None if center else "0")
+
+with st.spinner(f"Fitting {METHOD_LABELS[method]} over all layers (cached afterwards)..."):
+    proj, owner, values = cached_projection(store.location, reader.name, eid, stream, method, center)
+n_layers = proj.n_layers
+layer = min(max(qp_get("layer", n_layers - 1, int), 0), n_layers - 1)
+layer = st.slider("Layer (0 = embeddings)", 0, n_layers - 1, layer, key=f"proj_layer_{stream}") if n_layers > 1 else 0
+qp_set(layer=layer)
+st.caption(f"{METHOD_LABELS[method]}: one joint fit over all {n_layers} layers' {len(proj.token_index)} tokens "
+           f"stacked ({n_layers * len(proj.token_index)} points), so coordinates are comparable across layers"
+           f"{'; each layer centered first' if center else ''} · fit in {proj.seconds:.2f} s")
+
+data = pd.DataFrame(projection_rows(proj, layer, tokens, modality, owner if stream == JOINT else None))
+data["position"] = np.arange(len(data))
+# Same axis ranges at every layer, so moving the slider shows movement, not rescaling.
+xs, ys = proj.coords[..., 0], proj.coords[..., 1]
+pad_x, pad_y = 0.05 * float(np.ptp(xs) or 1), 0.05 * float(np.ptp(ys) or 1)
+xdom = [float(xs.min()) - pad_x, float(xs.max()) + pad_x]
+ydom = [float(ys.min()) - pad_y, float(ys.max()) + pad_y]
+
+choices = [int(t) for t in proj.token_index if modality[t] in ("text", "image")]
+cur = qp_get("token", None, int)
+cur = cur if cur in choices else (choices[0] if choices else None)
+pick = alt.selection_point(name="tok", fields=["token_index"], on="click")
+points = alt.Chart(data).mark_point(filled=True, size=70).encode(
+    x=alt.X("x:Q", scale=alt.Scale(domain=xdom), title=f"{METHOD_LABELS[method]} 1"),
+    y=alt.Y("y:Q", scale=alt.Scale(domain=ydom), title=f"{METHOD_LABELS[method]} 2"),
+    color=modality_color(), shape=modality_shape(),
+    tooltip=["token:N", "modality:N", "token_index:Q"] + (["stream:N"] if "stream" in data else []),
+    opacity=alt.condition(pick, alt.value(0.95), alt.value(0.35)),
+).add_params(pick)
+chart = points.properties(title=f"{METHOD_LABELS[method]} · layer {layer} · {eid[:8]}", height=460)
+
+left, right = st.columns([3, 2])
+with left:
+    event = st.altair_chart(chart, on_select="rerun", selection_mode="tok", key="proj_chart", width="stretch")
+    sel = (event or {}).get("selection", {}).get("tok", []) if isinstance(event, dict) else \
+        list(getattr(getattr(event, "selection", None) or {}, "get", lambda *_: [])("tok", []) or [])
+    if sel and int(sel[0]["token_index"]) in choices:
+        cur = int(sel[0]["token_index"])
+with right:
+    if cur is None:
+        st.info("No text or image tokens to compare.")
+    else:
+        cur = st.selectbox("Token", choices, index=choices.index(cur), key="proj_token",
+                           format_func=lambda t: f"{tokens[t]}  ({modality[t]}, #{t})")
+        qp_set(token=cur)
+        # Neighbours in the full hidden space of this layer (the 2-D map distorts distances).
+        neigh = nearest_other_modality(values[layer], proj.token_index, modality, cur, k=5)
+        other = "image" if modality[cur] == "text" else "text"
+        if neigh:
+            st.markdown(f"**Nearest {other} tokens to “{tokens[cur]}” at layer {layer}** (cosine, full hidden space)")
+            st.dataframe(pd.DataFrame([{"token": tokens[n.token], "#": n.token, "cosine": round(n.similarity, 4)}
+                                       for n in neigh]), hide_index=True, key="proj_neighbours")
+        else:
+            st.info(f"No {other} tokens in this stream to compare with (pick '{JOINT}' if offered).")
+
+with st.expander("Download"):
+    export_buttons(chart, data.drop(columns=["position"]), f"projection_{method}_L{layer}", key="proj_export")
+    all_layers = pd.concat([pd.DataFrame(projection_rows(proj, l, tokens, modality)) for l in range(n_layers)])
+    st.download_button("CSV, all layers", data=lambda: all_layers.to_csv(index=False),
+                       file_name=f"projection_{method}_all_layers.csv", mime="text/csv", key="proj_export_all",
+                       on_click="ignore")
