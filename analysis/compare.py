@@ -146,10 +146,10 @@ def relative_depth_bins(n_layers: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def layer_at(rel: float, n_layers: int) -> int:
-    """The layer of an n_layers-deep model nearest to relative depth ``rel`` (0..1)."""
+    """The layer of an n_layers-deep model nearest to relative depth ``rel`` (0..1); ties go deeper."""
     if n_layers == 1:
         return 0
-    return int(np.clip(np.rint(float(rel) * (n_layers - 1)), 0, n_layers - 1))
+    return int(np.clip(np.floor(float(rel) * (n_layers - 1) + 0.5), 0, n_layers - 1))
 
 
 # ---- head statistics per relative depth ----------------------------------------------------------

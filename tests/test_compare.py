@@ -64,6 +64,8 @@ def test_relative_depth_lines_up_models_of_different_depth():
     with pytest.raises(ValueError):
         cmp.relative_depth(0)
     assert cmp.layer_at(0.5, 5) == 2 and cmp.layer_at(1.0, 12) == 11 and cmp.layer_at(0.0, 7) == 0
+    assert cmp.layer_at(0.5, 2) == 1 and cmp.layer_at(0.5, 4) == 2 and cmp.layer_at(0.49, 2) == 0  # ties go deeper
+    assert cmp.layer_at(0.3, 1) == 0
     lo, hi = cmp.relative_depth_bins(3)
     np.testing.assert_allclose(lo, [-.25, .25, .75])
     np.testing.assert_allclose(hi, [.25, .75, 1.25])
@@ -312,8 +314,20 @@ def test_page_follows_ex_and_reports_answers(pair_store, monkeypatch):
     assert f"{target.answer} ({target.confidence:.2f})" in md
     assert f"{other.answer} ({other.confidence:.2f})" in md
     # depth slider: at relative depth 0 the overlays read layer 0 of both models
-    at.slider(key="compare_depth").set_value(0.0).run()
+    def overlay_captions():
+        return [img.caption for el in at.get("image") for img in el.proto.imgs]
+
+    caps = overlay_captions()  # default: the last layer of each model
+    assert any("a · self · layer 1 of 1 (relative 1.00)" in c for c in caps), caps
+    assert any("b · self · layer 2 of 2 (relative 1.00)" in c for c in caps), caps
+    at.slider(key="compare_depth").set_value(0.5).run()
     assert not at.exception, at.exception
+    caps = overlay_captions()  # 0.5 -> layer 1 of b (exact); a has layers at 0 and 1, the tie goes deeper
+    assert any("b · self · layer 1 of 2 (relative 0.50)" in c for c in caps), caps
+    assert any("a · self · layer 1 of 1 (relative 1.00)" in c for c in caps), caps
+    at.slider(key="compare_depth").set_value(0.2).run()
+    caps = overlay_captions()
+    assert any("b · self · layer 0 of 2" in c for c in caps) and any("a · self · layer 0 of 1" in c for c in caps)
 
 
 def test_page_shows_only_shared_examples_with_count_of_rest(partial_store, monkeypatch):
@@ -357,3 +371,103 @@ def test_cli_records_two_models_over_the_same_examples(tmp_path, tiny_vilt_dir, 
     assert len(ids_a) == 3 and sorted(ids_a) == sorted(ids_b)
     assert store.run(ra).provenance["config"]["layers"] == 2
     assert store.run(rb).provenance["config"]["layers"] == 3
+
+
+# ---- single-stream against dual-stream -------------------------------------------------------------
+def _softmax_rows(rng, shape):
+    x = rng.rand(*shape).astype(np.float64) * 4
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return (e / e.sum(-1, keepdims=True)).astype(np.float32)
+
+
+def dual_stream_record(summary, *, with_v2l: bool = True, seed: int = 0):
+    """A hand-built LXMERT-shaped Record of an already recorded example (same example_id):
+    language encoder 3 layers, vision and cross encoders 2 layers, 2 heads, 4 detector regions."""
+    from store.schema import AttentionBlock, HiddenBlock, Prediction, Record
+
+    rng = np.random.RandomState(seed)
+    words = summary.question.rstrip("?").split()
+    tokens = ["[CLS]"] + words + ["[SEP]"] + [f"region {i}" for i in range(4)]
+    modality = ["special"] + ["text"] * len(words) + ["special"] + ["image"] * 4
+    n = len(tokens)
+    lang = np.arange(len(words) + 2)
+    vis = np.arange(len(words) + 2, n)
+    boxes = np.full((n, 4), np.nan, np.float32)
+    boxes[vis] = [[0, 0, .5, .5], [.5, 0, 1, .5], [0, .5, .5, 1], [.5, .5, 1, 1]]
+    spans = np.full((n, 2), -1, np.int32)
+    pos = 0
+    for i, w in enumerate(words, start=1):
+        start = summary.question.index(w, pos)
+        spans[i] = (start, start + len(w))
+        pos = start + len(w)
+
+    def block(layers, q, k):
+        return AttentionBlock(values=_softmax_rows(rng, (layers, 2, len(q), len(k))), query_index=q, key_index=k)
+
+    attention = {"lang_self": block(3, lang, lang), "vision_self": block(2, vis, vis),
+                 "cross_l2v": block(2, lang, vis), "cross_lang_self": block(2, lang, lang),
+                 "cross_vision_self": block(2, vis, vis)}
+    if with_v2l:
+        attention["cross_v2l"] = block(2, vis, lang)
+    hidden = {"lang": HiddenBlock(values=rng.randn(6, len(lang), 8).astype(np.float32), token_index=lang),
+              "vision": HiddenBlock(values=rng.randn(5, len(vis), 8).astype(np.float32), token_index=vis)}
+    answer = "circle" if summary.answer != "circle" else "red"
+    return Record(example_id=summary.example_id, question=summary.question, tokens=tuple(tokens),
+                  modality=tuple(modality), token_boxes=boxes, token_grid=np.full((n, 2), -1, np.int32),
+                  token_spans=spans, image=np.full((16, 16, 3), 128, np.uint8), attention=attention, hidden=hidden,
+                  prediction=Prediction(answers=(answer,), probabilities=(0.5,)), label=summary.label)
+
+
+@pytest.fixture(scope="module")
+def mixed_store(tmp_path_factory, tiny_vilt_dir):
+    """Run 'single' (tiny ViLT, kind self) and run 'dual' (hand-built LXMERT-shaped records, no cross_v2l)."""
+    from analysis.head_stats import compute_head_stats
+    from sources.easyvqa import EasyVQA
+    from store.zarr_store import VLStore
+
+    path = tmp_path_factory.mktemp("mixed") / "mixed.zarr"
+    store = VLStore(path, mode="a")
+    _record(store, tiny_vilt_dir, "single", itertools.islice(iter(EasyVQA("test")), 4))
+    kinds = ["lang_self", "vision_self", "cross_l2v", "cross_lang_self", "cross_vision_self"]
+    writer = store.writer("dual", {"model_id": "synthetic-lxmert", "adapter": "synthetic",
+                                   "architecture": "dual-stream", "attention_kinds": kinds,
+                                   "config": {"layers": 3, "heads": 2}})
+    for i, s in enumerate(store.run("single").summaries()):
+        rec = dual_stream_record(s, with_v2l=False, seed=i)
+        writer.write(rec, compute_head_stats(rec))
+    writer.consolidate()
+    return path
+
+
+def test_single_vs_dual_stream_compares_what_exists_in_both(mixed_store, monkeypatch):
+    at = _app(mixed_store, monkeypatch, run="single", run2="dual")
+    assert not at.exception, at.exception
+    info = " ".join(i.value for i in at.info)
+    assert "share no attention kind" in info and "Only in single: self" in info
+    # no shared kind: the kind picker offers only the pooled rule
+    assert list(at.selectbox(key="compare_kind").options) == ["all kinds (mean where defined)"]
+    # image_to_text needs image queries with text keys: without cross_v2l no dual kind has them
+    warnings = [w.value for w in at.warning]
+    assert any(w.startswith("image_to_text does not exist for B (dual)") for w in warnings), warnings
+    assert not any(w.startswith("text_to_image does not exist") for w in warnings)
+    depth = _frame(at, "relative_depth", "spread")
+    dual = depth[depth["model"] == "B: dual"]
+    assert set(dual["stat"]) == {"text_to_image", "image_to_image", "image_to_image_nonlocal", "text_to_text",
+                                 "cross_modal", "intra_modal"}
+    # the dual model is put on its deepest kind's grid (lang_self, 3 layers)
+    np.testing.assert_allclose(sorted(dual[dual["stat"] == "text_to_text"]["relative_depth"]), [0, .5, 1])
+    # text_to_image is defined only in cross_l2v: 2 heads at every depth
+    assert (dual[dual["stat"] == "text_to_image"]["heads"] == 2).all()
+    # text_to_text is defined in lang_self and cross_lang_self: 4 heads pooled
+    assert (dual[dual["stat"] == "text_to_text"]["heads"] == 4).all()
+    # the same word's overlay from both models (self vs cross_l2v), and both projections
+    captions = [img.caption for el in at.get("image") for img in el.proto.imgs]
+    assert any("single · self" in c for c in captions) and any("dual · cross_l2v" in c for c in captions)
+    # PCA of the dual model pools both hidden streams: every token of the example is a point
+    from store.zarr_store import VLStore
+
+    eid = at.selectbox(key="compare_example").value
+    n_tokens = len(VLStore(mixed_store).run("dual").tokens(eid)["tokens"])
+    points = _chart_data(at, "compare_pca_B")
+    assert len(points) == n_tokens
+    assert {p["modality"] for p in points} == {"text", "image", "special"}
