@@ -139,10 +139,16 @@ def relative_depth(n_layers: int) -> np.ndarray:
 
 
 def relative_depth_bins(n_layers: int) -> tuple[np.ndarray, np.ndarray]:
-    """(start, end) of each layer's cell on the 0..1 axis (centred on its relative depth) for heatmaps."""
+    """(start, end) of each layer's heatmap cell on the 0..1 axis.
+
+    Cells are centred on the layer's relative depth and cut at 0 and 1, so two models' heatmaps
+    share one axis: the first and last layers get half cells, a single layer the whole axis.
+    """
+    if n_layers == 1:
+        return np.zeros(1), np.ones(1)
     d = relative_depth(n_layers)
-    half = 0.5 if n_layers == 1 else 0.5 / (n_layers - 1)
-    return d - half, d + half
+    half = 0.5 / (n_layers - 1)
+    return np.clip(d - half, 0, 1), np.clip(d + half, 0, 1)
 
 
 def layer_at(rel: float, n_layers: int) -> int:

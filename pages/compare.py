@@ -85,7 +85,8 @@ kinds_a, kinds_b = _kinds(reader_a), _kinds(reader_b)
 kind_cmp = cmp.compare_kinds(kinds_a, kinds_b)
 st.info(kind_cmp.statement(name_a, name_b))
 
-tab_data, tab_example = st.tabs(["Data set", "Example"])
+# The example tab comes first: a disagreement link (?ex=) reloads the page onto it.
+tab_example, tab_data = st.tabs(["Example", "Data set"])
 
 # ---- data set level ----------------------------------------------------------------------------
 with tab_data:
@@ -168,8 +169,9 @@ with tab_data:
             y="mean:Q", color=color,
             tooltip=["model", "statistic", "layer", alt.Tooltip("relative_depth:Q", format=".2f"),
                      alt.Tooltip("mean:Q", format=".3f"), alt.Tooltip("spread:Q", format=".3f"), "heads"])
-        chart = alt.layer(band, line, data=depth_df).properties(width=260, height=180).facet(
-            facet=alt.Facet("statistic:N", title=None), columns=3).properties(usermeta={"chart": "depth_chart"})
+        chart = alt.layer(band, line, data=depth_df).properties(width=190, height=150).facet(
+            facet=alt.Facet("statistic:N", title=None), columns=3).properties(
+            usermeta={"chart": "depth_chart"}).configure_legend(orient="top")
         st.altair_chart(chart, key="depth_chart")
         with st.expander("Chart data"):
             st.dataframe(depth_df.drop(columns=["statistic"]), hide_index=True, key="depth_table")
@@ -214,12 +216,12 @@ with tab_example:
             rows = [{"layer": li, "head": h, "relative_depth": float(d[li]), "x0": float(lo[li]), "x1": float(hi[li]),
                      "value": float(m[li, h])} for li in range(L) for h in range(H)]
             heat = alt.Chart(pd.DataFrame(rows)).mark_rect().encode(
-                x=alt.X("x0:Q", title="relative depth", scale=alt.Scale(domain=[lo[0], hi[-1]])), x2="x1:Q",
-                y=alt.Y("head:O", title="head"),
+                x=alt.X("x0:Q", title="relative depth", scale=alt.Scale(domain=[0, 1])), x2="x1:Q",
+                y=alt.Y("head:O", title="head", scale=alt.Scale(type="band")),
                 color=alt.Color("value:Q", title=_label(stat), scale=alt.Scale(scheme="viridis")),
                 tooltip=["layer", "head", alt.Tooltip("relative_depth:Q", format=".2f"),
                          alt.Tooltip("value:Q", format=".3f")],
-            ).properties(title=f"{tag}: {reader.name} · {k} · {L} layers", height=max(120, 22 * H),
+            ).properties(title=f"{tag}: {reader.name} · {k} · {L} layers", height=alt.Step(20),
                           usermeta={"chart": f"compare_heat_{tag}"})
             col.altair_chart(heat, key=f"compare_heat_{tag}")
 

@@ -67,8 +67,10 @@ def test_relative_depth_lines_up_models_of_different_depth():
     assert cmp.layer_at(0.5, 2) == 1 and cmp.layer_at(0.5, 4) == 2 and cmp.layer_at(0.49, 2) == 0  # ties go deeper
     assert cmp.layer_at(0.3, 1) == 0
     lo, hi = cmp.relative_depth_bins(3)
-    np.testing.assert_allclose(lo, [-.25, .25, .75])
-    np.testing.assert_allclose(hi, [.25, .75, 1.25])
+    np.testing.assert_allclose(lo, [0, .25, .75])
+    np.testing.assert_allclose(hi, [.25, .75, 1])
+    lo, hi = cmp.relative_depth_bins(1)
+    assert (lo[0], hi[0]) == (0, 1)
 
 
 def test_depth_profile_mean_and_spread_over_heads():
