@@ -1,0 +1,418 @@
+"""Side-by-side comparison of two recorded runs: pure functions, no Streamlit.
+
+Two runs join on the content-hash ``example_id`` (image pixels + question), so two models'
+records of the same example meet whatever order or subset each run recorded.
+
+Depth: models differ in depth, so layers are compared on *relative depth*
+``layer / (L - 1)`` with ``L`` the number of layers of that model (or of that attention kind):
+the first layer sits at 0, the last at 1, and a 6-layer and a 12-layer model line up.
+A model with a single layer puts it at 1.0: its only layer is also its last, the one that
+feeds the answer.
+
+Several attention kinds (dual-stream models): a model with several kinds (LXMERT:
+``lang_self``, ``vision_self``, ``cross_l2v``, ...) is summarised per statistic by the
+NaN-aware mean over *its kinds where that statistic is defined* (a statistic is undefined,
+NaN, in a kind that lacks its source queries or target keys, e.g. ``text_to_image`` in
+``vision_self``). Kinds may have different depths, so each kind's per-head values are put on
+the relative-depth grid of the model's deepest kind (linear interpolation in relative depth)
+before pooling; a model with one kind (ViLT's ``self``) keeps its own layers exactly. The mean
+and spread are then taken over every head of every kind that defines the statistic.
+A statistic that is NaN in every kind of a model "does not exist" for that model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+# The attention kind whose rows go from text tokens to image tokens, by architecture.
+OVERLAY_KINDS = ("cross_l2v", "self")
+
+
+# ---- joining runs --------------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class ExampleJoin:
+    """Examples of run A and run B joined on example_id."""
+
+    shared_ids: tuple[str, ...]  # in run A's order
+    only_a: int  # recorded by A only
+    only_b: int  # recorded by B only
+
+    def statement(self) -> str:
+        rest = []
+        if self.only_a:
+            rest.append(f"{self.only_a} only in A")
+        if self.only_b:
+            rest.append(f"{self.only_b} only in B")
+        tail = f" ({', '.join(rest)}, not shown)" if rest else ""
+        return f"{len(self.shared_ids)} examples recorded by both runs{tail}"
+
+
+def join_examples(a: Iterable, b: Iterable) -> ExampleJoin:
+    """Join two runs' example summaries (anything with ``example_id``) on example_id."""
+    ids_a = [s.example_id for s in a]
+    ids_b = {s.example_id for s in b}
+    seen_a = set(ids_a)
+    shared = tuple(dict.fromkeys(i for i in ids_a if i in ids_b))
+    return ExampleJoin(shared_ids=shared, only_a=len(seen_a - ids_b), only_b=len(ids_b - seen_a))
+
+
+# ---- accuracy and disagreement -------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class Accuracy:
+    """Accuracy over labelled examples: overall, and per true answer (label)."""
+
+    n_labelled: int
+    n_correct: int
+    per_answer: Mapping[str, tuple[int, int]]  # label -> (n_correct, n)
+
+    @property
+    def overall(self) -> float:
+        return self.n_correct / self.n_labelled if self.n_labelled else float("nan")
+
+    def of(self, answer: str) -> float:
+        c, n = self.per_answer.get(answer, (0, 0))
+        return c / n if n else float("nan")
+
+
+def accuracy(summaries: Iterable) -> Accuracy:
+    """Accuracy of one run over the given summaries (``label``, ``answer``); unlabelled ones are left out.
+
+    Correct means the top answer equals the label (the store's ``correct`` field, recomputed here
+    so hand-built summaries need not carry it).
+    """
+    per: dict[str, list[int]] = {}
+    n = c = 0
+    for s in summaries:
+        if s.label is None:
+            continue
+        ok = int(s.answer == s.label)
+        n += 1
+        c += ok
+        cell = per.setdefault(s.label, [0, 0])
+        cell[0] += ok
+        cell[1] += 1
+    return Accuracy(n_labelled=n, n_correct=c, per_answer={k: (v[0], v[1]) for k, v in sorted(per.items())})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Disagreement:
+    example_id: str
+    question: str
+    label: str | None
+    answer_a: str
+    confidence_a: float
+    answer_b: str
+    confidence_b: float
+
+    @property
+    def gap(self) -> float:
+        """Absolute difference of the two models' top-answer confidences."""
+        return abs(self.confidence_a - self.confidence_b)
+
+
+def disagreements(a: Iterable, b: Iterable, shared_ids: Sequence[str] | None = None) -> list[Disagreement]:
+    """Shared examples whose top answers differ, largest confidence gap first (ties: example_id)."""
+    by_a = {s.example_id: s for s in a}
+    by_b = {s.example_id: s for s in b}
+    ids = shared_ids if shared_ids is not None else [i for i in by_a if i in by_b]
+    out = []
+    for eid in ids:
+        sa, sb = by_a[eid], by_b[eid]
+        if sa.answer != sb.answer:
+            out.append(Disagreement(example_id=eid, question=sa.question, label=sa.label if sa.label is not None
+                                    else sb.label, answer_a=sa.answer, confidence_a=float(sa.confidence),
+                                    answer_b=sb.answer, confidence_b=float(sb.confidence)))
+    out.sort(key=lambda d: (-d.gap, d.example_id))
+    return out
+
+
+# ---- relative depth ------------------------------------------------------------------------------
+def relative_depth(n_layers: int) -> np.ndarray:
+    """(n_layers,) relative depth of each layer: layer / (L - 1); a single layer sits at 1.0."""
+    if n_layers < 1:
+        raise ValueError(f"a model needs at least one layer, got {n_layers}")
+    if n_layers == 1:
+        return np.ones(1)
+    return np.arange(n_layers) / (n_layers - 1)
+
+
+def relative_depth_bins(n_layers: int) -> tuple[np.ndarray, np.ndarray]:
+    """(start, end) of each layer's heatmap cell on the 0..1 axis.
+
+    Cells are centred on the layer's relative depth and cut at 0 and 1, so two models' heatmaps
+    share one axis: the first and last layers get half cells, a single layer the whole axis.
+    """
+    if n_layers == 1:
+        return np.zeros(1), np.ones(1)
+    d = relative_depth(n_layers)
+    half = 0.5 / (n_layers - 1)
+    return np.clip(d - half, 0, 1), np.clip(d + half, 0, 1)
+
+
+def layer_at(rel: float, n_layers: int) -> int:
+    """The layer of an n_layers-deep model nearest to relative depth ``rel`` (0..1); ties go deeper."""
+    if n_layers == 1:
+        return 0
+    return int(np.clip(np.floor(float(rel) * (n_layers - 1) + 0.5), 0, n_layers - 1))
+
+
+# ---- head statistics per relative depth ----------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class DepthProfile:
+    """One model's head statistics per relative depth: mean and spread (std) over heads.
+
+    ``kinds[s]`` lists the attention kinds that define statistic s (empty: it does not exist for
+    this model, and its row of ``mean`` / ``spread`` is NaN).
+    """
+
+    DIMS = ("stat", "depth")
+    stat_names: tuple[str, ...]
+    relative_depth: np.ndarray  # (depth,)
+    layer: np.ndarray  # (depth,) layer index on the grid's own kind
+    mean: np.ndarray  # (stat, depth)
+    spread: np.ndarray  # (stat, depth) std over heads (and kinds)
+    n_heads: np.ndarray  # (stat, depth) heads that entered the mean
+    kinds: Mapping[str, tuple[str, ...]]
+
+    def exists(self, stat: str) -> bool:
+        return bool(self.kinds.get(stat))
+
+
+def _per_head(values: np.ndarray) -> np.ndarray:
+    """(example, stat, layer, head) -> (stat, layer, head): NaN-aware mean over examples."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 4:
+        raise ValueError(f"head statistics must have dims (example, stat, layer, head), got shape {v.shape}")
+    if v.shape[0] == 0:
+        return np.full(v.shape[1:], np.nan)
+    with np.errstate(invalid="ignore"), _quiet():
+        return np.nanmean(v, axis=0)
+
+
+class _quiet:
+    """Silence numpy's 'mean of empty slice' warnings: an all-NaN slice is a defined NaN here."""
+
+    def __enter__(self):
+        import warnings
+
+        self._w = warnings.catch_warnings()
+        self._w.__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)
+
+    def __exit__(self, *exc):
+        return self._w.__exit__(*exc)
+
+
+def _resample(per_head: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """(layer, head) on its own relative depth -> (len(grid), head) by linear interpolation."""
+    L = per_head.shape[0]
+    src = relative_depth(L)
+    if L == len(grid) and np.allclose(src, grid):
+        return per_head
+    if L == 1:
+        return np.repeat(per_head, len(grid), axis=0)
+    out = np.empty((len(grid), per_head.shape[1]))
+    for h in range(per_head.shape[1]):
+        out[:, h] = np.interp(grid, src, per_head[:, h])
+    return out
+
+
+def depth_profile(stats_by_kind: Mapping[str, tuple[Sequence[str], np.ndarray]],
+                  stat_names: Sequence[str] | None = None) -> DepthProfile:
+    """Per-statistic, per-relative-depth mean and spread over heads of one model.
+
+    ``stats_by_kind``: kind -> (stat names, values (example, stat, layer, head)), as read by
+    ``RunReader.head_stats_all``. Pass one kind to profile that kind; pass all kinds to get the
+    model-level profile (NaN-aware mean over the kinds where each statistic is defined; see the
+    module docstring).
+    """
+    if not stats_by_kind:
+        raise ValueError("no head statistics to profile")
+    per_kind = {k: (list(n), _per_head(v)) for k, (n, v) in stats_by_kind.items()}
+    if stat_names is None:
+        stat_names = list(dict.fromkeys(s for names, _ in per_kind.values() for s in names))
+    grid_kind = max(per_kind, key=lambda k: (per_kind[k][1].shape[1], k))
+    L = per_kind[grid_kind][1].shape[1]
+    grid = relative_depth(L)
+    S = len(stat_names)
+    mean = np.full((S, L), np.nan)
+    spread = np.full((S, L), np.nan)
+    count = np.zeros((S, L), dtype=np.int64)
+    kinds: dict[str, tuple[str, ...]] = {}
+    for si, stat in enumerate(stat_names):
+        pooled, used = [], []
+        for kind in sorted(per_kind):
+            names, ph = per_kind[kind]
+            if stat not in names:
+                continue
+            vals = ph[names.index(stat)]  # (layer, head)
+            if np.isnan(vals).all():
+                continue  # undefined in this kind
+            pooled.append(_resample(vals, grid))
+            used.append(kind)
+        kinds[stat] = tuple(used)
+        if not pooled:
+            continue
+        allh = np.concatenate(pooled, axis=1)  # (depth, heads over kinds)
+        with _quiet():
+            mean[si] = np.nanmean(allh, axis=1)
+            spread[si] = np.nanstd(allh, axis=1)
+        count[si] = np.isfinite(allh).sum(axis=1)
+    return DepthProfile(stat_names=tuple(stat_names), relative_depth=grid, layer=np.arange(L), mean=mean,
+                        spread=spread, n_heads=count, kinds=kinds)
+
+
+def profile_rows(profile: DepthProfile, model: str, kind: str) -> list[dict]:
+    """Long-form rows (one per stat and depth) for a chart or table."""
+    rows = []
+    for si, stat in enumerate(profile.stat_names):
+        if not profile.exists(stat):
+            continue
+        for j, d in enumerate(profile.relative_depth):
+            m, s = profile.mean[si, j], profile.spread[si, j]
+            if not np.isfinite(m):
+                continue
+            rows.append({"model": model, "kind": kind, "stat": stat, "layer": int(profile.layer[j]),
+                         "relative_depth": float(d), "mean": float(m), "spread": float(s),
+                         "low": float(m - s), "high": float(m + s), "heads": int(profile.n_heads[si, j])})
+    return rows
+
+
+# ---- what exists in both models ------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class KindComparison:
+    shared: tuple[str, ...]
+    only_a: tuple[str, ...]
+    only_b: tuple[str, ...]
+
+    def statement(self, name_a: str = "A", name_b: str = "B") -> str:
+        if self.shared and not self.only_a and not self.only_b:
+            return f"Both models have the attention kinds {', '.join(self.shared)}."
+        parts = []
+        if self.shared:
+            parts.append(f"Attention kinds in both models: {', '.join(self.shared)}.")
+        else:
+            parts.append("The two models share no attention kind; statistics are compared as the mean over "
+                         "each model's kinds where they are defined.")
+        if self.only_a:
+            parts.append(f"Only in {name_a}: {', '.join(self.only_a)}.")
+        if self.only_b:
+            parts.append(f"Only in {name_b}: {', '.join(self.only_b)}.")
+        return " ".join(parts)
+
+
+def compare_kinds(kinds_a: Iterable[str], kinds_b: Iterable[str]) -> KindComparison:
+    a, b = list(dict.fromkeys(kinds_a)), list(dict.fromkeys(kinds_b))
+    return KindComparison(shared=tuple(k for k in a if k in b), only_a=tuple(k for k in a if k not in b),
+                          only_b=tuple(k for k in b if k not in a))
+
+
+def missing_statistics(profile_a: DepthProfile, profile_b: DepthProfile, name_a: str = "A",
+                       name_b: str = "B") -> list[str]:
+    """Plain statements, one per statistic that exists for one model and not the other (or neither)."""
+    out = []
+    for stat in dict.fromkeys(profile_a.stat_names + profile_b.stat_names):
+        in_a, in_b = profile_a.exists(stat), profile_b.exists(stat)
+        if in_a and in_b:
+            continue
+        if not in_a and not in_b:
+            out.append(f"{stat} does not exist for either model.")
+        else:
+            missing, has = (name_b, name_a) if in_a else (name_a, name_b)
+            out.append(f"{stat} does not exist for {missing} (no attention kind of it has the tokens it needs); "
+                       f"only {has} is shown.")
+    return out
+
+
+# ---- per-example helpers -------------------------------------------------------------------------
+def overlay_kind(kinds: Iterable[str]) -> str | None:
+    """The kind whose rows go from text to image: cross_l2v (dual-stream) or self (single-stream)."""
+    kinds = list(kinds)
+    for k in OVERLAY_KINDS:
+        if k in kinds:
+            return k
+    return None
+
+
+def common_words(tokens_a: Sequence[str], modality_a: Sequence[str], tokens_b: Sequence[str],
+                 modality_b: Sequence[str]) -> list[str]:
+    """Text tokens present in both token lists, in A's order (matched case-insensitively, '##' kept)."""
+    in_b = {t.lower() for t, m in zip(tokens_b, modality_b) if m == "text"}
+    return list(dict.fromkeys(t.lower() for t, m in zip(tokens_a, modality_a) if m == "text" and t.lower() in in_b))
+
+
+def word_token(tokens: Sequence[str], modality: Sequence[str], word: str) -> int | None:
+    """Index of the first text token equal to ``word`` (case-insensitive)."""
+    for i, (t, m) in enumerate(zip(tokens, modality)):
+        if m == "text" and t.lower() == word.lower():
+            return i
+    return None
+
+
+def word_to_image_row(attention: np.ndarray, query_index: np.ndarray, key_index: np.ndarray,
+                      modality: Sequence[str], token: int) -> tuple[np.ndarray, np.ndarray]:
+    """One token's attention over the image tokens, mean over heads.
+
+    attention: (head, query, key) of one layer. Returns (image token indices, weights). The
+    weights are the raw softmax mass on each image key (not renormalised), so two models'
+    overlays show how much each actually sends to the image.
+    """
+    att = np.asarray(attention, dtype=np.float64)
+    q = np.flatnonzero(np.asarray(query_index) == token)
+    if len(q) == 0:
+        raise ValueError(f"token {token} is not a query of this attention kind")
+    row = att[:, q[0], :].mean(axis=0)
+    mod = np.asarray(modality)[np.asarray(key_index)]
+    keep = mod == "image"
+    return np.asarray(key_index)[keep], row[keep]
+
+
+def attention_overlay(image: np.ndarray, boxes: np.ndarray, weights: np.ndarray, *, alpha: float = 0.6,
+                      vmax: float | None = None) -> np.ndarray:
+    """Draw weights on the image: each box (x0, y0, x1, y1 in 0..1) is filled with its weight.
+
+    Returns a (y, x, 3) uint8 picture: the image darkened where attention is low and tinted
+    red-yellow where it is high (scaled to ``vmax``, default the largest weight).
+    """
+    img = np.asarray(image, dtype=np.float64)
+    h, w = img.shape[:2]
+    heat = np.zeros((h, w))
+    for (x0, y0, x1, y1), wt in zip(np.asarray(boxes, dtype=np.float64), np.asarray(weights, dtype=np.float64)):
+        if not np.isfinite(wt):
+            continue
+        c0, c1 = int(np.floor(x0 * w)), int(np.ceil(x1 * w))
+        r0, r1 = int(np.floor(y0 * h)), int(np.ceil(y1 * h))
+        heat[r0:r1, c0:c1] = np.maximum(heat[r0:r1, c0:c1], wt)
+    top = float(vmax) if vmax is not None else float(heat.max())
+    heat = heat / top if top > 0 else heat
+    heat = np.clip(heat, 0, 1)[..., None]
+    tint = np.stack([np.ones((h, w)), heat[..., 0], np.zeros((h, w))], axis=-1) * 255
+    out = img * (1 - alpha) * (0.35 + 0.65 * heat) + alpha * heat * tint
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Projection:
+    coords: np.ndarray  # (token, 2)
+    explained: tuple[float, float]  # fraction of variance of each component
+
+
+def pca_2d(x: np.ndarray) -> Projection:
+    """2-D PCA of (token, dim) states by SVD; signs fixed so the largest loading is positive."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < 1:
+        raise ValueError(f"expected (token, dim) states, got shape {x.shape}")
+    xc = x - x.mean(axis=0, keepdims=True)
+    u, s, vt = np.linalg.svd(xc, full_matrices=False)
+    k = min(2, len(s))
+    comps = vt[:k]
+    signs = np.sign(comps[np.arange(k), np.abs(comps).argmax(axis=1)])
+    signs[signs == 0] = 1
+    coords = xc @ (comps * signs[:, None]).T
+    total = float((s ** 2).sum())
+    ev = [float(s[i] ** 2 / total) if total > 0 and i < k else 0.0 for i in range(2)]
+    if k < 2:
+        coords = np.concatenate([coords, np.zeros((coords.shape[0], 2 - k))], axis=1)
+    return Projection(coords=coords, explained=(ev[0], ev[1]))

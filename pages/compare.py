@@ -1,0 +1,285 @@
+"""Compare two recorded runs side by side: accuracy, disagreements, head statistics per relative
+depth, and for one shared example the answers, head summaries, a word's attention on the image and
+hidden-state projections. Run A is the sidebar run; run B is ``?run2=``; the example is ``?ex=``."""
+from __future__ import annotations
+
+import altair as alt
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from analysis import compare as cmp
+from analysis.head_stats import STAT_LABELS
+from ui.state import (example_image, example_tokens, freshness, link, open_store, pick_example, qp_get, qp_set,
+                      sidebar, summaries_table)
+
+ALL_KINDS = "all kinds (mean where defined)"
+
+store, reader_a = sidebar()
+runs = store.runs()
+with st.sidebar:
+    others = [r for r in runs if r != reader_a.name]
+    if not others:
+        st.title("Compare")
+        st.warning("This store holds one run. Record a second model over the same examples, e.g. "
+                   "`python cli.py record --model A --model B --out STORE`, to compare them.")
+        st.stop()
+    run_b = qp_get("run2", others[0])
+    if run_b not in others:
+        run_b = others[0]
+    run_b = st.selectbox("Compare with (run B)", others, index=others.index(run_b), key="run2_select")
+    if run_b != qp_get("run2"):
+        qp_set(run2=run_b)
+reader_b = store.run(run_b)
+name_a, name_b = reader_a.name, reader_b.name
+loc = store.location
+
+st.title("Compare")
+st.caption(f"A = **{name_a}** · B = **{name_b}**")
+
+
+# ---- cached reads ------------------------------------------------------------------------------
+@st.cache_data(show_spinner=False, max_entries=32)
+def _summaries(location: str, run: str, _fresh: int):
+    return open_store(location).run(run).summaries()
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _stats_all(location: str, run: str, kind: str, ids: tuple[str, ...], _fresh: int):
+    _, names, values = open_store(location).run(run).head_stats_all(kind, ids)
+    return names, values
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _example_stats(location: str, run: str, eid: str):
+    return open_store(location).run(run).head_stats(eid)
+
+
+def _kinds(reader) -> list[str]:
+    kinds = reader.attention_kinds()
+    if not kinds:  # provenance without the list: look at the first example
+        ids = reader.example_ids()
+        kinds = reader.attention_kinds(ids[0]) if ids else []
+    return kinds
+
+
+def _label(stat: str) -> str:
+    return STAT_LABELS.get(stat, stat)
+
+
+sum_a = _summaries(loc, name_a, freshness(reader_a))
+sum_b = _summaries(loc, name_b, freshness(reader_b))
+join = cmp.join_examples(sum_a, sum_b)
+st.caption(join.statement())
+if not join.shared_ids:
+    st.warning(f"Runs {name_a} and {name_b} share no example (examples join on the hash of image and question). "
+               "Record both models over the same data set, e.g. `python cli.py record --model A --model B ...`.")
+    st.stop()
+shared = set(join.shared_ids)
+by_a = {s.example_id: s for s in sum_a}
+by_b = {s.example_id: s for s in sum_b}
+shared_a = [by_a[i] for i in join.shared_ids]
+shared_b = [by_b[i] for i in join.shared_ids]
+
+kinds_a, kinds_b = _kinds(reader_a), _kinds(reader_b)
+kind_cmp = cmp.compare_kinds(kinds_a, kinds_b)
+st.info(kind_cmp.statement(name_a, name_b))
+
+# The example tab comes first: a disagreement link (?ex=) reloads the page onto it.
+tab_example, tab_data = st.tabs(["Example", "Data set"])
+
+# ---- data set level ----------------------------------------------------------------------------
+with tab_data:
+    acc_a, acc_b = cmp.accuracy(shared_a), cmp.accuracy(shared_b)
+    c1, c2 = st.columns(2)
+    fmt = lambda v: "n/a" if np.isnan(v) else f"{v:.1%}"  # noqa: E731
+    c1.metric(f"Accuracy of A ({name_a})", fmt(acc_a.overall), help=f"over {acc_a.n_labelled} labelled shared examples")
+    c2.metric(f"Accuracy of B ({name_b})", fmt(acc_b.overall), help=f"over {acc_b.n_labelled} labelled shared examples")
+    answers = sorted(set(acc_a.per_answer) | set(acc_b.per_answer))
+    acc_table = pd.DataFrame({
+        "true answer": answers,
+        "examples": [acc_a.per_answer.get(a, (0, 0))[1] for a in answers],
+        f"accuracy A ({name_a})": [acc_a.of(a) for a in answers],
+        f"accuracy B ({name_b})": [acc_b.of(a) for a in answers],
+    })
+    st.subheader("Accuracy per true answer")
+    st.dataframe(acc_table, hide_index=True, key="accuracy_table")
+    with st.expander(f"All {len(join.shared_ids)} shared examples"):
+        st.dataframe(pd.DataFrame([{
+            "example_id": a.example_id, "question": a.question, "true answer": a.label,
+            "answer A": a.answer, "confidence A": a.confidence, "answer B": b.answer, "confidence B": b.confidence,
+            "agree": a.answer == b.answer} for a, b in zip(shared_a, shared_b)]),
+            hide_index=True, key="shared_table")
+
+    st.subheader("Where the models disagree")
+    dis = cmp.disagreements(shared_a, shared_b, join.shared_ids)
+    st.caption(f"{len(dis)} of {len(join.shared_ids)} shared examples get different answers, "
+               "largest confidence gap first. Pick a row (or open its link) to inspect it.")
+    if dis:
+        dis_table = pd.DataFrame([{
+            "example_id": d.example_id, "question": d.question, "true answer": d.label,
+            "answer A": d.answer_a, "confidence A": d.confidence_a,
+            "answer B": d.answer_b, "confidence B": d.confidence_b, "gap": d.gap,
+            "link": link("compare", run2=name_b, ex=d.example_id),
+        } for d in dis])
+        event = st.dataframe(dis_table, hide_index=True, key="disagreements_table", on_select="rerun",
+                             selection_mode="single-row",
+                             column_config={"example_id": None,
+                                            "link": st.column_config.LinkColumn("open", display_text="inspect"),
+                                            "gap": st.column_config.NumberColumn(format="%.3f")})
+        rows = event.selection.rows if event and event.selection else []
+        if rows and dis_table.iloc[rows[0]]["example_id"] != qp_get("ex"):
+            qp_set(ex=dis_table.iloc[rows[0]]["example_id"])
+            st.rerun()
+
+    st.subheader("Head statistics per relative depth")
+    st.caption("Relative depth = layer / (L − 1): 0 is the first layer, 1 the last, so models of different "
+               "depth line up. Line: mean over heads (and over the shared examples); band: ± one standard "
+               "deviation over heads.")
+    kind_options = list(kind_cmp.shared) + [ALL_KINDS]
+    kind = st.selectbox("Attention kind", kind_options, key="compare_kind",
+                        help="Kinds in both models, or every kind of each model pooled: for each statistic, the "
+                             "NaN-aware mean over the model's kinds where it is defined.")
+
+    def _profile(reader, model_kinds, ids):
+        use = model_kinds if kind == ALL_KINDS else [kind]
+        stats = {}
+        for k in use:
+            names, values = _stats_all(loc, reader.name, k, tuple(ids), freshness(reader))
+            if values.size:
+                stats[k] = (names, values)
+        return cmp.depth_profile(stats) if stats else None
+
+    prof_a = _profile(reader_a, kinds_a, join.shared_ids)
+    prof_b = _profile(reader_b, kinds_b, join.shared_ids)
+    if prof_a is None or prof_b is None:
+        st.warning("Head statistics are missing for " + " and ".join(
+            n for n, p in ((name_a, prof_a), (name_b, prof_b)) if p is None) + "; re-record the run.")
+    else:
+        for line in cmp.missing_statistics(prof_a, prof_b, f"A ({name_a})", f"B ({name_b})"):
+            st.warning(line)
+        depth_df = pd.DataFrame(cmp.profile_rows(prof_a, f"A: {name_a}", kind)
+                                + cmp.profile_rows(prof_b, f"B: {name_b}", kind))
+        depth_df["statistic"] = depth_df["stat"].map(_label)
+        color = alt.Color("model:N", title="model")
+        base = alt.Chart().encode(x=alt.X("relative_depth:Q", title="relative depth", scale=alt.Scale(domain=[0, 1])))
+        band = base.mark_area(opacity=0.2).encode(y=alt.Y("low:Q", title="mean attention mass"), y2="high:Q",
+                                                  color=color)
+        line = base.mark_line(point=True).encode(
+            y="mean:Q", color=color,
+            tooltip=["model", "statistic", "layer", alt.Tooltip("relative_depth:Q", format=".2f"),
+                     alt.Tooltip("mean:Q", format=".3f"), alt.Tooltip("spread:Q", format=".3f"), "heads"])
+        chart = alt.layer(band, line, data=depth_df).properties(width=190, height=150).facet(
+            facet=alt.Facet("statistic:N", title=None), columns=3).properties(
+            usermeta={"chart": "depth_chart"}).configure_legend(orient="top")
+        st.altair_chart(chart, key="depth_chart")
+        with st.expander("Chart data"):
+            st.dataframe(depth_df.drop(columns=["statistic"]), hide_index=True, key="depth_table")
+
+# ---- one example -------------------------------------------------------------------------------
+with tab_example:
+    df_a = summaries_table(loc, name_a, freshness(reader_a))
+    df_shared = df_a[df_a["example_id"].isin(shared)]
+    eid = pick_example(reader_a, df_shared, key="compare_example")
+    if eid is None:
+        st.stop()
+    sa, sb = by_a[eid], by_b[eid]
+    st.markdown(f"**Question:** {sa.question} · **true answer:** {sa.label if sa.label is not None else '—'}")
+    cols = st.columns(2)
+    for col, s, tag, name in ((cols[0], sa, "A", name_a), (cols[1], sb, "B", name_b)):
+        verdict = "correct" if s.correct else "incorrect" if s.correct is False else "unlabelled"
+        col.markdown(f"**{tag} ({name}) answers:** {s.answer} ({s.confidence:.2f}) — {verdict}")
+
+    # head summary of this example, side by side on relative depth
+    st.subheader("Head summary")
+    stat_names = list(dict.fromkeys(
+        n for r in (reader_a, reader_b) for names, _ in _example_stats(loc, r.name, eid).values() for n in names))
+    if not stat_names:
+        st.warning("No head statistics stored for this example.")
+    else:
+        stat = st.selectbox("Statistic", stat_names, format_func=_label, key="compare_stat",
+                            index=stat_names.index(qp_get("stat")) if qp_get("stat") in stat_names else 0)
+        cols = st.columns(2)
+        for col, reader, tag in ((cols[0], reader_a, "A"), (cols[1], reader_b, "B")):
+            ex_stats = _example_stats(loc, reader.name, eid)
+            kinds = list(ex_stats)
+            default = next((k for k in kind_cmp.shared if k in kinds), None) or cmp.overlay_kind(kinds) or kinds[0]
+            k = col.selectbox(f"{tag}: attention kind", kinds, index=kinds.index(default), key=f"compare_hkind_{tag}")
+            names, vals = ex_stats[k]
+            if stat not in names or np.isnan(vals[names.index(stat)]).all():
+                col.warning(f"{_label(stat)} does not exist for {tag} ({reader.name}) in kind {k}.")
+                continue
+            m = vals[names.index(stat)]  # (layer, head)
+            L, H = m.shape
+            lo, hi = cmp.relative_depth_bins(L)
+            d = cmp.relative_depth(L)
+            rows = [{"layer": li, "head": h, "relative_depth": float(d[li]), "x0": float(lo[li]), "x1": float(hi[li]),
+                     "value": float(m[li, h])} for li in range(L) for h in range(H)]
+            heat = alt.Chart(pd.DataFrame(rows)).mark_rect().encode(
+                x=alt.X("x0:Q", title="relative depth", scale=alt.Scale(domain=[0, 1])), x2="x1:Q",
+                y=alt.Y("head:O", title="head", scale=alt.Scale(type="band")),
+                color=alt.Color("value:Q", title=_label(stat), scale=alt.Scale(scheme="viridis")),
+                tooltip=["layer", "head", alt.Tooltip("relative_depth:Q", format=".2f"),
+                         alt.Tooltip("value:Q", format=".3f")],
+            ).properties(title=f"{tag}: {reader.name} · {k} · {L} layers", height=alt.Step(20),
+                          usermeta={"chart": f"compare_heat_{tag}"})
+            col.altair_chart(heat, key=f"compare_heat_{tag}")
+
+    # the same word's attention on the image
+    st.subheader("A word's attention on the image")
+    rel = st.slider("Relative depth (0 = first layer, 1 = last)", 0.0, 1.0, 1.0, 0.05, key="compare_depth")
+    tok_a = example_tokens(loc, name_a, eid)
+    tok_b = example_tokens(loc, name_b, eid)
+    words = cmp.common_words(tok_a["tokens"], tok_a["modality"], tok_b["tokens"], tok_b["modality"])
+    ov_a, ov_b = cmp.overlay_kind(reader_a.attention_kinds(eid)), cmp.overlay_kind(reader_b.attention_kinds(eid))
+    if not words:
+        st.info("The two models' token lists share no word for this example.")
+    elif ov_a is None or ov_b is None:
+        st.info("One model has no text-to-image attention kind (self or cross_l2v) to overlay.")
+    else:
+        word = st.selectbox("Word (present in both token lists)", words, key="compare_word")
+        cols = st.columns(2)
+        for col, reader, tok, okind, tag in ((cols[0], reader_a, tok_a, ov_a, "A"), (cols[1], reader_b, tok_b, ov_b, "B")):
+            arr = reader.attention_array(eid, okind)
+            L = arr.shape[0]
+            layer = cmp.layer_at(rel, L)
+            qi, ki = reader.attention_index(eid, okind)
+            t = cmp.word_token(tok["tokens"], tok["modality"], word)
+            try:
+                img_tok, w = cmp.word_to_image_row(reader.attention(eid, okind, layer), qi, ki, tok["modality"], t)
+            except ValueError as e:
+                col.warning(f"{tag}: {e}")
+                continue
+            pic = cmp.attention_overlay(example_image(loc, reader.name, eid), tok["token_boxes"][img_tok], w)
+            col.image(pic, width=256, caption=f"{tag}: {reader.name} · {okind} · layer {layer} of {L - 1} "
+                                              f"(relative {cmp.relative_depth(L)[layer]:.2f}) · mean over heads · "
+                                              f"'{word}' sends {w.sum():.0%} of its attention to the image")
+
+    # hidden states, PCA per model
+    st.subheader("Hidden states (PCA per model)")
+    cols = st.columns(2)
+    for col, reader, tag in ((cols[0], reader_a, "A"), (cols[1], reader_b, "B")):
+        tok = example_tokens(loc, reader.name, eid)
+        parts, layers = [], []
+        for stream in reader.hidden_streams(eid):
+            full, tidx = reader.hidden(eid, stream)
+            layer = cmp.layer_at(rel, full.shape[0])
+            layers.append(f"{stream} {layer}/{full.shape[0] - 1}")
+            parts.append((full[layer], tidx))
+        if not parts:
+            col.info(f"{tag}: no hidden states stored.")
+            continue
+        x = np.concatenate([p[0] for p in parts])
+        idx = np.concatenate([p[1] for p in parts])
+        proj = cmp.pca_2d(x)
+        pdf = pd.DataFrame({"pc1": proj.coords[:, 0], "pc2": proj.coords[:, 1],
+                            "token": [tok["tokens"][i] for i in idx], "modality": [tok["modality"][i] for i in idx]})
+        chart = alt.Chart(pdf).mark_circle(size=60).encode(
+            x=alt.X("pc1:Q", title=f"PC1 ({proj.explained[0]:.0%})"),
+            y=alt.Y("pc2:Q", title=f"PC2 ({proj.explained[1]:.0%})"),
+            color=alt.Color("modality:N", scale=alt.Scale(domain=["text", "image", "special"],
+                                                          range=["#d62728", "#1f77b4", "#7f7f7f"])),
+            tooltip=["token", "modality"],
+        ).properties(title=f"{tag}: {reader.name} · layer {', '.join(layers)}", height=300,
+                      usermeta={"chart": f"compare_pca_{tag}"})
+        col.altair_chart(chart, key=f"compare_pca_{tag}")
