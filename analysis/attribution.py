@@ -417,9 +417,8 @@ class Method:
         return {**self.defaults, **{k: v for k, v in params.items() if v is not None}}
 
 
-def saved_bytes_per_step(adapter, spec: AttributionSpec, layers: dict) -> int:
-    """Bytes autograd keeps for one IG step (one interpolated input): measured on one forward with the
-    attribution layers' outputs requiring grad, counting each saved storage once."""
+def _saved_bytes(adapter, inputs: dict, layers: dict) -> int:
+    """Bytes of the storages autograd saves in one forward (each storage counted once)."""
     seen: dict[int, int] = {}
 
     def pack(t):
@@ -438,12 +437,20 @@ def saved_bytes_per_step(adapter, spec: AttributionSpec, layers: dict) -> int:
     handles = [m.register_forward_hook(make_leaf) for m in layers.values()]
     try:
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            logits = adapter.forward_logits(**spec.inputs)
+            logits = adapter.forward_logits(**inputs)
     finally:
         for h in handles:
             h.remove()
     del logits
-    return int(sum(seen.values())) + 1
+    return int(sum(seen.values()))
+
+
+def saved_bytes_per_step(adapter, spec: AttributionSpec, layers: dict) -> int:
+    """Bytes autograd keeps per IG step (one interpolated input), measured: the saved storages of a forward on
+    two copies of the input minus those on one, so weights (saved once, whatever the batch) cancel out."""
+    one = _saved_bytes(adapter, spec.inputs, layers)
+    two = _saved_bytes(adapter, concat_inputs([spec.inputs, spec.inputs]), layers)
+    return max(two - one, 1)
 
 
 def choose_internal_batch(n_steps: int, bytes_per_step: int, memory_budget_mb: float) -> int:
@@ -461,7 +468,7 @@ class IntegratedGradients(Method):
 
     def forward_equivalents(self, spec, **params) -> float:
         p = self.params(**params)
-        return 3.0 * int(p["n_steps"]) + 2.0
+        return 3.0 * int(p["n_steps"]) + 6.0
 
     def attribute(self, adapter, spec, target, **params) -> AttributionResult:
         from captum.attr import LayerIntegratedGradients
