@@ -1,0 +1,364 @@
+"""Ask: upload an image (or pick a demo example), ask a question, see which pixels and words drove the answer.
+
+Methods (analysis/attribution.py): ig, rollout, relevance, occlusion, attention, side by side, with
+their agreement and deletion curves (analysis/faithfulness.py). Guardrails for a CPU host: the
+image is downscaled first, long methods show a cost estimate and wait for a click, and every
+result is cached by (model, image hash, question, target, method, parameters), so moving a slider
+recomputes nothing.
+
+Models: the registry's models that can load here (demo weights present, or the hub when online),
+plus any given as VL_LENS_ASK_MODELS="name=ADAPTER:DIR_OR_HUB_ID,..." (tests use a tiny model).
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import os
+from pathlib import Path
+
+import altair as alt
+import numpy as np
+import pandas as pd
+import streamlit as st
+from PIL import Image
+
+from adapters.base import AdapterError, InputError
+from analysis.attribution import METHODS, attribute, estimate_seconds, resolve_target, time_one_forward
+from analysis.faithfulness import deletion_curve, random_deletion_curve, rank_agreement
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MAX_SIDE = 512  # uploads are reduced to this before anything else (the models read 384 px or less)
+# methods estimated above this many seconds wait for a click (VL_LENS_ASK_LONG_SECONDS overrides it)
+LONG_SECONDS = float(os.environ.get("VL_LENS_ASK_LONG_SECONDS", "4") or 4)
+N_DEMO_EXAMPLES = 40
+METHOD_TITLES = {"ig": "Integrated Gradients", "rollout": "Attention rollout", "relevance": "Gradient-weighted relevance",
+                 "occlusion": "Occlusion", "attention": "Raw attention (last layer)"}
+UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "gif", "bmp", "tif", "tiff"]
+
+
+# ---- models ---------------------------------------------------------------------------------------
+def ask_models() -> dict[str, str]:
+    """display name -> model spec for adapters.registry.load_model; only models that can load here."""
+    from adapters.registry import ADAPTERS, MODELS
+
+    out: dict[str, str] = {}
+    for item in filter(None, (s.strip() for s in os.environ.get("VL_LENS_ASK_MODELS", "").split(","))):
+        name, _, spec = item.partition("=")
+        out[name.strip()] = (spec or name).strip()
+    online = os.environ.get("HF_HUB_OFFLINE") != "1"
+    for name, (adapter, source) in MODELS.items():
+        if adapter not in ADAPTERS:
+            continue
+        local = REPO_ROOT / source
+        if (local / "config.json").exists() or (online and not source.startswith("demo/")):
+            out.setdefault(name, name)
+    return out
+
+
+@st.cache_resource(show_spinner="Loading the model...", max_entries=4)
+def get_adapter(model_spec: str):
+    from adapters.registry import load_model
+
+    return load_model(model_spec)
+
+
+# ---- cached computations (keys: model, image hash, question, target, method, params) -------------------
+@st.cache_data(show_spinner=False, max_entries=32)
+def decode_upload(data: bytes, name: str) -> np.ndarray:
+    from sources.images import decode_image
+
+    return np.asarray(decode_image(data, name=name, max_side=MAX_SIDE), dtype=np.uint8)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def demo_examples(n: int) -> list[dict]:
+    from sources import open_source
+
+    src = open_source("easyvqa", split="test")
+    rows = []
+    for i in range(0, n * 9, 9):  # every 9th question: a spread of images
+        ex = src[i]
+        rows.append({"key": ex.source_key, "question": ex.question, "label": ex.label,
+                     "image": np.asarray(ex.image().convert("RGB"), dtype=np.uint8)})
+    return rows
+
+
+def image_hash(arr: np.ndarray) -> str:
+    return hashlib.sha256(str(arr.shape).encode() + arr.tobytes()).hexdigest()[:20]
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def get_spec(model: str, img_hash: str, question: str, _image: np.ndarray):
+    return get_adapter(model).attribution_spec(Image.fromarray(_image), question)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def top_answers(model: str, img_hash: str, question: str, _image: np.ndarray, k: int = 5) -> pd.DataFrame:
+    pred = get_adapter(model).predict(Image.fromarray(_image), question, top_k=k)
+    return pd.DataFrame({"answer": list(pred.answers), "probability": list(pred.probabilities)})
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def forward_seconds(model: str, img_hash: str, question: str, _image: np.ndarray) -> float:
+    return time_one_forward(get_adapter(model), get_spec(model, img_hash, question, _image))
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def run_method(model: str, img_hash: str, question: str, target: tuple, method: str, params: tuple,
+               _image: np.ndarray):
+    adapter = get_adapter(model)
+    spec = get_spec(model, img_hash, question, _image)
+    return attribute(adapter, spec, resolve_target(adapter, spec, _target_arg(target)), method, **dict(params))
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def deletion(model: str, img_hash: str, question: str, target: tuple, method: str, params: tuple,
+             _image: np.ndarray):
+    adapter = get_adapter(model)
+    spec = get_spec(model, img_hash, question, _image)
+    t = resolve_target(adapter, spec, _target_arg(target))
+    if method == "random":
+        return random_deletion_curve(adapter, spec, t)
+    res = run_method(model, img_hash, question, target, method, params, _image)
+    return deletion_curve(adapter, spec, t, res.region_scores, label=method)
+
+
+def _target_arg(target: tuple):
+    return target[0] if len(target) == 1 else list(target)
+
+
+# ---- drawing glue ---------------------------------------------------------------------------------
+def _data_url(arr: np.ndarray) -> str:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def heatmap(arr: np.ndarray, res, opacity: float, width: int = 300) -> alt.LayerChart:
+    h, w = arr.shape[:2]
+    height = int(round(width * h / w))
+    boxes = res.region_boxes
+    df = pd.DataFrame({"x0": boxes[:, 0], "y0": boxes[:, 1], "x1": boxes[:, 2], "y1": boxes[:, 3],
+                       "score": res.region_scores, "region": np.arange(len(boxes))})
+    lim = float(np.abs(res.region_scores).max()) or 1.0
+    xs = alt.Scale(domain=[0, 1], nice=False, zero=False)
+    ys = alt.Scale(domain=[0, 1], nice=False, zero=False, reverse=True)
+    img = alt.Chart(pd.DataFrame({"url": [_data_url(arr)], "x": [0.0], "y": [0.0]})).mark_image(
+        width=width, height=height, align="left", baseline="top").encode(
+        x=alt.X("x:Q", scale=xs, axis=None), y=alt.Y("y:Q", scale=ys, axis=None), url="url:N")
+    signed = bool((res.region_scores < 0).any())
+    color = alt.Color("score:Q", scale=alt.Scale(scheme="redblue", reverse=True, domain=[-lim, lim]) if signed
+                      else alt.Scale(scheme="reds", domain=[0, lim]), legend=alt.Legend(orient="bottom", title=None))
+    rects = alt.Chart(df).mark_rect(opacity=opacity, stroke=None).encode(
+        x=alt.X("x0:Q", scale=xs, axis=None), x2="x1", y=alt.Y("y0:Q", scale=ys, axis=None), y2="y1", color=color,
+        tooltip=["region", alt.Tooltip("score:Q", format=".3g")])
+    return alt.layer(img, rects).properties(width=width, height=height)
+
+
+def word_bars(res, width: int = 300) -> alt.Chart:
+    labels = [f"{i:02d} {t}" for i, t in enumerate(res.tokens)]
+    df = pd.DataFrame({"word": labels, "token": list(res.tokens), "score": res.token_scores,
+                       "kind": np.where(res.token_is_special, "special", np.where(res.token_scores >= 0, "for", "against"))})
+    return alt.Chart(df).mark_bar().encode(
+        x=alt.X("word:N", sort=labels, axis=alt.Axis(labelExpr="slice(datum.label, 3)", title=None, labelAngle=-45)),
+        y=alt.Y("score:Q", title=None),
+        color=alt.Color("kind:N", scale=alt.Scale(domain=["for", "against", "special"],
+                                                  range=["#c0392b", "#2e6da4", "#bbbbbb"]), legend=None),
+        tooltip=["token", alt.Tooltip("score:Q", format=".3g")]).properties(width=width, height=140)
+
+
+def npz_bytes(res, **extra) -> bytes:
+    arrays = res.as_arrays()
+    arrays.update({k: np.array(str(v)) for k, v in extra.items()})
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
+def csv_bytes(results: dict) -> bytes:
+    rows = []
+    for m, r in results.items():
+        for i, (b, s) in enumerate(zip(r.region_boxes, r.region_scores)):
+            rows.append({"method": m, "target": r.target, "kind": "region", "index": i, "label": f"region {i}",
+                         "x0": b[0], "y0": b[1], "x1": b[2], "y1": b[3], "score": s})
+        for i, (t, s) in enumerate(zip(r.tokens, r.token_scores)):
+            rows.append({"method": m, "target": r.target, "kind": "word", "index": i, "label": t, "score": s})
+    return pd.DataFrame(rows).to_csv(index=False).encode()
+
+
+# ---- the page -------------------------------------------------------------------------------------
+st.title("Ask")
+st.caption("Upload an image or pick a demo example, ask a question, and see which pixels and words drove the answer.")
+
+models = ask_models()
+if not models:
+    st.error("No model can be loaded here: the demo weights (demo/models/) are absent and the hub is offline. "
+             "Train the demo model (`python -m demo.train_vilt`) or set VL_LENS_ASK_MODELS=name=ADAPTER:DIR.")
+    st.stop()
+
+c_model, c_src = st.columns([1, 1])
+model_name = c_model.selectbox("Model", list(models), key="ask_model")
+model = models[model_name]
+source = c_src.radio("Image", ["Demo example", "Upload"], horizontal=True, key="ask_source")
+
+image: np.ndarray | None = None
+default_question = ""
+if source == "Upload":
+    up = st.file_uploader("Image (PNG, JPEG, WebP, GIF, BMP, TIFF)", type=UPLOAD_TYPES, key="ask_upload")
+    if up is None:
+        st.info("Upload an image to start.")
+        st.stop()
+    try:
+        image = decode_upload(up.getvalue(), up.name)
+    except InputError as e:
+        st.error(str(e))
+        st.stop()
+    q_key = "ask_q_upload"
+else:
+    try:
+        examples = demo_examples(N_DEMO_EXAMPLES)
+    except Exception as e:  # the easy-VQA package missing or unreadable
+        st.error(f"The demo examples cannot be read: {e}")
+        st.stop()
+    pick = st.selectbox("Demo example", range(len(examples)), key="ask_example",
+                        format_func=lambda i: f"{examples[i]['question']}  [{examples[i]['label']}]")
+    image = examples[pick]["image"]
+    default_question = examples[pick]["question"]
+    q_key = f"ask_q_{examples[pick]['key']}"
+
+question = st.text_input("Question", value=default_question, key=q_key, max_chars=300)
+if not question.strip():
+    st.warning("Type a question about the image.")
+    st.stop()
+
+img_hash = image_hash(image)
+try:
+    get_adapter(model)
+    answers_df = top_answers(model, img_hash, question, image)
+    spec = get_spec(model, img_hash, question, image)
+except (AdapterError, InputError) as e:
+    st.error(str(e))
+    st.stop()
+for notice in spec.notices:
+    st.warning(notice)
+
+left, right = st.columns([1, 2])
+left.image(image, caption=f"{image.shape[1]} × {image.shape[0]}", width=220)
+with right:
+    st.markdown(f"**Answer:** {answers_df['answer'][0]} ({answers_df['probability'][0]:.2f})")
+    st.dataframe(answers_df, hide_index=True, key="ask_answers",
+                 column_config={"probability": st.column_config.ProgressColumn("probability", min_value=0.0,
+                                                                               max_value=1.0, format="%.3f")})
+
+all_answers = get_adapter(model).answers()
+top = answers_df["answer"][0]
+t1, t2, t3 = st.columns([2, 1, 2])
+answer = t1.selectbox("Explain the answer", all_answers, index=all_answers.index(top), key="ask_target")
+contrast_on = t2.checkbox("rather than", key="ask_contrast_on")
+contrast = None
+if contrast_on:
+    others = [a for a in all_answers if a != answer]
+    second = answers_df["answer"][1] if len(answers_df) > 1 and answers_df["answer"][1] != answer else others[0]
+    contrast = t3.selectbox("Other answer", others, index=others.index(second) if second in others else 0,
+                            key="ask_contrast")
+target = (answer,) if contrast is None else (answer, contrast)
+target_label = answer if contrast is None else f"{answer} rather than {contrast}"
+
+m1, m2, m3 = st.columns([3, 1, 1])
+methods = m1.multiselect("Methods", list(METHODS), default=list(METHODS), key="ask_methods",
+                         format_func=lambda m: f"{m} — {METHOD_TITLES[m]}")
+steps = m2.slider("IG steps", 4, 100, 30, step=2, key="ask_steps")
+opacity = m3.slider("Heatmap opacity", 0.0, 1.0, 0.55, 0.05, key="ask_opacity")
+params_of = {m: (("n_steps", steps),) if m == "ig" else () for m in METHODS}
+
+fwd = forward_seconds(model, img_hash, question, image)
+estimates = {m: estimate_seconds(spec, m, fwd, **dict(params_of[m])) for m in methods}
+approved = st.session_state.setdefault("ask_approved", set())
+ready = []
+for m in methods:
+    key = (model, img_hash, question, target, m, params_of[m])
+    if estimates[m] > LONG_SECONDS and key not in approved:
+        c1, c2 = st.columns([3, 1])
+        c1.info(f"{METHOD_TITLES[m]} will take about {estimates[m]:.0f} s on this machine "
+                f"({fwd * 1000:.0f} ms per forward pass).")
+        if c2.button(f"Run {m}", key=f"ask_run_{m}"):
+            approved.add(key)
+            st.rerun()
+    else:
+        ready.append(m)
+st.caption("Estimated cost: " + ", ".join(f"{m} ≈ {estimates[m]:.1f} s" for m in methods)
+           + ". Results are cached: changing the opacity or the layout recomputes nothing.")
+
+results = {}
+with st.spinner(f"Explaining '{target_label}'..."):
+    for m in ready:
+        try:
+            results[m] = run_method(model, img_hash, question, target, m, params_of[m], image)
+        except (AdapterError, InputError, NotImplementedError) as e:
+            st.error(f"{METHOD_TITLES[m]}: {e}")
+if not results:
+    st.stop()
+
+st.subheader(f"Why '{target_label}'?")
+names = list(results)
+for row_start in range(0, len(names), 3):
+    cols = st.columns(3)
+    for col, m in zip(cols, names[row_start:row_start + 3]):
+        r = results[m]
+        with col:
+            st.markdown(f"**{METHOD_TITLES[m]}** · {r.seconds:.2f} s")
+            st.altair_chart(heatmap(image, r, opacity), key=f"ask_heat_{m}")
+            st.altair_chart(word_bars(r), key=f"ask_words_{m}")
+            share = r.image_share
+            st.caption(f"Positive attribution: image {share:.0%} · words {1 - share:.0%}" if share == share
+                       else "No positive attribution.")
+            if r.delta is not None:
+                msg = (f"Convergence delta {r.delta:.3g} = {r.relative_delta:.1%} of f(x) − f(baseline) "
+                       f"({r.score_difference:.3g}).")
+                (st.warning if r.delta_is_large else st.caption)(msg + (" Raise the IG steps." if r.delta_is_large
+                                                                         else ""))
+            st.download_button("Download .npz", npz_bytes(r, question=question, model=model_name),
+                               file_name=f"{m}_{img_hash[:8]}.npz", key=f"ask_dl_{m}")
+            with st.expander("Notes"):
+                for note in r.notes:
+                    st.caption(note)
+
+st.download_button("Download all scores (.csv)", csv_bytes(results), file_name=f"attribution_{img_hash[:8]}.csv",
+                   key="ask_dl_csv")
+
+if len(results) >= 2:
+    st.subheader("Do the methods agree?")
+    ag = rank_agreement(results)
+    mdf = pd.DataFrame([{"a": a, "b": b, "rho": ag.matrix[i, j]} for i, a in enumerate(ag.methods)
+                        for j, b in enumerate(ag.methods)])
+    base = alt.Chart(mdf).encode(x=alt.X("a:N", sort=list(ag.methods), title=None),
+                                 y=alt.Y("b:N", sort=list(ag.methods), title=None))
+    st.altair_chart(base.mark_rect().encode(color=alt.Color("rho:Q", scale=alt.Scale(scheme="redblue", domain=[-1, 1],
+                                                                                      reverse=True), title="Spearman"))
+                    + base.mark_text().encode(text=alt.Text("rho:Q", format=".2f")), key="ask_agreement")
+    st.caption("Spearman rank correlation between the methods' region scores.")
+
+st.subheader("Which map is faithful here?")
+n_curve_forwards = 11 * (len(results) + 3)
+curve_cost = n_curve_forwards * fwd
+curves_key = (model, img_hash, question, target, tuple(sorted(results)))
+if curve_cost > LONG_SECONDS and curves_key not in approved:
+    if st.button(f"Compute deletion curves (about {curve_cost:.0f} s)", key="ask_run_curves"):
+        approved.add(curves_key)
+        st.rerun()
+else:
+    curves = {m: deletion(model, img_hash, question, target, m, params_of[m], image) for m in results}
+    curves["random"] = deletion(model, img_hash, question, target, "random", (), image)
+    cdf = pd.concat([pd.DataFrame({"removed": c.fractions, "probability": c.probabilities, "order": m})
+                     for m, c in curves.items()])
+    st.altair_chart(alt.Chart(cdf).mark_line(point=True).encode(
+        x=alt.X("removed:Q", axis=alt.Axis(format="%"), title="regions removed (most important first)"),
+        y=alt.Y("probability:Q", title=f"p({target_label})" if contrast is None else "p(A) − p(B)"),
+        color="order:N", strokeDash=alt.condition(alt.datum.order == "random", alt.value([4, 3]), alt.value([1, 0]))),
+        key="ask_deletion")
+    areas = pd.DataFrame({"order": list(curves), "area": [c.area for c in curves.values()]})
+    areas["vs random"] = areas["area"] - curves["random"].area
+    st.dataframe(areas, hide_index=True, key="ask_areas")
+    st.caption("Regions are replaced by the baseline in each method's order; a lower area means the map found "
+               "what the answer depends on. The random order (mean of 3) is the level to beat.")

@@ -1,0 +1,131 @@
+"""AppTest of the Ask page with the tiny ViLT: answers, heatmaps, bad uploads, caching."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGE = str(ROOT / "pages" / "ask.py")
+
+
+@pytest.fixture
+def app(tiny_vilt_dir, monkeypatch):
+    import streamlit as st
+
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    monkeypatch.setenv("VL_LENS_ASK_MODELS", f"tiny=vilt:{tiny_vilt_dir}")
+    monkeypatch.setenv("VL_LENS_ASK_LONG_SECONDS", "1000")  # this shared host is slow: nothing waits for a click
+    return AppTest.from_file(PAGE, default_timeout=180)
+
+
+def charts(at):
+    return at.get("vega_lite_chart")
+
+
+def test_demo_example_shows_answers_and_heatmaps(app, tiny_vilt):
+    from sources.easyvqa import EasyVQA
+
+    app.run()
+    assert not app.exception, app.exception
+    ex = EasyVQA("test")[0]
+    pred = tiny_vilt.predict(ex.image(), ex.question, top_k=5)
+    table = app.dataframe[0].value
+    assert list(table["answer"]) == list(pred.answers)
+    np.testing.assert_allclose(table["probability"], pred.probabilities, rtol=1e-5)
+    assert app.text_input(key="ask_q_easyvqa/test/0").value == ex.question
+    # five methods x (heatmap + word bars) + agreement + deletion curves
+    assert len(charts(app)) == 5 * 2 + 2
+    md = " ".join(m.value for m in app.markdown)
+    for title in ("Integrated Gradients", "Attention rollout", "Gradient-weighted relevance", "Occlusion"):
+        assert title in md
+    assert any("Positive attribution: image" in c.value for c in app.caption)
+    assert any("Convergence delta" in c.value for c in app.caption) or any("Convergence delta" in w.value
+                                                                           for w in app.warning)
+    areas = app.dataframe[1].value
+    assert set(areas["order"]) == {"ig", "rollout", "relevance", "occlusion", "attention", "random"}
+
+
+def test_target_rather_than_and_no_recomputation_on_opacity(app, monkeypatch):
+    import analysis.attribution as attribution
+
+    calls = []
+    original = attribution.attribute
+
+    def counting(*a, **kw):
+        calls.append(a[3] if len(a) > 3 else kw.get("method"))
+        return original(*a, **kw)
+
+    monkeypatch.setattr(attribution, "attribute", counting)
+    app.run()
+    app.multiselect(key="ask_methods").set_value(["rollout", "occlusion"]).run()
+    assert not app.exception, app.exception
+    first = len(calls)
+    assert first >= 2
+    app.slider(key="ask_opacity").set_value(0.9).run()
+    assert len(calls) == first, "moving the opacity slider must not recompute"
+    app.checkbox(key="ask_contrast_on").check().run()
+    assert not app.exception, app.exception
+    assert len(calls) > first, "a new target is a new computation"
+    assert any("rather than" in h.value for h in app.subheader)
+
+
+def test_long_methods_wait_for_a_click_with_a_cost_estimate(app, monkeypatch):
+    monkeypatch.setenv("VL_LENS_ASK_LONG_SECONDS", "0")
+    app.run()
+    app.multiselect(key="ask_methods").set_value(["ig", "rollout"]).run()
+    assert not app.exception, app.exception
+    infos = " ".join(i.value for i in app.info)
+    assert "Integrated Gradients will take about" in infos
+    assert len(charts(app)) == 0  # nothing computed yet: every estimate is above 0 s
+    app.button(key="ask_run_ig").click().run()
+    assert not app.exception, app.exception
+    md = " ".join(m.value for m in app.markdown)
+    assert "Integrated Gradients" in md and "Attention rollout" not in md
+    assert len(charts(app)) == 2
+
+
+def _png_bytes(color=(200, 30, 30)) -> bytes:
+    arr = np.full((48, 40, 3), 235, np.uint8)
+    arr[10:30, 8:28] = color
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_upload_good_and_bad(app):
+    app.run()
+    app.radio(key="ask_source").set_value("Upload").run()
+    assert not app.exception
+    assert any("Upload an image" in i.value for i in app.info)
+    app.file_uploader(key="ask_upload").set_value(("notes.png", b"this is text, not pixels", "image/png")).run()
+    assert not app.exception, app.exception
+    assert any("is not an image" in e.value for e in app.error)
+    app.file_uploader(key="ask_upload").set_value(("shape.png", _png_bytes(), "image/png")).run()
+    assert not app.exception
+    assert any("Type a question" in w.value for w in app.warning)
+    app.text_input(key="ask_q_upload").input("what color is the shape?").run()
+    assert not app.exception, app.exception
+    assert len(app.dataframe[0].value) == 5
+    assert len(charts(app)) >= 2
+
+
+def test_no_loadable_model_is_a_clear_message(monkeypatch, tmp_path):
+    import streamlit as st
+
+    st.cache_data.clear()
+    monkeypatch.setenv("VL_LENS_ASK_MODELS", "")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from adapters.registry import MODELS
+
+    if any((ROOT / src / "config.json").exists() for _, src in MODELS.values()):
+        pytest.skip("demo weights present: a model is available")
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.run()
+    assert not at.exception
+    assert any("No model can be loaded" in e.value for e in at.error)
