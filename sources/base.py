@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -105,7 +104,10 @@ def file_image_loader(path: str | Path, where: str) -> Callable[[], bytes]:
 
 def soft_scores(annotator_answers: Iterable[str]) -> dict[str, float]:
     """VQA soft scores from the answers of the annotators: min(1, count / 3) per distinct answer."""
-    counts = Counter(a for a in annotator_answers if a)
+    counts: dict[str, int] = {}
+    for a in annotator_answers:
+        if a:
+            counts[a] = counts.get(a, 0) + 1
     return {a: min(1.0, c / 3.0) for a, c in counts.items()}
 
 

@@ -23,11 +23,11 @@ from __future__ import annotations
 import json
 import re
 import string
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
-from sources.base import (DataSource, Example, SourceError, best_answer, file_image_loader, parse_options,
-                          resolve_path, soft_scores)
+from sources.base import DataSource, Example, SourceError, best_answer, parse_options, resolve_path, soft_scores
 
 OPTIONS = ("image_pattern", "normalize")
 
@@ -44,6 +44,7 @@ _CONTRACTIONS = {"dont": "don't", "doesnt": "doesn't", "isnt": "isn't", "arent":
                  "im": "i'm", "ive": "i've", "thats": "that's", "whats": "what's", "youre": "you're"}
 
 
+@lru_cache(maxsize=65536)  # answers repeat a lot: 'yes', 'no', '2' are most of VQAv2
 def normalize_answer(answer: str) -> str:
     """VQA-evaluation style normalization: 'Two dogs.' -> '2 dogs', 'the red one' -> 'red 1'."""
     t = " ".join(str(answer).replace("\n", " ").replace("\t", " ").lower().split())
@@ -135,15 +136,17 @@ class VQASource(DataSource):
                               f"(keys: {', '.join(map(str, data))})")
         self._subtype = str(data.get("data_subtype", ""))
         parsed = []
+        qname = self.questions_path.name
         for i, q in enumerate(qs):
-            where = f"{self.questions_path.name} question #{i}"
-            if not isinstance(q, dict):
-                raise SourceError(f"{where}: expected an object, got {type(q).__name__}")
-            missing = [k for k in ("question", "image_id") if k not in q]
-            if missing:
+            try:
+                parsed.append((q.get("question_id", i), q["image_id"], str(q["question"])))
+            except (AttributeError, KeyError):
+                where = f"{qname} question #{i}"
+                if not isinstance(q, dict):
+                    raise SourceError(f"{where}: expected an object, got {type(q).__name__}") from None
+                missing = [k for k in ("question", "image_id") if k not in q]
                 raise SourceError(f"{where}: missing {', '.join(repr(m) for m in missing)} "
-                                  f"(keys: {', '.join(map(str, q))})")
-            parsed.append((q.get("question_id", i), q["image_id"], str(q["question"])))
+                                  f"(keys: {', '.join(map(str, q))})") from None
         del data, qs
         answers = {}
         if self.annotations_path is not None:
@@ -151,21 +154,19 @@ class VQASource(DataSource):
             anns = data.get("annotations")
             if not isinstance(anns, list):
                 raise SourceError(f"annotations file {self.annotations_path} has no 'annotations' list")
+            aname = self.annotations_path.name
+            norm = normalize_answer if self.normalize else (lambda x: x)
             for i, a in enumerate(anns):
-                where = f"{self.annotations_path.name} annotation #{i}"
-                if not isinstance(a, dict) or "question_id" not in a:
-                    raise SourceError(f"{where}: expected an object with a 'question_id'")
-                raw = a.get("answers") or []
                 try:
-                    given = [str(x["answer"]) if isinstance(x, dict) else str(x) for x in raw]
-                except KeyError:
-                    raise SourceError(f"{where}: an entry of 'answers' has no 'answer' key") from None
+                    qid = a["question_id"]
+                    given = [norm(str(x["answer"]) if isinstance(x, dict) else str(x)) for x in a.get("answers") or ()]
+                except (AttributeError, KeyError, TypeError):
+                    raise SourceError(f"{aname} annotation #{i}: expected an object with a 'question_id' and "
+                                      f"'answers' entries that each have an 'answer'") from None
                 mc = a.get("multiple_choice_answer")
-                if self.normalize:
-                    given = [normalize_answer(x) for x in given]
-                    mc = normalize_answer(mc) if mc is not None else None
+                mc = norm(str(mc)) if mc is not None else None
                 scores = soft_scores(given) if given else ({mc: 1.0} if mc else {})
-                answers[a["question_id"]] = (scores, best_answer(scores, prefer=mc), a.get("answer_type"))
+                answers[qid] = (scores, best_answer(scores, prefer=mc), a.get("answer_type"))
         self._questions = parsed
         self._answers = answers
 
