@@ -165,3 +165,26 @@ class Adapter(ABC):
 
     def occlude(self, inputs: dict, spec: AttributionSpec, *, region_mask=None, word_mask=None) -> dict:
         raise NotImplementedError(f"{self.name} does not support attribution yet")
+
+    # ---- training contract (training/finetune.py) ----------------------------------------------
+    # The generic fine-tuning loop talks to a model only through these; an adapter that does not
+    # implement them simply cannot be fine-tuned (the CLI says so).
+    def encode_batch(self, images: list[Image.Image], questions: list[str]) -> dict:
+        """A padded batch of model inputs (keyword tensors for ``forward_logits``)."""
+        raise NotImplementedError(f"{self.name} does not support fine-tuning yet")
+
+    def trainable_parameters(self, full: bool = False) -> list:
+        """The parameters fine-tuning updates: the answer classifier, or every weight when ``full``."""
+        raise NotImplementedError(f"{self.name} does not support fine-tuning yet")
+
+    def set_training(self, training: bool) -> None:
+        """Switch the model between training mode (dropout on) and eval mode."""
+        raise NotImplementedError(f"{self.name} does not support fine-tuning yet")
+
+    def add_answers(self, answers: list[str]) -> None:
+        """Append answers to the label set: new classifier rows, the old rows unchanged."""
+        raise NotImplementedError(f"{self.name} cannot extend its answer set")
+
+    def save(self, directory: str | Path) -> None:
+        """Write a checkpoint that ``load(directory)`` reads back (weights, tokenizer, processor)."""
+        raise NotImplementedError(f"{self.name} cannot save checkpoints yet")

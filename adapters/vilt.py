@@ -290,3 +290,50 @@ class ViltAdapter(Adapter):
             ids[:, m] = self.tokenizer.pad_token_id
             new["input_ids"] = ids
         return new
+
+    # ---- training (training/finetune.py) ---------------------------------------------------------
+    def encode_batch(self, images: list[Image.Image], questions: list[str]) -> dict:
+        imgs = [check_image(im) for im in images]
+        qs = [check_question(q) for q in questions]
+        enc = self.tokenizer(qs, padding="longest", truncation=True, max_length=self.max_text_tokens,
+                             return_tensors="pt")
+        pix = self.image_processor(imgs, return_tensors="pt")  # pads to the largest image, with a pixel mask
+        return {
+            "input_ids": enc["input_ids"].to(self.device),
+            "attention_mask": enc["attention_mask"].to(self.device),
+            "token_type_ids": torch.zeros_like(enc["input_ids"]).to(self.device),
+            "pixel_values": pix["pixel_values"].to(self.device),
+            "pixel_mask": pix["pixel_mask"].to(self.device),
+        }
+
+    def trainable_parameters(self, full: bool = False) -> list:
+        return list(self.model.parameters() if full else self.model.classifier.parameters())
+
+    def set_training(self, training: bool) -> None:
+        self.model.train(training)
+
+    def add_answers(self, answers: list[str]) -> None:
+        new = [a for a in dict.fromkeys(answers) if a not in set(self._answers)]
+        if not new:
+            return
+        old = self.model.classifier[-1]
+        n_old = old.out_features
+        layer = torch.nn.Linear(old.in_features, n_old + len(new), device=old.weight.device, dtype=old.weight.dtype)
+        with torch.no_grad():
+            layer.weight[:n_old] = old.weight
+            layer.bias[:n_old] = old.bias
+            layer.weight[n_old:].normal_(0.0, self.model.config.initializer_range)
+            # A new answer starts as likely as a typical old one (trained BCE heads have negative biases).
+            layer.bias[n_old:] = old.bias.mean()
+        self.model.classifier[-1] = layer
+        self._answers = self._answers + new
+        cfg = self.model.config
+        cfg.id2label = {i: a for i, a in enumerate(self._answers)}
+        cfg.label2id = {a: i for i, a in enumerate(self._answers)}
+        cfg.num_labels = len(self._answers)
+
+    def save(self, directory: str | Path) -> None:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        self.image_processor.save_pretrained(directory)

@@ -1,0 +1,322 @@
+"""Fine-tune a model's answer classifier (or the whole model) on any data set of sources/.
+
+    python cli.py finetune --model vilt-easyvqa --dataset folder:my_data --out models/my-vilt
+
+The loss is binary cross-entropy on the VQA soft scores (each answer's score min(1, count / 3)),
+summed over answers and averaged over the batch, as VQA fine-tuning of ViLT does. The loop is
+generic: it talks to a model only through the adapter's training contract (adapters/base.py:
+``encode_batch``, ``forward_logits``, ``answers``, ``trainable_parameters``, ``set_training``,
+``add_answers``, ``save``), so every adapter that implements it can be fine-tuned.
+
+Answers of the data set that the model cannot output: with ``new_answers="extend"`` (default) the
+classifier gets a new row per answer (old rows unchanged) and the checkpoint's label set grows;
+with ``"ignore"`` they get no target, and an example none of whose answers the model knows is left
+out (counted in the result).
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from sources.base import Example, SourceError
+
+IMAGE_CACHE_BYTES = 256 * 2**20  # decoded images kept between epochs (easy-VQA fits whole)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinetuneConfig:
+    epochs: int = 1
+    lr: float | None = None  # default: 1e-3 for the classifier alone, 1e-4 for the whole model
+    batch_size: int = 32
+    full: bool = False  # train every weight, not only the classifier
+    limit: int | None = None  # use only the first N training examples
+    eval_every: int | None = None  # evaluate every K steps too (always at the end of each epoch)
+    eval_limit: int | None = 1000  # evaluate on at most N examples
+    seed: int = 0
+    weight_decay: float = 0.01
+    schedule: str = "onecycle"  # "onecycle" (warm up, then cosine down) or "constant"
+    warmup: float = 0.1  # fraction of the steps spent warming up (onecycle)
+    new_answers: str = "extend"  # "extend" the classifier or "ignore" the answers it lacks
+    max_steps: int | None = None  # stop after this many steps (smoke runs, tests)
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.epochs < 1:
+            raise ValueError("epochs must be at least 1")
+        if self.batch_size < 1:
+            raise ValueError("batch size must be at least 1")
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError("learning rate must be positive")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError("limit must be at least 1")
+        if self.eval_every is not None and self.eval_every < 1:
+            raise ValueError("eval-every must be at least 1")
+        if self.schedule not in ("onecycle", "constant"):
+            raise ValueError(f"schedule must be 'onecycle' or 'constant', not {self.schedule!r}")
+        if self.new_answers not in ("extend", "ignore"):
+            raise ValueError(f"new_answers must be 'extend' or 'ignore', not {self.new_answers!r}")
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else (1e-4 if self.full else 1e-3)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinetuneResult:
+    out: str | None
+    steps: int
+    train_examples: int
+    skipped_examples: int  # no answer, or (new_answers="ignore") no answer the model knows
+    failed: tuple[tuple[str, str], ...]  # (source key, why): unreadable images, left out
+    answers_added: tuple[str, ...]
+    losses: tuple[float, ...]  # one per step
+    history: tuple[dict, ...]  # evaluations: step, epoch, accuracy, vqa_score, examples
+    parameters_trained: int
+    wall_seconds: float
+    config: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["failed"] = [list(f) for f in self.failed]
+        d["final_eval"] = self.history[-1] if self.history else None
+        return d
+
+
+class _ImageCache:
+    """Decoded images by file (many questions share one image), bounded by pixel bytes."""
+
+    def __init__(self, budget: int = IMAGE_CACHE_BYTES):
+        self.budget, self.used, self.images = budget, 0, {}
+
+    def get(self, ex: Example):
+        key = ex.meta.get("image_path") or ex.source_key
+        im = self.images.get(key)
+        if im is None:
+            im = ex.image()
+            size = im.width * im.height * 3
+            if self.used + size <= self.budget:
+                self.images[key] = im
+                self.used += size
+        return im
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def targets_for(examples: list[Example], answers: list[str]) -> torch.Tensor:
+    """(examples, answers) soft-score matrix; answers outside ``answers`` get no column."""
+    index = {a: i for i, a in enumerate(answers)}
+    t = torch.zeros(len(examples), len(answers))
+    for r, ex in enumerate(examples):
+        for a, s in ex.answers.items():
+            j = index.get(a)
+            if j is not None:
+                t[r, j] = max(float(s), float(t[r, j]))
+    return t
+
+
+def vqa_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """BCE on soft scores, summed over answers, averaged over the batch (VQA fine-tuning's loss)."""
+    return torch.nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="sum") / len(targets)
+
+
+def loss_on(adapter, examples: list[Example]) -> float:
+    """The loss of ``adapter`` on these examples as one batch (eval mode, no gradient)."""
+    adapter.set_training(False)
+    with torch.no_grad():
+        inputs = adapter.encode_batch([ex.image() for ex in examples], [ex.question for ex in examples])
+        return float(vqa_loss(adapter.forward_logits(**inputs).float(), targets_for(examples, adapter.answers())))
+
+
+def _load_images(examples: list[Example], cache: _ImageCache, failed: list):
+    kept, images = [], []
+    for ex in examples:
+        try:
+            images.append(cache.get(ex))
+            kept.append(ex)
+        except SourceError as e:
+            failed.append((ex.source_key, str(e)))
+    return kept, images
+
+
+def evaluate(adapter, examples: list[Example], *, batch_size: int = 64, cache: _ImageCache | None = None) -> dict:
+    """accuracy (top answer == label) and VQA score (the top answer's soft score), over labelled examples."""
+    cache = cache or _ImageCache()
+    labelled = [ex for ex in examples if ex.label is not None]
+    answers = adapter.answers()
+    adapter.set_training(False)
+    correct, score, n, failed = 0, 0.0, 0, []
+    with torch.no_grad():
+        for s in range(0, len(labelled), batch_size):
+            kept, images = _load_images(labelled[s:s + batch_size], cache, failed)
+            if not kept:
+                continue
+            logits = adapter.forward_logits(**adapter.encode_batch(images, [ex.question for ex in kept]))
+            for ex, j in zip(kept, logits.argmax(-1).tolist()):
+                top = answers[j]
+                correct += top == ex.label
+                score += float(ex.answers.get(top, 0.0))
+                n += 1
+    return {"accuracy": correct / n if n else float("nan"), "vqa_score": score / n if n else float("nan"),
+            "examples": n}
+
+
+def _take(examples: Iterable[Example], limit: int | None) -> list[Example]:
+    out = []
+    for ex in examples:
+        if limit is not None and len(out) >= limit:
+            break
+        out.append(ex)
+    return out
+
+
+def finetune(adapter, train: Iterable[Example], *, out: str | Path | None = None,
+             config: FinetuneConfig = FinetuneConfig(), eval_examples: Iterable[Example] | None = None,
+             extra_result: dict | None = None) -> FinetuneResult:
+    """Fine-tune ``adapter`` in place on ``train``; write a checkpoint to ``out`` when given.
+
+    ``eval_examples`` (default: a seeded 5% of the training examples, at most ``eval_limit``, held
+    out) are evaluated at the end of every epoch and every ``eval_every`` steps.
+    """
+    start = time.time()
+    gen = seed_everything(config.seed)
+    examples = _take(train, config.limit)
+    if not examples:
+        raise SourceError("the training data set has no examples")
+    if eval_examples is None:
+        n_eval = min(config.eval_limit or 1000, max(1, len(examples) // 20)) if len(examples) >= 20 else 0
+        perm = torch.randperm(len(examples), generator=torch.Generator().manual_seed(config.seed + 1)).tolist()
+        held = set(perm[:n_eval])
+        eval_list = [examples[i] for i in sorted(held)]
+        examples = [ex for i, ex in enumerate(examples) if i not in held]
+    else:
+        eval_list = _take(eval_examples, config.eval_limit)
+
+    known = set(adapter.answers())
+    unseen = Counter(a for ex in examples for a in ex.answers if a not in known)
+    added: tuple[str, ...] = ()
+    if unseen and config.new_answers == "extend":
+        added = tuple(a for a, _ in unseen.most_common())
+        adapter.add_answers(list(added))
+    answers = adapter.answers()
+    answer_set = set(answers)
+    usable = [ex for ex in examples if any(a in answer_set for a in ex.answers)]
+    skipped = len(examples) - len(usable)
+    if not usable:
+        raise SourceError("no training example has an answer this model can learn (examples need an 'answer'; "
+                          "with new_answers='ignore', one in the model's label set)")
+
+    params = adapter.trainable_parameters(config.full)
+    if not config.full:  # freeze the rest so that only the classifier learns (and backward is cheaper)
+        for p in adapter.trainable_parameters(True):
+            p.requires_grad_(False)
+        for p in params:
+            p.requires_grad_(True)
+    else:
+        for p in params:
+            p.requires_grad_(True)
+    lr = config.learning_rate
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
+    per_epoch = (len(usable) + config.batch_size - 1) // config.batch_size
+    total = per_epoch * config.epochs
+    if config.max_steps is not None:
+        total = min(total, config.max_steps)
+    sched = None
+    if config.schedule == "onecycle" and total > 1:
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=config.warmup)
+
+    cache = _ImageCache()
+    failed: list[tuple[str, str]] = []
+    losses: list[float] = []
+    history: list[dict] = []
+    bar = None
+    if config.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc="finetune", unit="step", dynamic_ncols=True)
+
+    def run_eval(epoch: int):
+        if not eval_list:
+            return
+        res = evaluate(adapter, eval_list, cache=cache)
+        history.append({"step": len(losses), "epoch": epoch, **res})
+        msg = f"step {len(losses)} (epoch {epoch}): accuracy {res['accuracy']:.4f}, VQA score {res['vqa_score']:.4f} " \
+              f"on {res['examples']} examples"
+        if bar is not None:
+            bar.write(msg)
+
+    step = 0
+    try:
+        for epoch in range(1, config.epochs + 1):
+            order = torch.randperm(len(usable), generator=gen).tolist()
+            for s in range(0, len(order), config.batch_size):
+                if step >= total:
+                    break
+                batch, images = _load_images([usable[i] for i in order[s:s + config.batch_size]], cache, failed)
+                if not batch:
+                    continue
+                adapter.set_training(True)
+                inputs = adapter.encode_batch(images, [ex.question for ex in batch])
+                loss = vqa_loss(adapter.forward_logits(**inputs).float(), targets_for(batch, answers))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if sched is not None:
+                    sched.step()
+                step += 1
+                losses.append(float(loss.detach()))
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.3f}")
+                if config.eval_every and step % config.eval_every == 0 and step % per_epoch != 0:
+                    run_eval(epoch)
+            run_eval(epoch)
+            if step >= total:
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+        adapter.set_training(False)
+        for p in adapter.trainable_parameters(True):
+            p.requires_grad_(True)
+
+    result = FinetuneResult(
+        out=str(out) if out is not None else None, steps=step, train_examples=len(usable), skipped_examples=skipped,
+        failed=tuple(dict.fromkeys(failed)), answers_added=added, losses=tuple(losses), history=tuple(history),
+        parameters_trained=sum(p.numel() for p in params), wall_seconds=round(time.time() - start, 1),
+        config={**asdict(config), "learning_rate": lr},
+    )
+    if out is not None:
+        out = Path(out)
+        adapter.save(out)
+        payload = {**result.as_dict(), **(extra_result or {})}
+        payload["losses"] = payload["losses"][-1000:]
+        (out / "finetune_result.json").write_text(json.dumps(payload, indent=2, default=str))
+    return result
+
+
+# ---- fresh models to train from scratch (``--init``) -------------------------------------------------------
+def init_demo_vilt(examples: list[Example], answers: list[str], *, hidden: int = 128, layers: int = 4,
+                   heads: int = 4, seed: int = 0):
+    """The easy-VQA demo ViLT, untrained: WordPiece vocabulary from the questions, 8-pixel patches."""
+    from adapters.vilt import ViltAdapter
+    from demo.train_vilt import build_image_processor, build_model, build_tokenizer
+
+    tokenizer = build_tokenizer([ex.question for ex in examples])
+    model = build_model(len(tokenizer), answers, hidden=hidden, layers=layers, heads=heads, seed=seed)
+    return ViltAdapter(model, tokenizer, build_image_processor(), model_id="demo-vilt")
+
+
+INITS = {"demo-vilt": init_demo_vilt}
