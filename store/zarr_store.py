@@ -26,10 +26,13 @@ Only JSON and numeric arrays are ever read back: nothing here unpickles anything
 """
 from __future__ import annotations
 
+import errno
 import functools
 import json
+import os
 import re
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -81,6 +84,52 @@ def _open_store(location: str | Path, read_only: bool):
     return LocalStore(path, read_only=read_only)
 
 
+def _check_writable(location) -> None:
+    """Refuse early, with a clear message, to open a local store for writing where nothing can be written."""
+    loc = str(location)
+    if "://" in loc and not loc.startswith("file://"):
+        return
+    path = Path(loc.removeprefix("file://"))
+    probe = path if path.exists() else path.parent
+    if probe.exists() and not os.access(probe, os.W_OK):
+        raise PermissionError(errno.EACCES, "not writable", str(probe))
+
+
+def _store_error(location, e: BaseException) -> StoreError:
+    """Map what the file system or zarr raised on open / write to one clear StoreError."""
+    if isinstance(e, StoreError):
+        return e
+    if isinstance(e, OSError) and e.errno == errno.EROFS:
+        return StoreError(f"cannot write to {location}: the file system is read-only (open the store read-only "
+                          "to browse it, or record into another --out)")
+    if isinstance(e, PermissionError) or (isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM)):
+        return StoreError(f"cannot write to {location}: permission denied (open the store read-only to browse it, "
+                          "or record into another --out)")
+    if isinstance(e, FileExistsError) or (isinstance(e, NotADirectoryError)):
+        return StoreError(f"{location} is a file, not a store directory")
+    if isinstance(e, zarr.errors.ContainsArrayError):
+        return StoreError(f"{location} holds a single Zarr array, not a VL-Lens store (it may come from another tool)")
+    if isinstance(e, (FileNotFoundError, zarr.errors.NodeNotFoundError)):
+        return StoreError(f"{location} is not a Zarr store (no group found)")
+    if isinstance(e, OSError):
+        return StoreError(f"cannot open store {location}: {e}")
+    detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return StoreError(f"{location} is not a readable Zarr store (corrupt metadata: {detail})")
+
+
+@contextmanager
+def _writing(location):
+    """Errors while writing (read-only file system, permissions, full disk) become a StoreError."""
+    try:
+        yield
+    except StoreError:
+        raise
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise StoreError(f"cannot write to {location}: no space left on the device") from e
+        raise _store_error(location, e) from e
+
+
 def _list_dir(store, prefix: str) -> list[str]:
     async def collect():
         # Child node names only: zarr.json is the node's own metadata document.
@@ -123,6 +172,7 @@ class VLStore:
         try:
             self._store = _open_store(location, read_only=self.read_only)
             if mode == "a":
+                _check_writable(location)
                 root = zarr.open_group(self._store, mode="a")
                 meta = root.attrs.get("vl_lens")
                 if meta is None:
@@ -135,23 +185,16 @@ class VLStore:
                 root = zarr.open_group(self._store, mode="r")
         except StoreError:
             raise
-        except PermissionError as e:
-            raise StoreError(f"cannot write to {location}: permission denied (open it read-only, or choose "
-                             "another --out)") from e
-        except OSError as e:
-            if getattr(e, "errno", None) == 30:  # EROFS
-                raise StoreError(f"cannot write to {location}: the file system is read-only") from e
-            raise StoreError(f"cannot open store {location}: {e}") from e
-        except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
-            raise StoreError(f"{location} is not a Zarr store (no group found)") from e
-        except (ValueError, KeyError, json.JSONDecodeError) as e:
-            raise StoreError(f"{location} is not a readable Zarr store (corrupt metadata: {e})") from e
+        except Exception as e:  # noqa: BLE001 - whatever zarr raises on a bad store becomes one clear line
+            raise _store_error(location, e) from e
         self._root = root
         meta = root.attrs.get("vl_lens")
         if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
             raise StoreError(f"{location} is not a VL-Lens store (it may come from another tool)")
         version = meta.get("schema_version")
-        if not isinstance(version, int) or version > SCHEMA_VERSION:
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise StoreError(f"{location} has an unreadable store schema version {version!r} (corrupt metadata)")
+        if version > SCHEMA_VERSION:
             raise StoreError(f"{location} was written with store schema version {version}; this VL-Lens reads "
                              f"up to version {SCHEMA_VERSION}. Upgrade VL-Lens to read it.")
 
@@ -169,7 +212,8 @@ class VLStore:
             raise StoreError(f"store {self.location} is open read-only")
         if not RUN_NAME_RE.match(name):
             raise StoreError(f"run name {name!r} must be letters, digits, '.', '_' or '-'")
-        return RunWriter(self, name, provenance)
+        with _writing(self.location):
+            return RunWriter(self, name, provenance)
 
 
 class RunReader:
@@ -179,7 +223,11 @@ class RunReader:
         self.store = store
         self.name = name
         self.path = f"runs/{name}"
-        self._group = zarr.open_group(store._store, path=self.path, mode="r")
+        try:
+            self._group = zarr.open_group(store._store, path=self.path, mode="r")
+        except Exception as e:  # noqa: BLE001 - a damaged run group: one clear line
+            raise StoreError(f"run {name!r} of {store.location} cannot be read (corrupt metadata: "
+                             f"{str(e).splitlines()[0] if str(e) else type(e).__name__})") from e
 
     # ---- provenance / listing ----------------------------------------------------------------
     @property
@@ -392,7 +440,12 @@ class RunWriter(RunReader):
         return self._example_attrs(eid) is not None
 
     def write(self, record: Record, head_stats: dict | None = None, *, group: str | None = None) -> bool:
-        """Write one example atomically. Returns False (and writes nothing) if already committed.
+        """Write one example atomically. Returns False (and writes nothing) if already committed."""
+        with _writing(self.store.location):
+            return self._write(record, head_stats, group=group)
+
+    def _write(self, record: Record, head_stats: dict | None, *, group: str | None) -> bool:
+        """Write one example (see ``write``).
 
         All arrays of the example are created and filled concurrently in one trip to zarr's event
         loop (one ``sync`` call per example instead of two per array): the per-array round trips,
@@ -494,6 +547,10 @@ class RunWriter(RunReader):
 
     def consolidate(self) -> int:
         """Rewrite index/ from the committed examples; returns how many it covers."""
+        with _writing(self.store.location):
+            return self._consolidate()
+
+    def _consolidate(self) -> int:
         names = _list_dir(self.store._store, f"{self.path}/examples")
         rows, stacks, names_by_kind = [], {}, {}
         for eid in sorted(names):

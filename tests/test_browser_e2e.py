@@ -1,0 +1,412 @@
+"""End to end in a real browser: `streamlit run` on 127.0.0.1, driven by Debian's chromium via Playwright.
+
+Every page listed in streamlit_app.PAGES that exists in this build is visited and must render with
+no exception element and no console error. Pages are exercised generically (render, then move
+every slider once and pick another option in every select box) and, where present, specifically:
+the Examples filter, the Attention page's layer slider and token select (the overlay must change),
+and the Ask page's upload + question (an answer and a heatmap must appear). Screenshots go to
+docs/screenshots/; the cold start (process start to first rendered page) is printed.
+
+In CI (CI=true) a missing chromium or Playwright fails the test instead of skipping it.
+"""
+from __future__ import annotations
+
+import ast
+import io
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = os.environ.get("VL_LENS_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+SCREENSHOTS = Path(os.environ.get("VL_LENS_SCREENSHOTS", ROOT / "docs" / "screenshots"))
+PAGE_TIMEOUT_S = 120
+VIEWPORT = {"width": 1280, "height": 860}
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def require_browser() -> None:
+    """Skip locally when the browser stack is absent; fail in CI, where the test must run."""
+    problems = []
+    if not Path(CHROMIUM).exists():
+        problems.append(f"chromium not found at {CHROMIUM} (apt-get install chromium)")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        problems.append("playwright is not installed (pip install -r requirements-dev.txt)")
+    if problems:
+        msg = "; ".join(problems)
+        if in_ci():
+            pytest.fail(f"browser end-to-end test cannot run in CI: {msg}", pytrace=False)
+        pytest.skip(msg)
+
+
+def app_pages() -> list[tuple[str, str, str]]:
+    """(file, title, url path) of streamlit_app.PAGES entries whose file exists, read without running the app."""
+    tree = ast.parse((ROOT / "streamlit_app.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "PAGES" for t in node.targets):
+            pages = ast.literal_eval(node.value)
+            return [(f, title, url) for f, title, _icon, url in pages if (ROOT / f).exists()]
+    raise AssertionError("streamlit_app.py has no PAGES list")
+
+
+def default_page() -> str:
+    return app_pages()[0][2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    url: str
+    started: float  # perf_counter when the process was started
+    healthy_s: float  # process start -> health endpoint answers
+    proc: subprocess.Popen
+    log: Path
+
+
+@pytest.fixture(scope="module")
+def server(tiny_store, tiny_vilt_dir, tmp_path_factory):
+    require_browser()
+    port = free_port()
+    work = tmp_path_factory.mktemp("e2e")
+    log = work / "streamlit.log"
+    env = {**os.environ,
+           "VL_LENS_STORE": str(tiny_store),
+           "VL_LENS_CACHE": str(work / "cache"),
+           "VL_LENS_ASK_MODELS": f"tiny=vilt:{tiny_vilt_dir}",
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
+    cmd = [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true",
+           "--server.address", "127.0.0.1", "--server.port", str(port), "--server.fileWatcherType", "none",
+           "--browser.gatherUsageStats", "false"]
+    started = time.perf_counter()
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=str(ROOT), env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + PAGE_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"streamlit exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.read().strip() == b"ok":
+                        break
+            except OSError:
+                pass
+            if time.time() > deadline:
+                raise AssertionError(f"streamlit did not answer in {PAGE_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield Server(url=url, started=started, healthy_s=time.perf_counter() - started, proc=proc, log=log)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+@pytest.fixture(scope="module")
+def browser(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+class Tab:
+    """One browser tab on the app, collecting console errors and uncaught page errors."""
+
+    # Streamlit's frontend probes <page>/_stcore/health and host-config on a deep link before it
+    # falls back to the root endpoints: those 404s are its normal start-up, not an app error.
+    PROBE_404 = re.compile(r"/_stcore/(health|host-config)$")
+
+    def __init__(self, browser, server: Server):
+        self.context = browser.new_context(viewport=VIEWPORT)
+        self.page = self.context.new_page()
+        self.page.set_default_timeout(PAGE_TIMEOUT_S * 1000)
+        self.server = server
+        self.errors: list[str] = []
+        self.offline_misses: set[str] = set()
+        self.page.on("console", self._console)
+        self.page.on("pageerror", lambda exc: self.errors.append(f"page error: {exc}"))
+
+    def _console(self, msg):
+        if msg.type != "error":
+            return
+        where = (msg.location or {}).get("url", "")
+        if msg.text.startswith("Failed to load resource"):
+            if self.PROBE_404.search(where):
+                return
+            if where and not where.startswith(self.server.url):
+                # an off-host resource (the page icon comes from fonts.gstatic.com); this machine is
+                # offline, a Space is not. Reported, not failed: the app itself needs no network.
+                self.offline_misses.add(where)
+                return
+        self.errors.append(f"console error: {msg.text} ({where})")
+
+    def close(self):
+        self.context.close()
+
+    # ---- waiting -------------------------------------------------------------------------------
+    def wait_idle(self, settle_s: float = 0.8, timeout_s: float = PAGE_TIMEOUT_S) -> None:
+        """Wait until the script run is over and has stayed over for ``settle_s`` seconds."""
+        page = self.page
+        page.wait_for_selector('[data-testid="stApp"]', timeout=timeout_s * 1000)
+        deadline = time.time() + timeout_s
+        quiet_since = None
+        while time.time() < deadline:
+            state = page.get_attribute('[data-testid="stApp"]', "data-test-script-state")
+            connected = page.get_attribute('[data-testid="stApp"]', "data-test-connection-state")
+            busy = state != "notRunning" or page.locator('[data-testid="stStatusWidget"] :text("Running")').count()
+            if not busy and connected in (None, "CONNECTED"):
+                quiet_since = quiet_since or time.time()
+                if time.time() - quiet_since >= settle_s:
+                    return
+            else:
+                quiet_since = None
+            page.wait_for_timeout(100)
+        raise AssertionError(f"the app was still running after {timeout_s} s (state {state!r})")
+
+    def open(self, url_path: str) -> float:
+        """Load a page by its url path ("" or the default page's path is the root)."""
+        if url_path == default_page():
+            url_path = ""  # st.navigation serves the default page at the root only
+        t0 = time.perf_counter()
+        self.page.goto(f"{self.server.url}/{url_path}")
+        self.wait_idle()
+        return time.perf_counter() - t0
+
+    # ---- checks --------------------------------------------------------------------------------
+    def assert_healthy(self, where: str) -> None:
+        exc = self.page.locator('[data-testid="stException"]')
+        if exc.count():
+            raise AssertionError(f"{where}: exception shown in the page:\n{exc.first.inner_text()[:2000]}")
+        assert not self.errors, f"{where}: {self.errors}"
+        body = self.page.locator('[data-testid="stMain"]').inner_text()
+        assert "Traceback" not in body, f"{where}: traceback text in the page"
+
+    def main_text(self) -> str:
+        return self.page.locator('[data-testid="stMain"]').inner_text()
+
+    def screenshot(self, name: str) -> Path:
+        """A small PNG of the viewport (downscaled, 256 colors) for the README."""
+        from PIL import Image
+
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        raw = self.page.screenshot(full_page=False)
+        im = Image.open(io.BytesIO(raw)).convert("RGB")
+        im.thumbnail((1024, 1024), Image.Resampling.LANCZOS)
+        path = SCREENSHOTS / f"{name}.png"
+        im.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
+        return path
+
+    def visual(self, selector: str) -> bytes:
+        """Screenshot bytes of the first element matching selector (to see that a view changed)."""
+        loc = self.page.locator(selector).first
+        loc.scroll_into_view_if_needed()
+        return loc.screenshot()
+
+    # ---- widgets (found by their label) --------------------------------------------------------
+    def widget(self, testid: str, label: str | re.Pattern):
+        pattern = label if isinstance(label, re.Pattern) else re.compile(re.escape(label), re.I)
+        return self.page.locator(f'[data-testid="{testid}"]').filter(
+            has=self.page.locator('[data-testid="stWidgetLabel"]', has_text=pattern))
+
+    def select(self, box, option: str | None = None) -> str | None:
+        """Open a select box and choose ``option`` (or the first option that is not the current one)."""
+        combo = box.locator('input[role="combobox"]').first
+        current = combo.input_value().strip()
+        opener = box.locator('button[aria-haspopup="listbox"]')
+        (opener.first if opener.count() else combo).click()
+        options = self.page.locator('[role="listbox"] [role="option"]')
+        options.first.wait_for()
+        texts = [t.strip() for t in options.all_inner_texts()]
+        choice = option if option is not None else next((t for t in texts if t and t != current), None)
+        if choice is None or choice not in texts:
+            self.page.keyboard.press("Escape")
+            return None
+        options.nth(texts.index(choice)).click()
+        self.wait_idle()
+        assert combo.input_value().strip() == choice, (choice, combo.input_value())
+        return choice
+
+    def nudge_slider(self, slider, key: str = "ArrowRight") -> None:
+        thumb = slider.locator('[role="slider"], input[type="range"]').first
+        thumb.focus()
+        self.page.keyboard.press(key)
+        self.wait_idle()
+
+
+@pytest.fixture
+def tab(browser, server):
+    t = Tab(browser, server)
+    yield t
+    t.close()
+
+
+# ---- the tests ------------------------------------------------------------------------------------
+def test_cold_start_to_first_rendered_page(browser, server, tiny_store):
+    """Process start -> the Examples page drawn in the browser; printed for docs/reliability.md."""
+    t = Tab(browser, server)
+    try:
+        t.open("examples")
+        t.page.locator('[data-testid="stMain"] h1', has_text="Examples").wait_for()
+        t.page.locator('[data-testid="stDataFrame"]').first.wait_for()
+        first_page_s = time.perf_counter() - server.started
+        t.assert_healthy("examples (cold)")
+    finally:
+        t.close()
+    report = {"server_healthy_s": round(server.healthy_s, 2), "first_rendered_page_s": round(first_page_s, 2)}
+    if t.offline_misses:
+        print(f"\noff-host resources not loaded (offline machine): {sorted(t.offline_misses)}")
+    print(f"\nCOLD START: {json.dumps(report)}")
+    out = os.environ.get("VL_LENS_E2E_TIMINGS")
+    if out:
+        Path(out).write_text(json.dumps(report))
+    assert first_page_s < 300
+
+
+def test_every_page_renders_without_errors(tab):
+    pages = app_pages()
+    assert pages and pages[0][2] == "examples"
+    for file, title, url in pages:
+        tab.open(url)
+        tab.assert_healthy(f"{title} ({file})")
+        assert tab.page.locator('[data-testid="stMain"] h1').count() >= 1, f"{title}: no title drawn"
+    # the sidebar navigation lists exactly the pages that exist
+    nav = tab.page.locator('[data-testid="stSidebarNav"]')
+    if nav.count():
+        links = nav.locator("a").all_inner_texts()
+        for _f, title, _u in pages:
+            assert any(title in link for link in links), (title, links)
+
+
+def test_every_page_survives_its_widgets(tab):
+    """Generic: move every slider once and pick another option in every select box, on every page."""
+    for file, title, url in app_pages():
+        if url == "ask":
+            continue  # exercised on its own below (it runs a model)
+        tab.open(url)
+        for i in range(min(tab.page.locator('[data-testid="stMain"] [data-testid="stSlider"]').count(), 3)):
+            tab.nudge_slider(tab.page.locator('[data-testid="stMain"] [data-testid="stSlider"]').nth(i))
+            tab.assert_healthy(f"{title}: slider {i}")
+        boxes = tab.page.locator('[data-testid="stMain"] [data-testid="stSelectbox"]')
+        for i in range(min(boxes.count(), 3)):
+            tab.select(tab.page.locator('[data-testid="stMain"] [data-testid="stSelectbox"]').nth(i))
+            tab.assert_healthy(f"{title}: select box {i}")
+
+
+def test_examples_filter_and_screenshot(tab, tiny_store):
+    from store.zarr_store import VLStore
+
+    summaries = VLStore(tiny_store).run("tiny").summaries()
+    n, n_wrong = len(summaries), sum(1 for s in summaries if s.correct is False)
+    tab.open("examples")
+    assert f"{n} of {n} examples shown" in tab.main_text()
+    for s in summaries[:3]:
+        assert s.question in tab.main_text() or tab.page.locator('[data-testid="stDataFrame"]').count()
+    tab.screenshot("examples")
+    tab.select(tab.widget("stSelectbox", "Correctness"), "incorrect")
+    tab.assert_healthy("examples: filter")
+    assert f"{n_wrong} of {n} examples shown" in tab.main_text()
+    # the URL carries the chosen example, so a link reopens it
+    tab.page.wait_for_function("() => new URL(location.href).searchParams.get('run') !== null", timeout=30_000)
+
+
+def test_attention_layer_and_token_change_the_overlay(tab):
+    pages = {u for _f, _t, u in app_pages()}
+    if "attention" not in pages:
+        pytest.skip("pages/attention.py is not in this build yet")
+    tab.open("attention")
+    tab.assert_healthy("attention")
+    view = '[data-testid="stMain"] [data-testid="stVegaLiteChart"], [data-testid="stMain"] [data-testid="stImage"]'
+    tab.page.locator(view).first.wait_for()
+    tab.screenshot("attention")
+    layer = tab.widget("stSlider", re.compile(r"layer", re.I))
+    if layer.count():
+        before = tab.visual(view)
+        tab.nudge_slider(layer.first)
+        tab.assert_healthy("attention: layer")
+        assert tab.visual(view) != before, "moving the layer slider did not change the view"
+    token = tab.widget("stSelectbox", re.compile(r"token", re.I))
+    if token.count():
+        before = tab.visual(view)
+        assert tab.select(token.first) is not None
+        tab.assert_healthy("attention: token")
+        assert tab.visual(view) != before, "selecting another token did not change the overlay"
+
+
+def test_ask_upload_question_answer_heatmap(tab, tmp_path):
+    pages = {u for _f, _t, u in app_pages()}
+    if "ask" not in pages:
+        pytest.skip("pages/ask.py is not in this build yet")
+    from sources.easyvqa import EasyVQA
+    from tests.tiny_vilt import ANSWERS
+
+    ex = EasyVQA("test")[0]
+    image = tmp_path / "upload.png"
+    image.write_bytes(ex.image_bytes())
+    tab.open("ask")
+    tab.assert_healthy("ask")
+    uploader = tab.page.locator('[data-testid="stFileUploader"] input[type="file"]')
+    if not uploader.count():  # the upload may sit behind an "image source" choice
+        choice = tab.page.locator('[data-testid="stMain"] label', has_text=re.compile(r"upload", re.I))
+        if choice.count():
+            choice.first.click()
+            tab.wait_idle()
+    assert uploader.count(), "the Ask page shows no file uploader"
+    uploader.first.set_input_files(str(image))
+    tab.wait_idle()
+    tab.assert_healthy("ask: upload")
+    question = tab.widget("stTextInput", re.compile(r"question", re.I))
+    if not question.count():
+        question = tab.widget("stTextArea", re.compile(r"question", re.I))
+    assert question.count(), "the Ask page shows no question box"
+    box = question.first.locator("input, textarea").first
+    box.fill("what shape is in the image?")
+    box.press("Enter" if box.evaluate("e => e.tagName") == "INPUT" else "Control+Enter")
+    tab.wait_idle()
+    for name in ("Ask", "Explain", "Run", "Compute", "Attribute"):
+        button = tab.page.locator('[data-testid="stMain"] button', has_text=re.compile(rf"^\s*{name}", re.I))
+        if button.count() and button.first.is_enabled():
+            button.first.click()
+            tab.wait_idle(timeout_s=PAGE_TIMEOUT_S * 2)
+            break
+    tab.assert_healthy("ask: question")
+    text = tab.main_text()
+    assert any(re.search(rf"\b{re.escape(a)}\b", text) for a in ANSWERS), "no answer of the model is shown"
+    heat = tab.page.locator('[data-testid="stMain"] [data-testid="stVegaLiteChart"], '
+                            '[data-testid="stMain"] [data-testid="stImage"]')
+    assert heat.count() >= 1, "no heatmap is shown"
+    heat.first.scroll_into_view_if_needed()
+    tab.screenshot("ask")

@@ -1,0 +1,176 @@
+"""Hugging Face Space readiness: front matter, writes only under the cache dir, models offered by connectivity."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ---- front matter ----------------------------------------------------------------------------------
+def front_matter() -> dict[str, str]:
+    text = (ROOT / "docs" / "space.md").read_text()
+    block = re.search(r"```yaml\n---\n(.*?)\n---\n```", text, re.S)
+    assert block, "docs/space.md has no ```yaml front matter block"
+    out = {}
+    for line in block.group(1).splitlines():
+        key, _, value = line.partition(":")
+        out[key.strip()] = value.strip().strip('"')
+    return out
+
+
+def test_front_matter_matches_requirements():
+    fm = front_matter()
+    pin = re.search(r"^streamlit==(\S+)$", (ROOT / "requirements.txt").read_text(), re.M)
+    assert pin, "requirements.txt does not pin streamlit"
+    assert fm["sdk"] == "streamlit"
+    assert fm["sdk_version"] == pin.group(1)
+    assert fm["python_version"] == "3.11"
+    assert (ROOT / fm["app_file"]).is_file() and fm["app_file"] == "streamlit_app.py"
+    import streamlit
+
+    assert streamlit.__version__ == fm["sdk_version"]  # what the tests ran against
+
+
+# ---- models offered -------------------------------------------------------------------------------
+@pytest.fixture
+def registry(monkeypatch, tmp_path):
+    """A controlled registry: two demo models (one with weights on disk), two hub models (one adapter missing)."""
+    import ui.models as m
+
+    models = {"alpha-demo": ("vilt", "demo/models/alpha"), "beta-demo": ("vilt", "demo/models/beta"),
+              "alpha-hub": ("vilt", "org/alpha-vqa"), "gamma-hub": ("gamma", "org/gamma-vqa")}
+    monkeypatch.setattr(m, "MODELS", models)
+    monkeypatch.setattr(m, "DEMO_MODELS", ("alpha-demo", "beta-demo"))
+    monkeypatch.setattr(m, "ADAPTERS", {"vilt": object})
+    (tmp_path / "demo/models/alpha").mkdir(parents=True)
+    (tmp_path / "demo/models/alpha/config.json").write_text("{}")
+    (tmp_path / "demo/models/beta").mkdir(parents=True)  # no weights: not offered
+    return tmp_path
+
+
+@pytest.mark.parametrize("env,online", [({"HF_HUB_OFFLINE": "1"}, False), ({"TRANSFORMERS_OFFLINE": "true"}, False),
+                                        ({}, True), ({"HF_HUB_OFFLINE": "0"}, True)])
+def test_hub_models_only_when_online(registry, monkeypatch, env, online):
+    import ui.models as m
+
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert m.hub_online() is online
+    expected = ("alpha-demo", "alpha-hub") if online else ("alpha-demo",)
+    assert m.offered_models(root=registry) == expected
+
+
+def test_offered_models_with_the_real_registry(monkeypatch):
+    from adapters.registry import ADAPTERS, DEMO_MODELS, MODELS
+    from ui.models import offered_models
+
+    offline = offered_models(online=False)
+    assert set(offline) <= set(DEMO_MODELS)
+    assert all((ROOT / MODELS[n][1] / "config.json").is_file() for n in offline)
+    online = offered_models(online=True)
+    assert online[:len(offline)] == offline  # demos first
+    if "vilt" in ADAPTERS:
+        assert "vilt-vqa" in online
+    if "lxmert" in ADAPTERS:
+        assert "lxmert-vqa" in online
+    assert not any(MODELS[n][1].startswith("demo/") for n in online[len(offline):])
+
+
+# ---- the app writes only under the cache dir --------------------------------------------------------
+APP_SCRIPT = textwrap.dedent("""
+    import functools, json, sys
+    sys.dont_write_bytecode = True
+    sys.path.insert(0, {root!r})
+    import adapters.registry as registry
+    import demo.build_store as build
+    # the tiny random ViLT stands in for the shipped demo weights; 4 examples keep it fast
+    registry.MODELS["vilt-easyvqa"] = ("vilt", {tiny!r})
+    build.DEMO_MODELS = ("vilt-easyvqa",)
+    build.build_demo_store = functools.partial(build.build_demo_store, limit=4)
+    from streamlit.testing.v1 import AppTest
+    at = AppTest.from_file({app!r}, default_timeout=600)
+    at.run()
+    from ui.paths import cache_dir, default_store
+    print(json.dumps({{"exceptions": [str(e.value) for e in at.exception], "errors": [e.value for e in at.error],
+                      "rows": len(at.dataframe[0].value) if len(at.dataframe) else 0,
+                      "cache": str(cache_dir()), "store": default_store()}}))
+""")
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in (".git", ".venv", "__pycache__", ".hypothesis")]
+        for f in filenames:
+            p = Path(dirpath) / f
+            st = p.lstat()
+            out[str(p.relative_to(root))] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def _read_only_mount_available() -> bool:
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        return False
+    return subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode == 0
+
+
+@pytest.mark.slow
+def test_app_writes_only_under_the_cache_dir(tmp_path, tiny_vilt_dir):
+    """First start with no store: the demo store is built under VL_LENS_CACHE, the repository is untouched.
+
+    As root, the repository is bind-mounted read-only for the app process (any write would fail);
+    otherwise the repository is compared before and after.
+    """
+    home, cache = tmp_path / "home", tmp_path / "cache"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VL_LENS_")}
+    env.update(HOME=str(home), VL_LENS_CACHE=str(cache), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               PYTHONDONTWRITEBYTECODE="1", TOKENIZERS_PARALLELISM="false")
+    env.pop("HF_HOME", None)
+    script = APP_SCRIPT.format(root=str(ROOT), tiny=str(tiny_vilt_dir), app=str(ROOT / "streamlit_app.py"))
+    cmd = [sys.executable, "-c", script]
+    read_only = _read_only_mount_available()
+    if read_only:
+        cmd = ["unshare", "-m", "sh", "-c",
+               f'mount --bind "{ROOT}" "{ROOT}" && mount -o remount,bind,ro "{ROOT}" && exec "$@"', "sh", *cmd]
+    before = snapshot(ROOT)
+    out = subprocess.run(cmd, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert not res["exceptions"] and not res["errors"], res
+    assert res["rows"] == 4  # the demo store was built and the Examples page lists it
+    assert res["cache"] == str(cache) and res["store"] == str(cache / "demo_store.zarr")
+    assert (cache / "demo_store.zarr" / "zarr.json").is_file()
+    assert not (cache / "demo_store.zarr.building").exists()
+    from store.zarr_store import VLStore
+
+    assert VLStore(cache / "demo_store.zarr").run("vilt-easyvqa").example_ids()
+    assert snapshot(ROOT) == before, "the app wrote into the repository"
+    assert not any(home.rglob("*.zarr")), "the store belongs in VL_LENS_CACHE, not HOME"
+
+
+def test_cache_dir_order_and_fallback(tmp_path, monkeypatch):
+    from ui.paths import cache_dir
+
+    monkeypatch.setenv("VL_LENS_CACHE", str(tmp_path / "a"))
+    assert cache_dir() == tmp_path / "a"
+    monkeypatch.delenv("VL_LENS_CACHE")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    assert cache_dir() == tmp_path / "hf" / "vl-lens"
+    blocker = tmp_path / "file"
+    blocker.write_text("x")  # a file where the directory should be: not writable, fall through
+    monkeypatch.setenv("VL_LENS_CACHE", str(blocker / "sub"))
+    monkeypatch.setenv("HF_HOME", str(blocker / "hf"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_dir() == tmp_path / "home" / ".cache" / "vl-lens"
