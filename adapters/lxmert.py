@@ -618,6 +618,13 @@ class LxmertAdapter(Adapter):
         return attribution.detach().float().sum(-1)[0].cpu().numpy()  # (B, T|R, D) -> (T,) | (R,)
 
     def attention_probs(self, inputs: dict):
+        """(logits, {kind: [tensor (B, H, Q, K) per layer]}, {kind: (query_index, key_index)}).
+
+        The maps are the tensors the model multiplies with the values, so they are in the graph.
+        The answer head reads only the language [CLS], so the last cross layer's vision-side maps
+        (``cross_v2l[-1]``, ``cross_vision_self[-1]``) cannot affect the logits: after backward
+        their ``grad`` stays None; treat it as zero.
+        """
         n_text = int(inputs["input_ids"].shape[1])
         n_reg = int(inputs["visual_pos"].shape[1])
         with self._capture(keep_graph=True) as cap:
