@@ -29,6 +29,7 @@ def _kdvlp():
 # name -> zero-argument function returning the class (imports stay lazy so `cli.py models` is fast)
 ADAPTERS = {
     "vilt": _vilt,
+    "kdvlp": _kdvlp,
 }
 
 # Named, ready-to-use models: what `cli.py models` lists and the app offers.
