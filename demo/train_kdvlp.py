@@ -42,16 +42,24 @@ def encode_split(split: str, tokenizer, image_size: int, answers: list[str], max
             "input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": torch.tensor(labels)}
 
 
-def evaluate(model: KdvlpModel, data, batch_size: int = 500) -> float:
+def evaluate(model: KdvlpModel, data, batch_size: int = 500, answers: list[str] | None = None):
+    """Accuracy over the split; with ``answers``, also per question kind (yes/no, shape, color)."""
     model.eval()
-    correct, n = 0, len(data["labels"])
+    hits = []
     with torch.no_grad():
-        for s in range(0, n, batch_size):
+        for s in range(0, len(data["labels"]), batch_size):
             sl = slice(s, s + batch_size)
             pv = normalize_pixels(data["pixels"][data["image_index"][sl]], model.config)
             logits = model(data["input_ids"][sl], pv, data["attention_mask"][sl]).logits
-            correct += (logits.argmax(-1) == data["labels"][sl]).sum().item()
-    return correct / n
+            hits.append(logits.argmax(-1) == data["labels"][sl])
+    hits = torch.cat(hits)
+    if answers is None:
+        return hits.float().mean().item()
+    kind = {a: "yes/no" if a in ("yes", "no") else "shape" if a in ("circle", "rectangle", "triangle") else "color"
+            for a in answers}
+    labels = [kind[answers[i]] for i in data["labels"].tolist()]
+    by_kind = {k: round(hits[[lab == k for lab in labels]].float().mean().item(), 4) for k in sorted(set(labels))}
+    return hits.float().mean().item(), by_kind
 
 
 def train(out: Path, *, epochs: int = 3, batch_size: int = 64, lr: float = 2e-3, seed: int = 0, hidden: int = 64,
@@ -105,31 +113,44 @@ def train(out: Path, *, epochs: int = 3, batch_size: int = 64, lr: float = 2e-3,
             step += 1
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}", refresh=False)
-        acc = evaluate(model, test_data)
-        history.append({"epoch": epoch + 1, "test_accuracy": acc, "wall_seconds": round(time.time() - start, 1)})
-        tqdm.write(f"epoch {epoch + 1}: test accuracy {acc:.4f} ({time.time() - start:.0f} s)")
-        if step >= steps:
+        acc, by_kind = evaluate(model, test_data, answers=answers)
+        history.append({"epoch": epoch + 1, "test_accuracy": acc, "by_kind": by_kind,
+                        "wall_seconds": round(time.time() - start, 1)})
+        tqdm.write(f"epoch {epoch + 1}: test accuracy {acc:.4f} {by_kind} ({time.time() - start:.0f} s)")
+        done = step >= steps or epoch + 1 == epochs
+        # every epoch leaves a loadable checkpoint, so an interrupted run still ships its best so far
+        result = _save(model, config, tokenizer, Path(out), history=history, start=start, step=step, complete=done,
+                       n_test=len(test_data["labels"]),
+                       args=dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, hidden=hidden, layers=layers,
+                                 heads=heads, channels=channels))
+        if done:
             break
     bar.close()
-    model.eval()
-    result = {
-        "test_accuracy": history[-1]["test_accuracy"], "test_questions": len(test_data["labels"]),
-        "wall_seconds": round(time.time() - start, 1), "epochs": epochs, "steps": step, "batch_size": batch_size,
-        "lr": lr, "seed": seed, "hidden": hidden, "layers": layers, "heads": heads, "cnn_channels": list(channels),
-        "grid": config.grid, "history": history, "parameters": sum(p.numel() for p in model.parameters()),
-        "torch_threads": torch.get_num_threads(),
-    }
-    cmd = (f"python -m demo.train_kdvlp --out {out} --epochs {epochs} --batch-size {batch_size} --lr {lr} "
-           f"--seed {seed} --hidden {hidden} --layers {layers} --heads {heads} "
-           f"--channels {','.join(map(str, channels))}")
-    model.config = KdvlpConfig(**{**{k: getattr(config, k) for k in config.__dataclass_fields__},
-                                  "extra": {"trained_with": cmd, "test_accuracy": result["test_accuracy"],
-                                            "data": "easy-VQA (full train split; accuracy on the full test split)"}})
-    out = Path(out)
-    save_checkpoint(model, tokenizer, out)
-    (out / "training_result.json").write_text(json.dumps(result, indent=2))
     print(f"test accuracy {result['test_accuracy']:.4f} on {result['test_questions']} questions; "
           f"wall time {result['wall_seconds']:.0f} s")
+    return result
+
+
+def _save(model, config, tokenizer, out: Path, *, history, start, step, complete, n_test, args) -> dict:
+    a = args
+    result = {
+        "test_accuracy": history[-1]["test_accuracy"], "test_questions": n_test, "complete": complete,
+        "wall_seconds": round(time.time() - start, 1), "epochs_done": len(history), "steps": step, **{k: v for k, v in a.items() if k != "channels"},
+        "cnn_channels": list(a["channels"]), "grid": config.grid, "history": history,
+        "parameters": sum(p.numel() for p in model.parameters()), "torch_threads": torch.get_num_threads(),
+    }
+    cmd = (f"python -m demo.train_kdvlp --out {out} --epochs {a['epochs']} --batch-size {a['batch_size']} "
+           f"--lr {a['lr']} --seed {a['seed']} --hidden {a['hidden']} --layers {a['layers']} --heads {a['heads']} "
+           f"--channels {','.join(map(str, a['channels']))}")
+    fields = {k: getattr(config, k) for k in config.__dataclass_fields__}
+    model.config = KdvlpConfig(**{**fields, "extra": {
+        "trained_with": cmd, "test_accuracy": result["test_accuracy"], "epochs_done": len(history),
+        "data": "easy-VQA (full train split; accuracy on the full test split)"}})
+    was_training = model.training
+    model.eval()
+    save_checkpoint(model, tokenizer, out)
+    model.train(was_training)
+    (out / "training_result.json").write_text(json.dumps(result, indent=2))
     return result
 
 
