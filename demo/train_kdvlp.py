@@ -63,7 +63,7 @@ def evaluate(model: KdvlpModel, data, batch_size: int = 500, answers: list[str] 
 
 
 def train(out: Path, *, epochs: int = 3, batch_size: int = 64, lr: float = 2e-3, seed: int = 0, hidden: int = 64,
-          layers: int = 2, heads: int = 4, channels: tuple[int, ...] = (16, 32, 64), threads: int = 1,
+          layers: int = 3, heads: int = 4, channels: tuple[int, ...] = (16, 32, 64, 96), threads: int = 1,
           limit: int | None = None, max_steps: int | None = None) -> dict:
     torch.set_num_threads(threads)
     random.seed(seed)
@@ -162,9 +162,9 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--layers", type=int, default=3)
     p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--channels", default="16,32,64", help="CNN stage widths (each halves the grid)")
+    p.add_argument("--channels", default="16,32,64,96", help="CNN stage widths (each halves the grid)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--limit", type=int, default=None, help="use only the first N questions (smoke runs)")
     p.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps (smoke runs)")
