@@ -30,6 +30,7 @@ def _kdvlp():
 ADAPTERS = {
     "vilt": _vilt,
     "lxmert": _lxmert,
+    "kdvlp": _kdvlp,
 }
 
 # Named, ready-to-use models: what `cli.py models` lists and the app offers.
