@@ -7,12 +7,14 @@ The app calls ``build_demo_store`` on first start when the store is missing.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Callable
 
 from adapters.registry import DEMO_MODELS, MODELS, REPO_ROOT
 
-DEFAULT_LIMIT = 120
+# Examples per demo model in the store built on first start (VL_LENS_DEMO_LIMIT overrides).
+DEFAULT_LIMIT = int(os.environ.get("VL_LENS_DEMO_LIMIT", "120"))
 
 
 def available_demo_models() -> list[str]:
@@ -25,13 +27,14 @@ def available_demo_models() -> list[str]:
     return out
 
 
-def build_demo_store(out: str | Path, *, limit: int = DEFAULT_LIMIT, models: list[str] | None = None,
+def build_demo_store(out: str | Path, *, limit: int | None = None, models: list[str] | None = None,
                      on_progress: Callable[[str, int, int], None] | None = None, progress: bool = True) -> list[str]:
     from adapters.registry import load_model
     from record import limited, record_examples
     from sources.easyvqa import EasyVQA
     from store.zarr_store import VLStore
 
+    limit = DEFAULT_LIMIT if limit is None else limit
     models = available_demo_models() if models is None else models
     if not models:
         raise RuntimeError("no demo model weights found under demo/models/")

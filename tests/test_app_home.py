@@ -54,3 +54,25 @@ def test_foreign_store_gives_clear_message(tmp_path, monkeypatch):
     at.run()
     assert not at.exception
     assert any("not a VL-Lens store" in e.value for e in at.error)
+
+
+@pytest.mark.skipif(not (ROOT / "demo/models/vilt-easyvqa/config.json").exists(), reason="demo weights not built")
+def test_first_start_builds_the_demo_store(tmp_path, monkeypatch):
+    """A fresh clone: no store yet -> the app records the demo examples into the cache dir, then lists them."""
+    from demo.build_store import available_demo_models
+    from store.zarr_store import VLStore
+
+    monkeypatch.delenv("VL_LENS_STORE", raising=False)
+    monkeypatch.setenv("VL_LENS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("VL_LENS_DEMO_LIMIT", "3")
+    import demo.build_store as build_store
+
+    monkeypatch.setattr(build_store, "DEFAULT_LIMIT", 3)
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=300)
+    at.run()
+    assert not at.exception, at.exception
+    store_path = tmp_path / "cache" / "demo_store.zarr"
+    assert store_path.exists() and not (tmp_path / "cache" / "demo_store.zarr.building").exists()
+    store = VLStore(store_path)
+    assert store.runs() == sorted(available_demo_models())
+    assert len(at.dataframe[0].value) == 3
