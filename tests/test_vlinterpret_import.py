@@ -43,7 +43,7 @@ def softmax_rows(rng, n):
 
 
 class Evil:
-    """A pickle that runs a shell command when loaded by plain pickle.loads."""
+    """A pickle that runs a shell command when unpickled by an unrestricted loader."""
 
     def __init__(self, canary):
         self.canary = canary
