@@ -98,7 +98,7 @@ class KdvlpAdapter(Adapter):
         enc = self.tokenizer([check_question(q) for q in questions], padding="longest", truncation=True,
                              max_length=self.max_text_tokens, return_tensors="pt")
         # resized pixels cached per image object: training reads every image each epoch
-        pixels = torch.stack([self._pixel_cache.get(check_image(im), self.config.image_size) for im in images])
+        pixels = torch.stack([self._pixel_cache.get(im, self.config.image_size) for im in images])
         return {"input_ids": enc["input_ids"].to(self.device), "attention_mask": enc["attention_mask"].to(self.device),
                 "pixel_values": normalize_pixels(pixels, self.config).to(self.device)}
 

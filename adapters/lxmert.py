@@ -239,7 +239,7 @@ class ResizedPixelCache:
         hit = self.entries.get(id(image))
         if hit is not None and hit[0]() is image and hit[1].shape[-1] == size:
             return hit[1]
-        rgb = image.convert("RGB")
+        rgb = check_image(image)  # a converted copy: the key stays the caller's object
         if rgb.size != (size, size):
             rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
         pixels = torch.from_numpy(np.asarray(rgb, np.uint8).copy()).permute(2, 0, 1)
@@ -472,7 +472,6 @@ class LxmertAdapter(Adapter):
             raise InputError(f"need as many images as questions (got {len(images)} and {len(questions)})")
         if regions is not None and len(regions) != len(images):
             raise InputError(f"need one region set per image (got {len(regions)} for {len(images)} images)")
-        images = [check_image(im) for im in images]
         questions = [check_question(q) for q in questions]
         enc = self.tokenizer(questions, padding="longest", truncation=True, max_length=self.max_text_tokens,
                              return_tensors="pt")
@@ -480,9 +479,9 @@ class LxmertAdapter(Adapter):
                   "attention_mask": enc["attention_mask"].to(self.device),
                   "token_type_ids": torch.zeros_like(enc["input_ids"]).to(self.device)}
         if regions is None and self.extractor is not None:
-            inputs.update(self._grid_inputs(images))
+            inputs.update(self._grid_inputs(images))  # checks each image (once per distinct image)
         else:
-            inputs.update(self._visual_inputs(images, regions))
+            inputs.update(self._visual_inputs([check_image(im) for im in images], regions))
         return inputs
 
     def _grid_inputs(self, images: list[Image.Image]) -> dict:
