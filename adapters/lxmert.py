@@ -463,10 +463,10 @@ class LxmertAdapter(Adapter):
 
         Questions are padded to the longest (and truncated to ``max_text_tokens``). Visual input
         is the shipped extractor's pixels (``pixel_values`` (distinct images, 3, S, S), ``image_index``
-        (B,) into them, and the grid boxes as ``visual_pos``), or, with ``regions`` (one ``RegionFeatures`` per image), the detector
-        features padded to the most regions with a ``visual_attention_mask``. The logits are in
-        ``answers()`` order. Gradients reach the extractor too: optimize every module of
-        ``trainable_modules()``.
+        (B,) into them, and the grid boxes as ``visual_pos``), or, with ``regions`` (one ``RegionFeatures``
+        per image), the detector features padded to the most regions with a ``visual_attention_mask``.
+        The logits are in ``answers()`` order. Gradients reach the extractor too:
+        ``trainable_parameters(full=True)`` includes it.
         """
         if len(images) != len(questions) or not images:
             raise InputError(f"need as many images as questions (got {len(images)} and {len(questions)})")

@@ -4,7 +4,8 @@
     python cli.py finetune --init demo-vilt --dataset easyvqa --split train --eval-split test --full \\
         --epochs 10 --batch-size 64 --lr 1e-3 --out demo/models/vilt-easyvqa
     python cli.py finetune --init demo-lxmert --dataset easyvqa --split train --eval-split test --eval-limit 0 \
-        --full --epochs 2 --images-per-batch 8 --lr 2e-3 --loss softmax --clip-grad-norm 5 --out demo/models/lxmert-easyvqa
+        --full --epochs 2 --images-per-batch 8 --lr 2e-3 --loss softmax --clip-grad-norm 5 \
+        --out demo/models/lxmert-easyvqa
 """
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ def add_arguments(p):
     p.add_argument("--clip-grad-norm", type=float, default=None, help="clip the gradient norm (default: no clipping)")
     p.add_argument("--images-per-batch", type=int, default=None,
                    help="a batch holds every question of N random images (instead of --batch-size questions)")
-    p.add_argument("--hidden", type=int, default=None, help="--init: width (demo-vilt 128, demo-lxmert / demo-kdvlp 64)")
+    p.add_argument("--hidden", type=int, default=None,
+                   help="--init: width (demo-vilt 128, demo-lxmert / demo-kdvlp 64)")
     p.add_argument("--layers", type=int, default=None,
                    help="--init: layers (demo-vilt 4, demo-lxmert 2 per stream and cross, demo-kdvlp 3)")
     p.add_argument("--heads", type=int, default=None, help="--init: heads (4)")

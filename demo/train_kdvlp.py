@@ -81,7 +81,8 @@ def train(out: Path, *, epochs: int = 3, batch_size: int = 64, lr: float = 2e-3,
         "parameters": sum(p.numel() for p in adapter.model.parameters()), "torch_threads": torch.get_num_threads(),
     }
     cmd = (f"python -m demo.train_kdvlp --out {out} --epochs {epochs} --batch-size {batch_size} --lr {lr} "
-           f"--seed {seed} --hidden {hidden} --layers {layers} --heads {heads} --channels {','.join(map(str, channels))}")
+           f"--seed {seed} --hidden {hidden} --layers {layers} --heads {heads} "
+           f"--channels {','.join(map(str, channels))}")
     adapter.model.config = adapter.config = dataclasses.replace(adapter.model.config, extra={
         "trained_with": cmd, "test_accuracy": result["test_accuracy"], "epochs_done": len(history),
         "data": "easy-VQA (full train split; accuracy on the full test split)"})
