@@ -27,7 +27,9 @@ import torch
 from PIL import Image
 
 from adapters.base import Adapter, AdapterError, AttributionSpec, display_copy, example_id_of
-from adapters.kdvlp_model import (CheckpointError, KdvlpModel, images_to_uint8, load_model, normalize_pixels)
+from adapters.kdvlp_model import (CheckpointError, KdvlpModel, images_to_uint8, load_model, normalize_pixels,
+                                  save_checkpoint)
+from adapters.lxmert import ResizedPixelCache
 from adapters.vilt import check_image, check_question, resolve_source
 from store.schema import AttentionBlock, HiddenBlock, Prediction, Record
 
@@ -51,6 +53,7 @@ class KdvlpAdapter(Adapter):
         self.max_text_tokens = int(cfg.max_text_tokens)
         self.grid = int(cfg.grid)
         self._answers = list(cfg.answers)
+        self._pixel_cache = ResizedPixelCache()
 
     # ---- loading ---------------------------------------------------------------------------------
     @classmethod
@@ -94,7 +97,8 @@ class KdvlpAdapter(Adapter):
             raise ValueError(f"{len(images)} images for {len(questions)} questions")
         enc = self.tokenizer([check_question(q) for q in questions], padding="longest", truncation=True,
                              max_length=self.max_text_tokens, return_tensors="pt")
-        pixels = images_to_uint8([check_image(im) for im in images], self.config.image_size)
+        # resized pixels cached per image object: training reads every image each epoch
+        pixels = torch.stack([self._pixel_cache.get(im, self.config.image_size) for im in images])
         return {"input_ids": enc["input_ids"].to(self.device), "attention_mask": enc["attention_mask"].to(self.device),
                 "pixel_values": normalize_pixels(pixels, self.config).to(self.device)}
 
@@ -234,3 +238,43 @@ class KdvlpAdapter(Adapter):
             ids[:, m] = self.tokenizer.pad_token_id
             new["input_ids"] = ids
         return new
+
+    # ---- training (training/finetune.py) ---------------------------------------------------------
+    def trainable_parameters(self, full: bool = False) -> list:
+        """The answer classifier (an MLP on the pooled [CLS]); with ``full`` every weight, the CNN included."""
+        return list(self.model.parameters() if full else self.model.classifier.parameters())
+
+    def set_training(self, training: bool) -> None:
+        """Train mode; BatchNorm layers whose weights are frozen stay in eval mode.
+
+        Classifier-only fine-tuning must not move the CNN's running statistics (nor use batch
+        statistics), or the frozen part would compute a different function afterwards.
+        """
+        self.model.train(training)
+        if training:
+            for m in self.model.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and not any(
+                        p.requires_grad for p in m.parameters()):
+                    m.eval()
+
+    def add_answers(self, answers: list[str]) -> None:
+        import dataclasses
+
+        new = [a for a in dict.fromkeys(answers) if a not in set(self._answers)]
+        if not new:
+            return
+        old = self.model.classifier[-1]
+        n_old = old.out_features
+        layer = torch.nn.Linear(old.in_features, n_old + len(new), device=old.weight.device, dtype=old.weight.dtype)
+        with torch.no_grad():
+            layer.weight[:n_old] = old.weight
+            layer.bias[:n_old] = old.bias
+            layer.bias[n_old:] = old.bias.mean()  # a new answer starts as likely as a typical old one
+        self.model.classifier[-1] = layer
+        self._answers = self._answers + new
+        self.config = dataclasses.replace(self.model.config, answers=tuple(self._answers))
+        self.model.config = self.config
+
+    def save(self, directory: str | Path) -> None:
+        """config.json + model.safetensors + tokenizer (docs/kdvlp.md): what ``load`` reads."""
+        save_checkpoint(self.model, self.tokenizer, Path(directory))

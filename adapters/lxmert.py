@@ -222,6 +222,37 @@ class GridRegionExtractor(nn.Module):
         return ext.eval()
 
 
+class ResizedPixelCache:
+    """(3, S, S) uint8 pixels of an image, resized once: training reads each image every epoch.
+
+    Keyed by the image object (the fine-tuning loop keeps one decoded object per image file);
+    a weak reference checks the key still names the same object, so a recycled id() never hits.
+    Bounded by entries; plain images are cheap to redo when it is full.
+    """
+
+    def __init__(self, max_entries: int = 50_000):
+        self.max_entries, self.entries = max_entries, {}
+
+    def get(self, image: Image.Image, size: int) -> torch.Tensor:
+        import weakref
+
+        hit = self.entries.get(id(image))
+        if hit is not None and hit[0]() is image and hit[1].shape[-1] == size:
+            return hit[1]
+        rgb = check_image(image)  # a converted copy: the key stays the caller's object
+        if rgb.size != (size, size):
+            rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
+        pixels = torch.from_numpy(np.asarray(rgb, np.uint8).copy()).permute(2, 0, 1)
+        if len(self.entries) >= self.max_entries:
+            self.entries = {k: v for k, v in self.entries.items() if v[0]() is not None}
+        if len(self.entries) < self.max_entries:
+            try:
+                self.entries[id(image)] = (weakref.ref(image), pixels)
+            except TypeError:  # not weak-referenceable: do not cache
+                pass
+        return pixels
+
+
 # ---- the adapter ---------------------------------------------------------------------------------
 def _stack(tensors: list[torch.Tensor]) -> np.ndarray:
     return torch.stack([t[0] for t in tensors]).float().cpu().numpy()
@@ -257,6 +288,7 @@ class LxmertAdapter(Adapter):
             raise AdapterError(f"{len(answers)} answer names for {n} answer logits")
         self._answers = list(answers)
         self.probability = str(getattr(cfg, "answer_probability", "sigmoid"))
+        self._pixel_cache = ResizedPixelCache()
 
     # ---- loading ---------------------------------------------------------------------------------
     @classmethod
@@ -301,6 +333,46 @@ class LxmertAdapter(Adapter):
         self.tokenizer.save_pretrained(d)
         if self.extractor is not None:
             self.extractor.save(d)
+
+    def save(self, directory: str | Path) -> None:
+        """A checkpoint ``load`` reads back: HF LXMERT + tokenizer + region extractor + answers.json."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        self.save_pretrained(d)
+        (d / ANSWER_FILES[0]).write_text(json.dumps(self._answers))
+
+    # ---- training (training/finetune.py) ---------------------------------------------------------
+    def trainable_parameters(self, full: bool = False) -> list:
+        """The answer head; with ``full`` every weight, the region extractor's CNN included."""
+        if not full:
+            return list(self.model.answer_head.parameters())
+        return [p for m in self.trainable_modules() for p in m.parameters()]
+
+    def set_training(self, training: bool) -> None:
+        for m in self.trainable_modules():
+            m.train(training)
+
+    def add_answers(self, answers: list[str]) -> None:
+        new = [a for a in dict.fromkeys(answers) if a not in set(self._answers)]
+        if not new:
+            return
+        head = self.model.answer_head.logit_fc
+        old = head[-1]
+        n_old = old.out_features
+        layer = nn.Linear(old.in_features, n_old + len(new), device=old.weight.device, dtype=old.weight.dtype)
+        with torch.no_grad():
+            layer.weight[:n_old] = old.weight
+            layer.bias[:n_old] = old.bias
+            layer.weight[n_old:].normal_(0.0, self.model.config.initializer_range)
+            # A new answer starts as likely as a typical old one.
+            layer.bias[n_old:] = old.bias.mean()
+        head[-1] = layer
+        self._answers = self._answers + new
+        cfg = self.model.config
+        cfg.num_qa_labels = len(self._answers)
+        self.model.num_qa_labels = len(self._answers)
+        cfg.id2label = {i: a for i, a in enumerate(self._answers)}
+        cfg.label2id = {a: i for i, a in enumerate(self._answers)}
 
     def trainable_modules(self) -> list[nn.Module]:
         """Every module whose parameters a fine-tune should update (the extractor is not in ``model``)."""
@@ -351,6 +423,9 @@ class LxmertAdapter(Adapter):
             boxes = torch.from_numpy(self.extractor.boxes())
             return {"pixel_values": self.extractor.preprocess(images).to(self.device),
                     "visual_pos": boxes[None].expand(len(images), -1, -1).contiguous().to(self.device)}
+        return self._detector_inputs(regions)
+
+    def _detector_inputs(self, regions: list[RegionFeatures]) -> dict:
         for r in regions:
             self._check_regions(r)
         r_max = max(r.n_regions for r in regions)
@@ -387,32 +462,51 @@ class LxmertAdapter(Adapter):
         """Model inputs for a training batch, to pass as ``forward_logits(**inputs)``.
 
         Questions are padded to the longest (and truncated to ``max_text_tokens``). Visual input
-        is the shipped extractor's pixels (``pixel_values`` (B, 3, S, S) + the grid boxes as
-        ``visual_pos``), or, with ``regions`` (one ``RegionFeatures`` per image), the detector
-        features padded to the most regions with a ``visual_attention_mask``. The logits are in
-        ``answers()`` order. Gradients reach the extractor too: optimize every module of
-        ``trainable_modules()``.
+        is the shipped extractor's pixels (``pixel_values`` (distinct images, 3, S, S), ``image_index``
+        (B,) into them, and the grid boxes as ``visual_pos``), or, with ``regions`` (one ``RegionFeatures``
+        per image), the detector features padded to the most regions with a ``visual_attention_mask``.
+        The logits are in ``answers()`` order. Gradients reach the extractor too:
+        ``trainable_parameters(full=True)`` includes it.
         """
         if len(images) != len(questions) or not images:
             raise InputError(f"need as many images as questions (got {len(images)} and {len(questions)})")
         if regions is not None and len(regions) != len(images):
             raise InputError(f"need one region set per image (got {len(regions)} for {len(images)} images)")
-        images = [check_image(im) for im in images]
         questions = [check_question(q) for q in questions]
         enc = self.tokenizer(questions, padding="longest", truncation=True, max_length=self.max_text_tokens,
                              return_tensors="pt")
         inputs = {"input_ids": enc["input_ids"].to(self.device),
                   "attention_mask": enc["attention_mask"].to(self.device),
                   "token_type_ids": torch.zeros_like(enc["input_ids"]).to(self.device)}
-        inputs.update(self._visual_inputs(images, regions))
+        if regions is None and self.extractor is not None:
+            inputs.update(self._grid_inputs(images))  # checks each image (once per distinct image)
+        else:
+            inputs.update(self._visual_inputs([check_image(im) for im in images], regions))
         return inputs
+
+    def _grid_inputs(self, images: list[Image.Image]) -> dict:
+        """Extractor inputs for a batch: each distinct image once (``pixel_values``) + ``image_index``.
+
+        Many questions share one image (the fine-tuning loop hands the same decoded image object
+        for each), so the CNN runs once per distinct image; its resized pixels are cached per image.
+        """
+        distinct: dict[int, int] = {}
+        index = [distinct.setdefault(id(im), len(distinct)) for im in images]
+        unique = list({id(im): im for im in images}.values())
+        pixels = torch.stack([self._pixel_cache.get(im, self.extractor.image_size) for im in unique])
+        boxes = torch.from_numpy(self.extractor.boxes())
+        return {"pixel_values": self.extractor.normalize(pixels.float() / 255.0).to(self.device),
+                "image_index": torch.tensor(index, dtype=torch.long, device=self.device),
+                "visual_pos": boxes[None].expand(len(images), -1, -1).contiguous().to(self.device)}
 
     def _model_kwargs(self, inputs: dict) -> dict:
         kw = dict(inputs)
+        index = kw.pop("image_index", None)
         if "pixel_values" in kw:
             if self.extractor is None:
                 raise InputError(NO_REGIONS_MESSAGE.format(dim=self.visual_feat_dim))
-            kw["visual_feats"] = self.extractor(kw.pop("pixel_values"))
+            feats = self.extractor(kw.pop("pixel_values"))
+            kw["visual_feats"] = feats if index is None else feats[index]
         return kw
 
     def _text_tokens(self, inputs, offsets):

@@ -3,6 +3,9 @@
     python cli.py finetune --model vilt-easyvqa --dataset folder:my_data --out models/my-vilt --epochs 3
     python cli.py finetune --init demo-vilt --dataset easyvqa --split train --eval-split test --full \\
         --epochs 10 --batch-size 64 --lr 1e-3 --out demo/models/vilt-easyvqa
+    python cli.py finetune --init demo-lxmert --dataset easyvqa --split train --eval-split test --eval-limit 0 \
+        --full --epochs 2 --images-per-batch 8 --lr 2e-3 --loss softmax --clip-grad-norm 5 \
+        --out demo/models/lxmert-easyvqa
 """
 from __future__ import annotations
 
@@ -12,7 +15,8 @@ from pathlib import Path
 def add_arguments(p):
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="model name (see `models`) or ADAPTER:HUB_ID_OR_DIR to start from")
-    src.add_argument("--init", choices=["demo-vilt"], help="start from a fresh, untrained demo model instead")
+    src.add_argument("--init", choices=["demo-vilt", "demo-lxmert", "demo-kdvlp"],
+                     help="start from a fresh, untrained easy-VQA demo model instead")
     p.add_argument("--dataset", required=True, help="data set spec (easyvqa, vqa:..., folder:..., hf:..., mc:...)")
     p.add_argument("--split", default="train", help="training split, for data sets that have them (default: train)")
     p.add_argument("--eval-dataset", default=None, help="evaluation data set spec (default: --dataset)")
@@ -32,9 +36,18 @@ def add_arguments(p):
                    help="answers the model lacks: add classifier rows (extend) or leave them out (ignore)")
     p.add_argument("--schedule", choices=["onecycle", "constant"], default="onecycle")
     p.add_argument("--max-steps", type=int, default=None, help="stop after N steps (smoke runs)")
-    p.add_argument("--hidden", type=int, default=128, help="--init demo-vilt: width")
-    p.add_argument("--layers", type=int, default=4, help="--init demo-vilt: layers")
-    p.add_argument("--heads", type=int, default=4, help="--init demo-vilt: heads")
+    p.add_argument("--loss", choices=["bce", "softmax"], default="bce",
+                   help="bce: binary cross-entropy on the soft scores (VQA's loss, default); softmax: cross-entropy "
+                        "against the normalized soft scores (the LXMERT / KD-VLP demos)")
+    p.add_argument("--warmup", type=float, default=0.1, help="fraction of the steps spent warming up (onecycle)")
+    p.add_argument("--clip-grad-norm", type=float, default=None, help="clip the gradient norm (default: no clipping)")
+    p.add_argument("--images-per-batch", type=int, default=None,
+                   help="a batch holds every question of N random images (instead of --batch-size questions)")
+    p.add_argument("--hidden", type=int, default=None,
+                   help="--init: width (demo-vilt 128, demo-lxmert / demo-kdvlp 64)")
+    p.add_argument("--layers", type=int, default=None,
+                   help="--init: layers (demo-vilt 4, demo-lxmert 2 per stream and cross, demo-kdvlp 3)")
+    p.add_argument("--heads", type=int, default=None, help="--init: heads (4)")
 
 
 def run(args) -> int:
@@ -53,7 +66,9 @@ def run(args) -> int:
         eval_limit = args.limit
     config = FinetuneConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, full=args.full,
                             limit=args.limit, eval_every=args.eval_every, eval_limit=eval_limit, seed=args.seed,
-                            new_answers=args.new_answers, schedule=args.schedule, max_steps=args.max_steps)
+                            new_answers=args.new_answers, schedule=args.schedule, max_steps=args.max_steps,
+                            loss=args.loss, warmup=args.warmup, clip_grad_norm=args.clip_grad_norm,
+                            images_per_batch=args.images_per_batch)
     train = open_source(args.dataset, split=args.split)
     evals = None
     if args.eval_dataset or args.eval_split:
@@ -63,8 +78,9 @@ def run(args) -> int:
 
         examples = list(islice(iter(train), args.limit)) if args.limit else list(train)
         answers = train.answers() or sorted({a for ex in examples for a in ex.answers})
-        adapter = INITS[args.init](examples, answers, hidden=args.hidden, layers=args.layers, heads=args.heads,
-                                   seed=args.seed)
+        sizes = {k: v for k, v in (("hidden", args.hidden), ("layers", args.layers), ("heads", args.heads))
+                 if v is not None}
+        adapter = INITS[args.init](examples, answers, seed=args.seed, **sizes)
         train_examples = examples
     else:
         from adapters.registry import load_model

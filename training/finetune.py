@@ -47,6 +47,14 @@ class FinetuneConfig:
     new_answers: str = "extend"  # "extend" the classifier or "ignore" the answers it lacks
     max_steps: int | None = None  # stop after this many steps (smoke runs, tests)
     progress: bool = True
+    # "bce": VQA soft-score BCE (the default, ViLT's VQA loss); "softmax": cross-entropy against the
+    # soft scores normalized to sum 1 (the easy-VQA LXMERT / KD-VLP demos, one answer per question).
+    loss: str = "bce"
+    clip_grad_norm: float | None = None  # clip the gradient norm of the trained parameters
+    # A batch holds every question of this many random images instead of batch_size random questions
+    # (adapters that run their CNN once per distinct image of a batch then see about 10x fewer images).
+    images_per_batch: int | None = None
+    checkpoint_every_epoch: bool = False  # write the checkpoint after every epoch (a stopped run keeps one)
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -63,6 +71,12 @@ class FinetuneConfig:
             raise ValueError(f"schedule must be 'onecycle' or 'constant', not {self.schedule!r}")
         if self.new_answers not in ("extend", "ignore"):
             raise ValueError(f"new_answers must be 'extend' or 'ignore', not {self.new_answers!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, not {self.loss!r}")
+        if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
+            raise ValueError("clip-grad-norm must be positive")
+        if self.images_per_batch is not None and self.images_per_batch < 1:
+            raise ValueError("images per batch must be at least 1")
 
     @property
     def learning_rate(self) -> float:
@@ -132,12 +146,21 @@ def vqa_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="sum") / len(targets)
 
 
-def loss_on(adapter, examples: list[Example]) -> float:
+def softmax_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against the soft scores normalized to sum 1 per example (one-hot: plain cross-entropy)."""
+    probs = targets / targets.sum(-1, keepdim=True).clamp_min(1e-12)
+    return torch.nn.functional.cross_entropy(logits, probs)
+
+
+LOSSES = {"bce": vqa_loss, "softmax": softmax_loss}
+
+
+def loss_on(adapter, examples: list[Example], loss: str = "bce") -> float:
     """The loss of ``adapter`` on these examples as one batch (eval mode, no gradient)."""
     adapter.set_training(False)
     with torch.no_grad():
         inputs = adapter.encode_batch([ex.image() for ex in examples], [ex.question for ex in examples])
-        return float(vqa_loss(adapter.forward_logits(**inputs).float(), targets_for(examples, adapter.answers())))
+        return float(LOSSES[loss](adapter.forward_logits(**inputs).float(), targets_for(examples, adapter.answers())))
 
 
 def _load_images(examples: list[Example], cache: _ImageCache, failed: list):
@@ -171,6 +194,20 @@ def evaluate(adapter, examples: list[Example], *, batch_size: int = 64, cache: _
                 n += 1
     return {"accuracy": correct / n if n else float("nan"), "vqa_score": score / n if n else float("nan"),
             "examples": n}
+
+
+def image_key(ex: Example) -> str:
+    return str(ex.meta.get("image_path") or ex.meta.get("image_id") or ex.source_key)
+
+
+def _batches(usable: list[Example], config: FinetuneConfig, gen: torch.Generator, groups: list[list[int]] | None):
+    """Index lists of one epoch: random questions, or every question of ``images_per_batch`` random images."""
+    if groups is None:
+        order = torch.randperm(len(usable), generator=gen).tolist()
+        return [order[s:s + config.batch_size] for s in range(0, len(order), config.batch_size)]
+    perm = torch.randperm(len(groups), generator=gen).tolist()
+    k = config.images_per_batch
+    return [[i for j in perm[s:s + k] for i in groups[j]] for s in range(0, len(perm), k)]
 
 
 def _take(examples: Iterable[Example], limit: int | None) -> list[Example]:
@@ -229,7 +266,16 @@ def finetune(adapter, train: Iterable[Example], *, out: str | Path | None = None
             p.requires_grad_(True)
     lr = config.learning_rate
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
-    per_epoch = (len(usable) + config.batch_size - 1) // config.batch_size
+    groups = None
+    if config.images_per_batch:
+        by_image: dict[str, list[int]] = {}
+        for i, ex in enumerate(usable):
+            by_image.setdefault(image_key(ex), []).append(i)
+        groups = list(by_image.values())
+        per_epoch = (len(groups) + config.images_per_batch - 1) // config.images_per_batch
+    else:
+        per_epoch = (len(usable) + config.batch_size - 1) // config.batch_size
+    loss_fn = LOSSES[config.loss]
     total = per_epoch * config.epochs
     if config.max_steps is not None:
         total = min(total, config.max_steps)
@@ -260,18 +306,19 @@ def finetune(adapter, train: Iterable[Example], *, out: str | Path | None = None
     step = 0
     try:
         for epoch in range(1, config.epochs + 1):
-            order = torch.randperm(len(usable), generator=gen).tolist()
-            for s in range(0, len(order), config.batch_size):
+            for indices in _batches(usable, config, gen, groups):
                 if step >= total:
                     break
-                batch, images = _load_images([usable[i] for i in order[s:s + config.batch_size]], cache, failed)
+                batch, images = _load_images([usable[i] for i in indices], cache, failed)
                 if not batch:
                     continue
                 adapter.set_training(True)
                 inputs = adapter.encode_batch(images, [ex.question for ex in batch])
-                loss = vqa_loss(adapter.forward_logits(**inputs).float(), targets_for(batch, answers))
+                loss = loss_fn(adapter.forward_logits(**inputs).float(), targets_for(batch, answers))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                if config.clip_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(params, config.clip_grad_norm)
                 opt.step()
                 if sched is not None:
                     sched.step()
@@ -283,6 +330,8 @@ def finetune(adapter, train: Iterable[Example], *, out: str | Path | None = None
                 if config.eval_every and step % config.eval_every == 0 and step % per_epoch != 0:
                     run_eval(epoch)
             run_eval(epoch)
+            if out is not None and config.checkpoint_every_epoch:
+                adapter.save(Path(out))
             if step >= total:
                 break
     finally:
@@ -319,4 +368,31 @@ def init_demo_vilt(examples: list[Example], answers: list[str], *, hidden: int =
     return ViltAdapter(model, tokenizer, build_image_processor(), model_id="demo-vilt")
 
 
-INITS = {"demo-vilt": init_demo_vilt}
+def init_demo_lxmert(examples: list[Example], answers: list[str], *, hidden: int = 64, layers: int = 2,
+                     heads: int = 4, seed: int = 0):
+    """The easy-VQA demo LXMERT, untrained: ``layers`` language, vision and cross layers each, plus
+    its grid region extractor CNN (4 x 4 cells of a 64 x 64 image); reports softmax probabilities."""
+    from adapters.lxmert import LxmertAdapter
+    from demo.train_lxmert import MAX_TEXT_TOKENS, build_model
+    from demo.train_vilt import build_tokenizer
+
+    tokenizer = build_tokenizer([ex.question for ex in examples])
+    tokenizer.model_max_length = MAX_TEXT_TOKENS
+    model, extractor = build_model(len(tokenizer), answers, hidden=hidden, layers=(layers, layers, layers),
+                                   heads=heads, seed=seed)
+    return LxmertAdapter(model, tokenizer, extractor, model_id="demo-lxmert", answers=list(answers))
+
+
+def init_demo_kdvlp(examples: list[Example], answers: list[str], *, hidden: int = 64, layers: int = 3,
+                    heads: int = 4, seed: int = 0, channels: tuple[int, ...] = (16, 32, 64, 96)):
+    """The easy-VQA demo KD-VLP-style model, untrained (a 4 x 4 CNN grid of a 64 x 64 image)."""
+    from adapters.kdvlp import KdvlpAdapter
+    from demo.train_kdvlp import build_model
+    from demo.train_vilt import build_tokenizer
+
+    tokenizer = build_tokenizer([ex.question for ex in examples])
+    model = build_model(tokenizer, answers, hidden=hidden, layers=layers, heads=heads, channels=channels, seed=seed)
+    return KdvlpAdapter(model, tokenizer, model_id="demo-kdvlp")
+
+
+INITS = {"demo-vilt": init_demo_vilt, "demo-lxmert": init_demo_lxmert, "demo-kdvlp": init_demo_kdvlp}
