@@ -172,7 +172,7 @@ def _affinities(x: np.ndarray, perplexity: float) -> tuple[np.ndarray, np.ndarra
 
 
 def fast_tsne(x: np.ndarray, *, perplexity: float = 10.0, n_iter: int = 250, early: int = 80,
-              exaggeration: float = 12.0, negatives: int = 16, seed: int = 0) -> np.ndarray:
+              exaggeration: float = 12.0, negatives: int = 64, seed: int = 0) -> np.ndarray:
     """t-SNE of (n, d) points to (n, 2).
 
     The attractive forces are exact over the sparse neighbour affinities; the repulsive forces and

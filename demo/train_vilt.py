@@ -20,16 +20,26 @@ DEMO_PATCH = 8
 
 
 def build_tokenizer(questions: list[str]):
-    """A WordPiece tokenizer (BERT-style, lower-cased) whose vocabulary comes from the questions."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    """A WordPiece tokenizer (BERT-style, lower-cased) whose vocabulary comes from the questions.
+
+    The vocabulary is every whole word of the questions plus every character they use, alone and
+    as a ``##`` continuation, in sorted order after the specials: the same questions always give
+    the same token ids (the tokenizers library's WordPiece trainer breaks ties between merges in
+    hash-map order, so its vocabulary changed from run to run), every known word is one token, and
+    a new word spelled with known characters still has pieces rather than becoming [UNK].
+    """
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import BertTokenizerFast
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=400, min_frequency=1, special_tokens=specials)
-    tok.train_from_iterator(questions, trainer=trainer)
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    words = {w for q in questions for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(q))}
+    chars = {c for w in words for c in w}
+    ordered = specials + sorted(words | chars) + sorted("##" + c for c in chars)
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(ordered)}, unk_token="[UNK]"))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]

@@ -288,8 +288,10 @@ def test_attribution_spec_layers_scores_and_occlusion(tiny, image):
     assert changed[:cell, :cell].all() and not changed[cell + 1:, :].any() and not changed[:, cell + 1:].any()
 
 
-def test_captum_layer_integrated_gradients_completeness(tiny, image):
+def test_captum_layer_integrated_gradients_completeness(tmp_path, image):
     from captum.attr import LayerIntegratedGradients
+
+    tiny = LxmertAdapter.load(str(make_tiny_lxmert(tmp_path / "ig")))  # fresh: no state from other tests
 
     spec = tiny.attribution_spec(image, QUESTION)
     names = list(spec.inputs)
