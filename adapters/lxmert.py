@@ -147,11 +147,10 @@ class GridRegionExtractor(nn.Module):
     3 x 3 convolution widens the receptive field to the whole image, a 1 x 1 projects to
     ``feat_dim``. Output (batch, grid * grid, feat_dim), cells in row-major (row, col) order.
 
-    ``norm="batch"`` puts a BatchNorm after every stride-2 convolution. Without it, an untrained
-    GELU stack is close to positively homogeneous: two images give features that differ mostly
-    by a scale factor, which LXMERT's LayerNorm on the visual input erases, so the model learns
-    to ignore the image (measured: answer logits identical across images, colour questions at
-    chance). Batch statistics centre each channel across images and keep them apart.
+    ``norm="batch"`` puts a BatchNorm after every stride-2 convolution (the easy-VQA demo uses it).
+    An untrained GELU stack without it is close to positively homogeneous: two images give
+    features that differ mostly by a scale factor, which LXMERT's LayerNorm on the visual input
+    erases; batch statistics centre each channel across images and keep them apart.
     """
 
     def __init__(self, *, image_size: int = 64, grid: int = 4, channels=(16, 32, 64, 128), feat_dim: int = 128,

@@ -1,6 +1,6 @@
 """Train the easy-VQA demo LXMERT (and its grid region extractor) from scratch, reproducibly.
 
-    python -m demo.train_lxmert --out demo/models/lxmert-easyvqa --epochs 2
+    python -m demo.train_lxmert --out demo/models/lxmert-easyvqa --epochs 6
 
 A small LXMERT-architecture model (width 64, 2 language / 2 vision / 2 cross-modality layers,
 4 heads) reads "regions" made by a small CNN trained jointly with it: the 64 x 64 image becomes
@@ -40,10 +40,9 @@ def build_model(vocab_size: int, answers: list[str], *, hidden: int = 64, layers
         max_position_embeddings=MAX_TEXT_TOKENS, num_qa_labels=len(answers),
         id2label={i: a for i, a in enumerate(answers)}, label2id={a: i for i, a in enumerate(answers)},
         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-        # BERT's 0.02 suits width 768; at width 64 it makes every residual branch ~6x weaker than
-        # fan-in scale, and the language stream starts out nearly blind to the regions (logits
-        # moved by 0.005 between two different images; with 1/sqrt(width), by 1.5). Trained with
-        # 0.02, the demo never learned to look: colour questions stayed at chance.
+        # BERT's 0.02 suits width 768; at width 64 every residual branch starts ~6x weaker than
+        # fan-in scale and the language stream nearly blind to the regions (answer logits moved by
+        # 0.005 between two different images at 0.02, by 1.5 at 1/sqrt(width)).
         initializer_range=hidden ** -0.5,
         # Trained with softmax cross-entropy (one answer per question), so the adapter reports softmax.
         answer_probability="softmax",
@@ -53,12 +52,12 @@ def build_model(vocab_size: int, answers: list[str], *, hidden: int = 64, layers
     return model, extractor
 
 
-def train(out: Path, *, epochs: int = 2, images_per_batch: int = 8, lr: float = 2e-3, seed: int = 0, hidden: int = 64,
+def train(out: Path, *, epochs: int = 6, images_per_batch: int = 8, lr: float = 3e-4, seed: int = 0, hidden: int = 64,
           heads: int = 4, threads: int = 1, limit: int | None = None, max_steps: int | None = None) -> dict:
     """A thin call to training.finetune: a fresh demo LXMERT + extractor, every weight trained.
 
     Same as ``python cli.py finetune --init demo-lxmert --dataset easyvqa --split train --eval-split test
-    --eval-limit 0 --full --epochs 2 --images-per-batch 8 --lr 2e-3 --loss softmax --clip-grad-norm 5
+    --eval-limit 0 --full --epochs 6 --images-per-batch 8 --lr 3e-4 --loss softmax --clip-grad-norm 5
     --hidden 64 --layers 2 --heads 4 --out demo/models/lxmert-easyvqa``, plus training_result.json
     in the demo's format.
     """
@@ -98,9 +97,9 @@ def train(out: Path, *, epochs: int = 2, images_per_batch: int = 8, lr: float = 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("demo/models/lxmert-easyvqa"))
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--images-per-batch", type=int, default=8, help="a batch holds every question of these images")
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--heads", type=int, default=4)
