@@ -12,7 +12,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import streamlit as st  # noqa: E402
 
-st.set_page_config(page_title="VL-Lens", page_icon="🔍"  # an emoji: a :material: page icon makes the browser fetch a font from the web, layout="wide")
+# An emoji icon: a :material: page icon makes the browser fetch a font from the web.
+st.set_page_config(page_title="VL-Lens", page_icon="🔍", layout="wide")
 
 # (file, title, icon, url path). Pages not yet present in this build are left out.
 PAGES = [
