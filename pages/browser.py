@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ui.state import example_image, freshness, qp_get, qp_set, sidebar, summaries_table
+from ui.state import example_image, freshness, link, qp_get, qp_set, sidebar, summaries_table, thumbnails
 
 store, reader = sidebar()
 st.title("Examples")
@@ -30,11 +30,15 @@ n_labelled = int(df["correct"].notna().sum())
 acc = f"{n_correct / n_labelled:.1%}" if n_labelled else "n/a"
 st.caption(f"{len(view)} of {len(df)} examples shown · accuracy {acc} over {n_labelled} labelled")
 
+# Thumbnails for the first rows only: one store read each, and a long table is scrolled, not seen.
+MAX_THUMBNAILS = 300
 table = view[["example_id", "question", "label", "answer", "confidence", "correct", "top_answers"]].rename(
     columns={"label": "true answer", "answer": "model answer"})
+shown_ids = tuple(view["example_id"].iloc[:MAX_THUMBNAILS])
+table.insert(0, "image", list(thumbnails(store.location, reader.name, shown_ids)) + [None] * (len(view) - len(shown_ids)))
 event = st.dataframe(table, hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row",
-                     key="examples_table",
-                     column_config={"example_id": None,
+                     key="examples_table", row_height=60,
+                     column_config={"example_id": None, "image": st.column_config.ImageColumn("image", width="small"),
                                     "confidence": st.column_config.ProgressColumn("confidence", min_value=0.0,
                                                                                   max_value=1.0, format="%.2f")})
 rows = event.selection.rows if event and event.selection else []
@@ -61,3 +65,7 @@ with right:
 
     top = pd.DataFrame({"answer": list(row["answers"]), "probability": list(row["probabilities"])})
     st.dataframe(top, hide_index=True, key="top_answers_table")
+
+st.markdown("**Open this example in:** "
+            f"[Head summary]({link('heads', ex=eid)}) · [Attention]({link('attention', ex=eid)}) · "
+            f"[Hidden states]({link('projections', ex=eid)}) · [Compare]({link('compare', ex=eid)})")

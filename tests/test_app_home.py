@@ -32,6 +32,13 @@ def test_home_lists_examples_with_answers(app, tiny_store):
     # the selected example panel shows the first example's question and answer
     md = " ".join(m.value for m in app.markdown)
     assert summaries[0].question in md or table.iloc[0]["question"] in md
+    # every row has a thumbnail (a PNG of that example's image), and the panel links to each view
+    assert all(str(u).startswith("data:image/png;base64,") for u in table["image"])
+    first = table.iloc[0]["example_id"] if "example_id" in table else None
+    for page in ("heads", "attention", "projections", "compare"):
+        assert f"./{page}?" in md and "ex=" in md, page
+    if first is not None:
+        assert f"ex={first}" in md
 
 
 def test_filter_by_correctness(app, tiny_store):

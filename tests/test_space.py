@@ -17,9 +17,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # ---- front matter ----------------------------------------------------------------------------------
 def front_matter() -> dict[str, str]:
-    text = (ROOT / "docs" / "space.md").read_text()
-    block = re.search(r"```yaml\n---\n(.*?)\n---\n```", text, re.S)
-    assert block, "docs/space.md has no ```yaml front matter block"
+    """The README's leading YAML block: what a Hugging Face Space reads."""
+    text = (ROOT / "README.md").read_text()
+    block = re.match(r"---\n(.*?)\n---\n", text, re.S)
+    assert block, "README.md does not start with a --- front matter block"
     out = {}
     for line in block.group(1).splitlines():
         key, _, value = line.partition(":")

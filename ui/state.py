@@ -142,6 +142,25 @@ def example_image(location: str, run: str, eid: str) -> np.ndarray:
     return open_store(location).run(run).image(eid)
 
 
+@st.cache_data(show_spinner=False, max_entries=16)
+def thumbnails(location: str, run: str, example_ids: tuple[str, ...], side: int = 56) -> list[str]:
+    """Small PNG data URLs of the examples' images, for an image column (one read per example)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    reader = open_store(location).run(run)
+    out = []
+    for eid in example_ids:
+        im = Image.fromarray(reader.image(eid))
+        im.thumbnail((side, side))
+        buf = io.BytesIO()
+        im.save(buf, format="PNG")
+        out.append("data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii"))
+    return out
+
+
 @st.cache_data(show_spinner=False, max_entries=256)
 def example_tokens(location: str, run: str, eid: str) -> dict:
     return open_store(location).run(run).tokens(eid)
