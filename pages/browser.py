@@ -66,6 +66,23 @@ with right:
     top = pd.DataFrame({"answer": list(row["answers"]), "probability": list(row["probabilities"])})
     st.dataframe(top, hide_index=True, key="top_answers_table")
 
+# A multiple-choice item (VCR style): every candidate was recorded as its own example of one group.
+group = row.get("group") if "group" in row else None
+if isinstance(group, str) and group:
+    members = df[df["group"] == group]
+    if len(members) > 1:
+        st.subheader(f"Candidates of item {group}")
+        st.caption("Each candidate answer was recorded as its own example (question [SEP] candidate); "
+                   "the model's verdict on each, side by side.")
+        for col, (_, cand) in zip(st.columns(len(members)), members.iterrows()):
+            with col:
+                text = cand["question"].split("[SEP]", 1)[-1].strip() if "[SEP]" in cand["question"] else cand["question"]
+                marker = " (selected)" if cand["example_id"] == eid else ""
+                st.markdown(f"**{text}**{marker}")
+                st.markdown(f"model: {cand['answer']} ({cand['confidence']:.2f})")
+                st.markdown(f"true: {cand['label'] if cand['label'] is not None else '—'}")
+                st.markdown(f"[Attention]({link('attention', ex=cand['example_id'])})")
+
 st.markdown("**Open this example in:** "
             f"[Head summary]({link('heads', ex=eid)}) · [Attention]({link('attention', ex=eid)}) · "
             f"[Hidden states]({link('projections', ex=eid)}) · [Compare]({link('compare', ex=eid)})")

@@ -83,3 +83,36 @@ def test_first_start_builds_the_demo_store(tmp_path, monkeypatch):
     store = VLStore(store_path)
     assert store.runs() == sorted(available_demo_models())
     assert len(at.dataframe[0].value) == 3
+
+
+def test_multiple_choice_candidates_side_by_side(tmp_path, monkeypatch, tiny_vilt):
+    """Candidates of one multiple-choice item (one group) are shown together, each with its verdict."""
+    from PIL import Image
+
+    from sources.base import Example
+    from record import record_examples
+    from store.zarr_store import VLStore
+
+    import io
+
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(buf, format="PNG")
+    png = buf.getvalue()
+    choices = ["red", "blue", "green"]
+    examples = [Example(source_key=f"item-1/{i}", question=f"what color is the shape? [SEP] {c}",
+                        label="yes" if i == 0 else "no", answers={"yes" if i == 0 else "no": 1.0},
+                        load_image_bytes=lambda: png, group="item-1")
+                for i, c in enumerate(choices)]
+    path = tmp_path / "mc.zarr"
+    record_examples(tiny_vilt, iter(examples), VLStore(path, mode="a"), "mc", total=3, progress=False)
+    monkeypatch.setenv("VL_LENS_STORE", str(path))
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120)
+    at.run()
+    assert not at.exception, at.exception
+    assert any("Candidates of item item-1" in h.value for h in at.subheader)
+    md = [m.value for m in at.markdown]
+    for c in choices:
+        assert any(m.startswith(f"**{c}**") for m in md), c
+    summaries = VLStore(path).run("mc").summaries()
+    for s in summaries:
+        assert any(m == f"model: {s.answer} ({s.confidence:.2f})" for m in md)
