@@ -36,6 +36,9 @@ def add_arguments(p):
                    help="answers the model lacks: add classifier rows (extend) or leave them out (ignore)")
     p.add_argument("--schedule", choices=["onecycle", "constant"], default="onecycle")
     p.add_argument("--max-steps", type=int, default=None, help="stop after N steps (smoke runs)")
+    p.add_argument("--augment", choices=["none", "dihedral"], default="none",
+                   help="dihedral: flip / rotate each training image by a random symmetry of the square (only for "
+                        "questions that do not depend on orientation, such as easy-VQA's)")
     p.add_argument("--loss", choices=["bce", "softmax"], default="bce",
                    help="bce: binary cross-entropy on the soft scores (VQA's loss, default); softmax: cross-entropy "
                         "against the normalized soft scores (the LXMERT / KD-VLP demos)")
@@ -68,7 +71,7 @@ def run(args) -> int:
                             limit=args.limit, eval_every=args.eval_every, eval_limit=eval_limit, seed=args.seed,
                             new_answers=args.new_answers, schedule=args.schedule, max_steps=args.max_steps,
                             loss=args.loss, warmup=args.warmup, clip_grad_norm=args.clip_grad_norm,
-                            images_per_batch=args.images_per_batch)
+                            images_per_batch=args.images_per_batch, augment=args.augment)
     train = open_source(args.dataset, split=args.split)
     evals = None
     if args.eval_dataset or args.eval_split:

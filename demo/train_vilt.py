@@ -1,6 +1,6 @@
 """Train the easy-VQA demo ViLT from scratch, reproducibly.
 
-    python -m demo.train_vilt --out demo/models/vilt-easyvqa --epochs 10
+    python -m demo.train_vilt --out demo/models/vilt-easyvqa --epochs 12
 
 Seeded; prints a progress bar, the test accuracy on the full easy-VQA test split and the wall
 time. The training loop is training.finetune (the same one ``cli.py finetune`` runs). The output directory is an ordinary Hugging Face checkpoint (config.json,
@@ -74,12 +74,12 @@ def build_image_processor():
     return ViltImageProcessorPil(size={"shortest_edge": DEMO_IMAGE_SIZE}, size_divisor=32)
 
 
-def train(out: Path, *, epochs: int = 10, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
+def train(out: Path, *, epochs: int = 12, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
           hidden: int = 128, layers: int = 4, heads: int = 4, limit: int | None = None) -> dict:
     """A thin call to training.finetune: a fresh demo ViLT, every weight trained, one-cycle schedule.
 
     Same as ``python cli.py finetune --init demo-vilt --dataset easyvqa --split train --eval-split test
-    --full --epochs 10 --batch-size 64 --lr 1e-3 --eval-limit 0 --out demo/models/vilt-easyvqa``, plus
+    --full --epochs 12 --batch-size 64 --lr 1e-3 --eval-limit 0 --augment dihedral --out demo/models/vilt-easyvqa``, plus
     training_result.json in the demo's format.
     """
     from sources.easyvqa import EasyVQA
@@ -92,7 +92,7 @@ def train(out: Path, *, epochs: int = 10, batch_size: int = 64, lr: float = 1e-3
     adapter = init_demo_vilt(list(train_src), answers, hidden=hidden, layers=layers, heads=heads, seed=seed)
     config = FinetuneConfig(epochs=epochs, lr=lr, batch_size=batch_size, full=True, limit=limit, seed=seed,
                             weight_decay=0.01, schedule="onecycle", warmup=0.1, eval_limit=limit,
-                            new_answers="ignore")
+                            new_answers="ignore", augment="dihedral", checkpoint_every_epoch=True)
     res = finetune(adapter, train_src, out=out, config=config, eval_examples=test_src)
     history = [{"epoch": h["epoch"], "test_accuracy": h["accuracy"]} for h in res.history]
     result = {
@@ -111,7 +111,7 @@ def train(out: Path, *, epochs: int = 10, batch_size: int = 64, lr: float = 1e-3
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("demo/models/vilt-easyvqa"))
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)

@@ -55,6 +55,10 @@ class FinetuneConfig:
     # (adapters that run their CNN once per distinct image of a batch then see about 10x fewer images).
     images_per_batch: int | None = None
     checkpoint_every_epoch: bool = False  # write the checkpoint after every epoch (a stopped run keeps one)
+    # "dihedral": each training image is flipped / rotated by a random one of the 8 symmetries of a
+    # square (seeded). Only for data whose answers do not depend on orientation (easy-VQA: shape and
+    # colour questions); never for questions about left / right / above.
+    augment: str = "none"
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -71,6 +75,8 @@ class FinetuneConfig:
             raise ValueError(f"schedule must be 'onecycle' or 'constant', not {self.schedule!r}")
         if self.new_answers not in ("extend", "ignore"):
             raise ValueError(f"new_answers must be 'extend' or 'ignore', not {self.new_answers!r}")
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(f"augment must be one of {', '.join(AUGMENTATIONS)}, not {self.augment!r}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {', '.join(LOSSES)}, not {self.loss!r}")
         if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
@@ -150,6 +156,21 @@ def softmax_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Cross-entropy against the soft scores normalized to sum 1 per example (one-hot: plain cross-entropy)."""
     probs = targets / targets.sum(-1, keepdim=True).clamp_min(1e-12)
     return torch.nn.functional.cross_entropy(logits, probs)
+
+
+AUGMENTATIONS = ("none", "dihedral")
+# The 8 symmetries of a square (None: unchanged).
+_DIHEDRAL = (None, "ROTATE_90", "ROTATE_180", "ROTATE_270", "FLIP_LEFT_RIGHT", "FLIP_TOP_BOTTOM", "TRANSPOSE",
+             "TRANSVERSE")
+
+
+def augment_dihedral(images: list, gen: torch.Generator) -> list:
+    """Each image under a random symmetry of the square (drawn from ``gen``, so runs repeat)."""
+    from PIL import Image
+
+    picks = torch.randint(0, len(_DIHEDRAL), (len(images),), generator=gen).tolist()
+    return [im if _DIHEDRAL[k] is None else im.transpose(getattr(Image.Transpose, _DIHEDRAL[k]))
+            for im, k in zip(images, picks)]
 
 
 LOSSES = {"bce": vqa_loss, "softmax": softmax_loss}
@@ -303,6 +324,7 @@ def finetune(adapter, train: Iterable[Example], *, out: str | Path | None = None
         if bar is not None:
             bar.write(msg)
 
+    aug_gen = torch.Generator().manual_seed(config.seed + 2)
     step = 0
     try:
         for epoch in range(1, config.epochs + 1):
@@ -312,6 +334,8 @@ def finetune(adapter, train: Iterable[Example], *, out: str | Path | None = None
                 batch, images = _load_images([usable[i] for i in indices], cache, failed)
                 if not batch:
                     continue
+                if config.augment == "dihedral":
+                    images = augment_dihedral(images, aug_gen)
                 adapter.set_training(True)
                 inputs = adapter.encode_batch(images, [ex.question for ex in batch])
                 loss = loss_fn(adapter.forward_logits(**inputs).float(), targets_for(batch, answers))
