@@ -81,6 +81,16 @@ def test_aggregate_is_the_mean_of_the_per_example_statistics(tiny):
     assert not np.allclose(summary.grid, per_example[0, names.index(views.STAT)])
 
 
+def test_stats_only_example_keeps_the_statistics_of_every_head():
+    from analysis.head_stats import compute_head_stats
+
+    small, stats = views.stats_only_example(3, shape=TINY)
+    full = views.synthetic_record(3, **TINY)
+    assert small.attention["self"].values.shape[:2] == (1, 1)
+    assert stats["self"].values.shape == (7, TINY["layers"], TINY["heads"])
+    np.testing.assert_array_equal(stats["self"].values, compute_head_stats(full)["self"].values)
+
+
 def test_projection_fits_every_layer_of_the_example(tiny):
     recs, reader, _ = tiny
     proj = views.projection_data(reader, recs[0].example_id)
