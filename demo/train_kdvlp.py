@@ -43,13 +43,13 @@ def by_kind(adapter, examples, batch_size: int = 256) -> dict:
     return {k: round(evaluate(adapter, g, batch_size=batch_size)["accuracy"], 4) for k, g in sorted(groups.items())}
 
 
-def train(out: Path, *, epochs: int = 3, batch_size: int = 64, lr: float = 2e-3, seed: int = 0, hidden: int = 64,
+def train(out: Path, *, epochs: int = 6, batch_size: int = 64, lr: float = 2e-3, seed: int = 0, hidden: int = 64,
           layers: int = 3, heads: int = 4, channels: tuple[int, ...] = (16, 32, 64, 96), threads: int = 1,
           limit: int | None = None, max_steps: int | None = None) -> dict:
     """A thin call to training.finetune: a fresh demo KD-VLP model, every weight trained.
 
     Same as ``python cli.py finetune --init demo-kdvlp --dataset easyvqa --split train --eval-split test
-    --eval-limit 0 --full --epochs 3 --batch-size 64 --lr 2e-3 --loss softmax --warmup 0.15
+    --eval-limit 0 --full --epochs 6 --batch-size 64 --lr 2e-3 --loss softmax --warmup 0.15
     --hidden 64 --layers 3 --heads 4 --out demo/models/kdvlp-easyvqa``, plus training_result.json in the
     demo's format and the training command in config.json's ``extra``.
     """
@@ -96,7 +96,7 @@ def train(out: Path, *, epochs: int = 3, batch_size: int = 64, lr: float = 2e-3,
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("demo/models/kdvlp-easyvqa"))
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
