@@ -21,6 +21,7 @@ In CI (CI=true) a missing chromium or Playwright fails the test instead of skipp
 from __future__ import annotations
 
 import ast
+import contextlib
 import io
 import json
 import os
@@ -154,11 +155,10 @@ class Server:
     log: Path
 
 
-@pytest.fixture(scope="module")
-def server(app_data, tmp_path_factory):
-    require_browser()
+@contextlib.contextmanager
+def run_app(app_data: AppData, work: Path):
+    """`streamlit run` on a free 127.0.0.1 port; yields the Server once its health endpoint answers."""
     port = free_port()
-    work = tmp_path_factory.mktemp("e2e")
     log = work / "streamlit.log"
     env = {**os.environ,
            "VL_LENS_STORE": str(app_data.store),
@@ -199,6 +199,13 @@ def server(app_data, tmp_path_factory):
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(app_data, tmp_path_factory):
+    require_browser()
+    with run_app(app_data, tmp_path_factory.mktemp("e2e")) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")
@@ -535,8 +542,30 @@ def test_ask_upload_question_answer_heatmap(tab, tmp_path, app_data):
     tab.assert_healthy("ask: question")
     text = tab.main_text()
     assert any(re.search(rf"\b{re.escape(a)}\b", text) for a in app_data.answers), "no answer of the model is shown"
-    heat = tab.page.locator('[data-testid="stMain"] [data-testid="stVegaLiteChart"], '
-                            '[data-testid="stMain"] [data-testid="stImage"]')
+    # The uploaded image itself is an stImage: the heatmap is a chart (the page keys it ask_heat_<method>).
+    heat = tab.page.locator('[data-testid="stMain"] [class*="st-key-ask_heat"] [data-testid="stVegaLiteChart"]')
+    if not heat.count():
+        heat = tab.page.locator('[data-testid="stMain"] [data-testid="stVegaLiteChart"]')
     assert heat.count() >= 1, "no heatmap is shown"
-    heat.first.scroll_into_view_if_needed()
+    heat.first.evaluate("e => e.scrollIntoView({block: 'center'})")
+    tab.page.wait_for_timeout(300)
     tab.screenshot("ask")
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "Streamlit runs its v1 multipage mode in the first session of a server whose main script has a "
+    "pages/ folder beside it (PagesManager.uses_pages_directory): a deep link as the very first request "
+    "runs pages/<name>.py without streamlit_app.py (no st.navigation titles, no wide layout). Fixed by "
+    "renaming pages/ (e.g. to views/); then drop this marker."))
+def test_deep_link_as_first_request_uses_the_apps_navigation(browser, app_data, tmp_path):
+    """A fresh server whose first visitor follows a link to a page (not the root)."""
+    with run_app(app_data, tmp_path) as fresh:
+        t = Tab(browser, fresh)
+        try:
+            t.open("attention")
+            t.assert_healthy("attention (first request)")
+            links = t.page.locator('[data-testid="stSidebarNav"] a').all_inner_texts()
+            titles = [title for _f, title, _u in app_pages()]
+            assert [squash(link).split(" ", 1)[-1] for link in links] == titles, links
+        finally:
+            t.close()
