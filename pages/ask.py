@@ -222,7 +222,7 @@ else:
         st.error(f"The demo examples cannot be read: {e}")
         st.stop()
     pick = st.selectbox("Demo example", range(len(examples)), key="ask_example",
-                        format_func=lambda i: f"{examples[i]['question']}  [{examples[i]['label']}]")
+                        format_func=lambda i: f"{examples[i]['question']} [{examples[i]['label']}]")
     image = examples[pick]["image"]
     default_question = examples[pick]["question"]
     q_key = f"ask_q_{examples[pick]['key']}"

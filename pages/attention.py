@@ -198,7 +198,7 @@ with tab_text:
         cur = cur if cur in text_tokens else text_tokens[0]
         o1, o2, o3 = st.columns([2, 1, 1])
         token = o1.selectbox("Text token", text_tokens, index=text_tokens.index(cur), key=f"att_token_{kind}",
-                             format_func=lambda t: f"{tokens[t]}  (#{t})")
+                             format_func=lambda t: f"{tokens[t]} (#{t})")
         smooth = o2.radio("Overlay", ["patches", "smoothed"], horizontal=True, key="att_smooth") == "smoothed"
         opacity = o3.slider("Opacity", 0.0, 1.0, 0.7, 0.05, key="att_opacity")
         qp_set(token=token)
@@ -265,7 +265,7 @@ with tab_image:
                     cur = hit
             else:
                 cur = st.selectbox("Region", image_tokens, index=image_tokens.index(cur), key="att_region",
-                                   format_func=lambda t: f"{tokens[t]}  (#{t})")
+                                   format_func=lambda t: f"{tokens[t]} (#{t})")
         qp_set(patch=cur)
         att = restrict(token_attention(matrix, qidx, kidx, cur, direction), modality, "text")
         rows = pd.DataFrame({"token": att.tokens, "label": [f"{tokens[t]} (#{t})" for t in att.tokens],

@@ -17,13 +17,13 @@ ALL_KINDS = "all kinds (mean where defined)"
 
 store, reader_a = sidebar()
 runs = store.runs()
+st.title("Compare")
+others = [r for r in runs if r != reader_a.name]
+if not others:
+    st.warning("This store holds one run. Record a second model over the same examples, e.g. "
+               "`python cli.py record --model A --model B --out STORE`, to compare them.")
+    st.stop()
 with st.sidebar:
-    others = [r for r in runs if r != reader_a.name]
-    if not others:
-        st.title("Compare")
-        st.warning("This store holds one run. Record a second model over the same examples, e.g. "
-                   "`python cli.py record --model A --model B --out STORE`, to compare them.")
-        st.stop()
     run_b = qp_get("run2", others[0])
     if run_b not in others:
         run_b = others[0]
@@ -34,7 +34,6 @@ reader_b = store.run(run_b)
 name_a, name_b = reader_a.name, reader_b.name
 loc = store.location
 
-st.title("Compare")
 st.caption(f"A = **{name_a}** · B = **{name_b}**")
 
 

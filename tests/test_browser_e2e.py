@@ -4,18 +4,29 @@ Every page listed in streamlit_app.PAGES that exists in this build is visited an
 no exception element and no console error. Pages are exercised generically (render, then move
 every slider once and pick another option in every select box) and, where present, specifically:
 the Examples filter, the Attention page's layer slider and token select (the overlay must change),
-and the Ask page's upload + question (an answer and a heatmap must appear). Screenshots go to
-docs/screenshots/; the cold start (process start to first rendered page) is printed.
+and the Ask page's upload + question (an answer and a heatmap must appear). The cold start
+(process start to first rendered page) is printed.
+
+Data: by default a copy of the tiny_store fixture plus a second run by another tiny random ViLT
+(so Compare has two runs), and the tiny model on the Ask page; CI needs no trained weights.
+VL_LENS_E2E_STORE=demo builds a store from the trained demo weights (demo/models/*/config.json)
+and the Ask page offers the demo models; VL_LENS_E2E_STORE=PATH uses an existing store
+(VL_LENS_E2E_ASK_MODELS=name=ADAPTER:DIR,... then sets the Ask page's models).
+
+Screenshots go to a temporary directory; VL_LENS_SCREENSHOTS=DIR (relative to the repository, e.g.
+docs/screenshots for the README) writes them there instead, so a plain test run leaves git clean.
 
 In CI (CI=true) a missing chromium or Playwright fails the test instead of skipping it.
 """
 from __future__ import annotations
 
 import ast
+import contextlib
 import io
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -30,7 +41,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("VL_LENS_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-SCREENSHOTS = Path(os.environ.get("VL_LENS_SCREENSHOTS", ROOT / "docs" / "screenshots"))
+DEMO_LIMIT = int(os.environ.get("VL_LENS_E2E_DEMO_LIMIT", "24"))  # examples per demo model (VL_LENS_E2E_STORE=demo)
 PAGE_TIMEOUT_S = 120
 VIEWPORT = {"width": 1280, "height": 860}
 
@@ -77,6 +88,64 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass(frozen=True, kw_only=True)
+class AppData:
+    store: Path  # the store the app opens
+    ask_models: str | None  # VL_LENS_ASK_MODELS for the Ask page (None: the app's own demo models)
+    answers: tuple[str, ...]  # every answer a model on the Ask page can give
+    label: str  # for messages: "tiny" or "demo"
+
+
+def _easyvqa_answers() -> tuple[str, ...]:
+    from sources.easyvqa import EasyVQA
+
+    return tuple(EasyVQA("test").answers())
+
+
+@pytest.fixture(scope="module")
+def app_data(tiny_store, tiny_vilt_dir, tmp_path_factory) -> AppData:
+    """What the app shows: the tiny default, the trained demo (VL_LENS_E2E_STORE=demo) or a given store."""
+    choice = os.environ.get("VL_LENS_E2E_STORE", "").strip()
+    ask = os.environ.get("VL_LENS_E2E_ASK_MODELS") or None
+    work = tmp_path_factory.mktemp("e2e_data")
+    if choice == "demo":
+        from demo.build_store import available_demo_models, build_demo_store
+
+        if not available_demo_models():
+            pytest.fail("VL_LENS_E2E_STORE=demo but no demo weights are present (demo/models/*/config.json); "
+                        "train them first (python -m demo.train_vilt)", pytrace=False)
+        path = work / "demo.zarr"
+        build_demo_store(path, limit=DEMO_LIMIT, progress=False)
+        return AppData(store=path, ask_models=ask, answers=_easyvqa_answers(), label="demo")
+    if choice:
+        if not Path(choice).exists():
+            pytest.fail(f"VL_LENS_E2E_STORE={choice}: no such store", pytrace=False)
+        return AppData(store=Path(choice), ask_models=ask, answers=_easyvqa_answers(), label=choice)
+    # Default: the tiny store plus a second run by a deeper tiny ViLT over the same examples.
+    from adapters.vilt import ViltAdapter
+    from record import limited, record_examples
+    from sources.easyvqa import EasyVQA
+    from store.zarr_store import VLStore
+    from tests.tiny_vilt import ANSWERS, make_tiny_vilt
+
+    path = work / "tiny2.zarr"
+    shutil.copytree(tiny_store, path)
+    n = len(VLStore(path).run("tiny").example_ids())
+    other = ViltAdapter.load(str(make_tiny_vilt(work / "tiny_b", seed=1, layers=3)))
+    record_examples(other, limited(iter(EasyVQA("test")), n), VLStore(path, mode="a"), "tiny-b", total=n,
+                    progress=False)
+    return AppData(store=path, ask_models=ask or f"tiny=vilt:{tiny_vilt_dir}", answers=tuple(ANSWERS), label="tiny")
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    """Where screenshots go: $VL_LENS_SCREENSHOTS (relative to the repository), else a temporary dir."""
+    chosen = os.environ.get("VL_LENS_SCREENSHOTS", "").strip()
+    path = (ROOT / chosen) if chosen else tmp_path_factory.mktemp("screenshots")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 @dataclass
 class Server:
     url: str
@@ -86,18 +155,19 @@ class Server:
     log: Path
 
 
-@pytest.fixture(scope="module")
-def server(tiny_store, tiny_vilt_dir, tmp_path_factory):
-    require_browser()
+@contextlib.contextmanager
+def run_app(app_data: AppData, work: Path):
+    """`streamlit run` on a free 127.0.0.1 port; yields the Server once its health endpoint answers."""
     port = free_port()
-    work = tmp_path_factory.mktemp("e2e")
     log = work / "streamlit.log"
     env = {**os.environ,
-           "VL_LENS_STORE": str(tiny_store),
+           "VL_LENS_STORE": str(app_data.store),
            "VL_LENS_CACHE": str(work / "cache"),
-           "VL_LENS_ASK_MODELS": f"tiny=vilt:{tiny_vilt_dir}",
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
+    env.pop("VL_LENS_ASK_MODELS", None)
+    if app_data.ask_models:
+        env["VL_LENS_ASK_MODELS"] = app_data.ask_models
     cmd = [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true",
            "--server.address", "127.0.0.1", "--server.port", str(port), "--server.fileWatcherType", "none",
            "--browser.gatherUsageStats", "false"]
@@ -132,6 +202,13 @@ def server(tiny_store, tiny_vilt_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def server(app_data, tmp_path_factory):
+    require_browser()
+    with run_app(app_data, tmp_path_factory.mktemp("e2e")) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
 def browser(server):
     from playwright.sync_api import sync_playwright
 
@@ -150,7 +227,8 @@ class Tab:
     # falls back to the root endpoints: those 404s are its normal start-up, not an app error.
     PROBE_404 = re.compile(r"/_stcore/(health|host-config)$")
 
-    def __init__(self, browser, server: Server):
+    def __init__(self, browser, server: Server, shots: Path | None = None):
+        self.shots = shots
         self.context = browser.new_context(viewport=VIEWPORT)
         self.page = self.context.new_page()
         self.page.set_default_timeout(PAGE_TIMEOUT_S * 1000)
@@ -222,11 +300,11 @@ class Tab:
         """A small PNG of the viewport (downscaled, 256 colors) for the README."""
         from PIL import Image
 
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        assert self.shots is not None, "this tab was opened without a screenshot directory"
         raw = self.page.screenshot(full_page=False)
         im = Image.open(io.BytesIO(raw)).convert("RGB")
         im.thumbnail((1024, 1024), Image.Resampling.LANCZOS)
-        path = SCREENSHOTS / f"{name}.png"
+        path = self.shots / f"{name}.png"
         im.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
         return path
 
@@ -245,37 +323,61 @@ class Tab:
     def select(self, box, option: str | None = None) -> str | None:
         """Open a select box and choose ``option`` (or the first option that is not the current one)."""
         combo = box.locator('input[role="combobox"]').first
-        current = combo.input_value().strip()
+        current = squash(combo.input_value())
+        # A widget that still holds the focus (a slider moved by keyboard) swallows the first click
+        # on the box's open button; a user's click elsewhere blurs it first.
+        # If the list still does not open, click the text box itself (it opens the list too).
+        self.page.evaluate("document.activeElement && document.activeElement.blur()")
+        self.wait_idle(settle_s=0.3)
         opener = box.locator('button[aria-haspopup="listbox"]')
-        (opener.first if opener.count() else combo).click()
         options = self.page.locator('[role="listbox"] [role="option"]')
-        options.first.wait_for()
-        texts = [t.strip() for t in options.all_inner_texts()]
+        for target in ([opener.first] if opener.count() else []) + [combo, combo]:
+            target.click()
+            try:
+                options.first.wait_for(timeout=5_000)
+                break
+            except Exception:
+                self.page.keyboard.press("Escape")
+        else:
+            label = box.locator('[data-testid="stWidgetLabel"]').inner_text()
+            raise AssertionError(f"select box {label!r} did not open its option list ({self.page.url})")
+        texts = [squash(t) for t in options.all_inner_texts()]
         choice = option if option is not None else next((t for t in texts if t and t != current), None)
         if choice is None or choice not in texts:
             self.page.keyboard.press("Escape")
             return None
         options.nth(texts.index(choice)).click()
         self.wait_idle()
-        assert combo.input_value().strip() == choice, (choice, combo.input_value())
+        assert squash(combo.input_value()) == choice, (choice, combo.input_value())
         return choice
 
-    def nudge_slider(self, slider, key: str = "ArrowRight") -> None:
-        thumb = slider.locator('[role="slider"], input[type="range"]').first
+    def nudge_slider(self, slider) -> tuple[str, str]:
+        """Move a slider one step (down when it sits at its maximum); returns (before, after) values."""
+        thumb = slider.locator('input[type="range"], [role="slider"]').first
+        before = thumb.get_attribute("value") or thumb.get_attribute("aria-valuenow")
+        top = thumb.get_attribute("max") or thumb.get_attribute("aria-valuemax")
         thumb.focus()
-        self.page.keyboard.press(key)
+        self.page.keyboard.press("ArrowLeft" if before == top else "ArrowRight")
         self.wait_idle()
+        after = thumb.get_attribute("value") or thumb.get_attribute("aria-valuenow")
+        assert after != before, f"the slider did not move from {before} (max {top})"
+        return before, after
+
+
+def squash(text: str) -> str:
+    """Whitespace as the browser shows it: an option list collapses runs of spaces, an input does not."""
+    return " ".join(text.split())
 
 
 @pytest.fixture
-def tab(browser, server):
-    t = Tab(browser, server)
+def tab(browser, server, shots):
+    t = Tab(browser, server, shots)
     yield t
     t.close()
 
 
 # ---- the tests ------------------------------------------------------------------------------------
-def test_cold_start_to_first_rendered_page(browser, server, tiny_store):
+def test_cold_start_to_first_rendered_page(browser, server):
     """Process start -> the Examples page drawn in the browser; printed for docs/reliability.md."""
     t = Tab(browser, server)
     try:
@@ -302,7 +404,7 @@ def test_every_page_renders_without_errors(tab):
     for file, title, url in pages:
         tab.open(url)
         tab.assert_healthy(f"{title} ({file})")
-        assert tab.page.locator('[data-testid="stMain"] h1').count() >= 1, f"{title}: no title drawn"
+        assert tab.page.locator('[data-testid="stMain"] h1', has_text=title).count() == 1, f"{title}: no title drawn"
     # the sidebar navigation lists exactly the pages that exist
     nav = tab.page.locator('[data-testid="stSidebarNav"]')
     if nav.count():
@@ -311,25 +413,48 @@ def test_every_page_renders_without_errors(tab):
             assert any(title in link for link in links), (title, links)
 
 
+def exercise_widgets(tab, where: str, scope: str, limit: int = 3) -> int:
+    """Move up to ``limit`` visible sliders and pick another option in up to ``limit`` visible select
+    boxes under ``scope`` (hidden tabs' widgets cannot be operated); returns how many were used."""
+    used = 0
+    sliders = f"{scope} [data-testid=stSlider]:visible"
+    for i in range(min(tab.page.locator(sliders).count(), limit)):
+        tab.nudge_slider(tab.page.locator(sliders).nth(i))
+        tab.assert_healthy(f"{where}: slider {i}")
+        used += 1
+    boxes = f"{scope} [data-testid=stSelectbox]:visible"
+    for i in range(min(tab.page.locator(boxes).count(), limit)):
+        tab.select(tab.page.locator(boxes).nth(i))
+        tab.assert_healthy(f"{where}: select box {i}")
+        used += 1
+    return used
+
+
 def test_every_page_survives_its_widgets(tab):
-    """Generic: move every slider once and pick another option in every select box, on every page."""
+    """Generic: move every slider once and pick another option in every select box, on every page and
+    in every tab of a page."""
+    used = {}
     for file, title, url in app_pages():
         if url == "ask":
             continue  # exercised on its own below (it runs a model)
         tab.open(url)
-        for i in range(min(tab.page.locator('[data-testid="stMain"] [data-testid="stSlider"]').count(), 3)):
-            tab.nudge_slider(tab.page.locator('[data-testid="stMain"] [data-testid="stSlider"]').nth(i))
-            tab.assert_healthy(f"{title}: slider {i}")
-        boxes = tab.page.locator('[data-testid="stMain"] [data-testid="stSelectbox"]')
-        for i in range(min(boxes.count(), 3)):
-            tab.select(tab.page.locator('[data-testid="stMain"] [data-testid="stSelectbox"]').nth(i))
-            tab.assert_healthy(f"{title}: select box {i}")
+        n = exercise_widgets(tab, title, '[data-testid="stMain"]')  # the page and its first tab
+        tabs = tab.page.locator('[data-testid="stMain"] [role="tab"]')
+        for k in range(1, tabs.count()):
+            name = tabs.nth(k).inner_text().strip()
+            tabs.nth(k).click()
+            tab.wait_idle()
+            n += exercise_widgets(tab, f"{title} / {name}", '[data-testid="stMain"] [role="tabpanel"]:visible')
+        used[title] = n
+    print(f"\nwidgets exercised per page: {used}")
+    assert sum(used.values()) > 0
 
 
-def test_examples_filter_and_screenshot(tab, tiny_store):
+def test_examples_filter_and_screenshot(tab, app_data):
     from store.zarr_store import VLStore
 
-    summaries = VLStore(tiny_store).run("tiny").summaries()
+    store = VLStore(app_data.store)
+    summaries = store.run(store.runs()[0]).summaries()  # the sidebar opens the first run
     n, n_wrong = len(summaries), sum(1 for s in summaries if s.correct is False)
     tab.open("examples")
     assert f"{n} of {n} examples shown" in tab.main_text()
@@ -349,29 +474,41 @@ def test_attention_layer_and_token_change_the_overlay(tab):
         pytest.skip("pages/attention.py is not in this build yet")
     tab.open("attention")
     tab.assert_healthy("attention")
-    view = '[data-testid="stMain"] [data-testid="stVegaLiteChart"], [data-testid="stMain"] [data-testid="stImage"]'
+    # Only the open tab's chart: the other tabs' charts are in the page but hidden.
+    view = '[data-testid="stMain"] [role="tabpanel"]:visible [data-testid="stVegaLiteChart"]'
     tab.page.locator(view).first.wait_for()
-    tab.screenshot("attention")
-    layer = tab.widget("stSlider", re.compile(r"layer", re.I))
-    if layer.count():
+    layer = tab.widget("stSlider", re.compile(r"^layer$", re.I))
+    assert layer.count(), "the Attention page has no layer slider"
+
+    def move_layer(what: str) -> None:
         before = tab.visual(view)
-        tab.nudge_slider(layer.first)
-        tab.assert_healthy("attention: layer")
-        assert tab.visual(view) != before, "moving the layer slider did not change the view"
-    token = tab.widget("stSelectbox", re.compile(r"token", re.I))
-    if token.count():
-        before = tab.visual(view)
-        assert tab.select(token.first) is not None
-        tab.assert_healthy("attention: token")
-        assert tab.visual(view) != before, "selecting another token did not change the overlay"
+        _old, new = tab.nudge_slider(layer.first)
+        tab.assert_healthy(f"attention: layer ({what})")
+        assert tab.visual(view) != before, f"moving the layer slider did not change the {what}"
+        tab.page.wait_for_function(f"() => new URL(location.href).searchParams.get('layer') === '{new}'",
+                                   timeout=30_000)  # a link reopens this layer
+
+    move_layer("attention matrix")
+    overlay_tab = tab.page.locator('[data-testid="stMain"] [role="tab"]', has_text=re.compile(r"token.*image", re.I))
+    assert overlay_tab.count(), "the Attention page has no text token -> image tab"
+    overlay_tab.first.click()
+    tab.wait_idle()
+    tab.page.locator(view).first.wait_for()
+    move_layer("token overlay")
+    token = tab.widget("stSelectbox", re.compile(r"token", re.I)).locator("visible=true")
+    assert token.count(), "the text token -> image tab has no token select box"
+    before = tab.visual(view)
+    assert tab.select(token.first) is not None, "the token select box offers one token only"
+    tab.assert_healthy("attention: token")
+    assert tab.visual(view) != before, "selecting another token did not change the overlay"
+    tab.screenshot("attention")  # the overlay is scrolled into view by visual()
 
 
-def test_ask_upload_question_answer_heatmap(tab, tmp_path):
+def test_ask_upload_question_answer_heatmap(tab, tmp_path, app_data):
     pages = {u for _f, _t, u in app_pages()}
     if "ask" not in pages:
         pytest.skip("pages/ask.py is not in this build yet")
     from sources.easyvqa import EasyVQA
-    from tests.tiny_vilt import ANSWERS
 
     ex = EasyVQA("test")[0]
     image = tmp_path / "upload.png"
@@ -404,9 +541,31 @@ def test_ask_upload_question_answer_heatmap(tab, tmp_path):
             break
     tab.assert_healthy("ask: question")
     text = tab.main_text()
-    assert any(re.search(rf"\b{re.escape(a)}\b", text) for a in ANSWERS), "no answer of the model is shown"
-    heat = tab.page.locator('[data-testid="stMain"] [data-testid="stVegaLiteChart"], '
-                            '[data-testid="stMain"] [data-testid="stImage"]')
+    assert any(re.search(rf"\b{re.escape(a)}\b", text) for a in app_data.answers), "no answer of the model is shown"
+    # The uploaded image itself is an stImage: the heatmap is a chart (the page keys it ask_heat_<method>).
+    heat = tab.page.locator('[data-testid="stMain"] [class*="st-key-ask_heat"] [data-testid="stVegaLiteChart"]')
+    if not heat.count():
+        heat = tab.page.locator('[data-testid="stMain"] [data-testid="stVegaLiteChart"]')
     assert heat.count() >= 1, "no heatmap is shown"
-    heat.first.scroll_into_view_if_needed()
+    heat.first.evaluate("e => e.scrollIntoView({block: 'center'})")
+    tab.page.wait_for_timeout(300)
     tab.screenshot("ask")
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "Streamlit runs its v1 multipage mode in the first session of a server whose main script has a "
+    "pages/ folder beside it (PagesManager.uses_pages_directory): a deep link as the very first request "
+    "runs pages/<name>.py without streamlit_app.py (no st.navigation titles, no wide layout). Fixed by "
+    "renaming pages/ (e.g. to views/); then drop this marker."))
+def test_deep_link_as_first_request_uses_the_apps_navigation(browser, app_data, tmp_path):
+    """A fresh server whose first visitor follows a link to a page (not the root)."""
+    with run_app(app_data, tmp_path) as fresh:
+        t = Tab(browser, fresh)
+        try:
+            t.open("attention")
+            t.assert_healthy("attention (first request)")
+            links = t.page.locator('[data-testid="stSidebarNav"] a').all_inner_texts()
+            titles = [title for _f, title, _u in app_pages()]
+            assert [squash(link).split(" ", 1)[-1] for link in links] == titles, links
+        finally:
+            t.close()

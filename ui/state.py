@@ -172,7 +172,9 @@ def pick_example(reader: RunReader, df, key: str = "example") -> str | None:
         st.info("No committed examples in this run yet.")
         return None
     ids = list(df["example_id"])
-    labels = {r.example_id: f"{r.question}  [{r.label or '?'}] {'✓' if r.correct else '✗' if r.correct is False else ''}"
+    # Single spaces: a browser collapses runs of spaces in the option list but not in the box.
+    labels = {r.example_id: f"{r.question} [{r.label or '?'}]"
+                            + (" ✓" if r.correct else " ✗" if r.correct is False else "")
               for r in df.itertuples()}
     current = qp_get("ex", ids[0])
     if current not in ids:
