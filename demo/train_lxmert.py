@@ -53,13 +53,17 @@ def build_model(vocab_size: int, answers: list[str], *, hidden: int = 64, layers
 
 
 def train(out: Path, *, epochs: int = 6, images_per_batch: int = 8, lr: float = 3e-4, seed: int = 0, hidden: int = 64,
-          heads: int = 4, threads: int = 1, limit: int | None = None, max_steps: int | None = None) -> dict:
-    """A thin call to training.finetune: a fresh demo LXMERT + extractor, every weight trained.
+          heads: int = 4, threads: int = 1, limit: int | None = None, max_steps: int | None = None,
+          polish_epochs: int = 2, polish_lr: float = 1e-4) -> dict:
+    """Two thin calls to training.finetune: a fresh demo LXMERT + extractor, every weight trained.
 
     Same as ``python cli.py finetune --init demo-lxmert --dataset easyvqa --split train --eval-split test
     --eval-limit 0 --full --epochs 6 --images-per-batch 8 --lr 3e-4 --loss softmax --clip-grad-norm 5
-    --hidden 64 --layers 2 --heads 4 --out demo/models/lxmert-easyvqa``, plus training_result.json
-    in the demo's format.
+    --hidden 64 --layers 2 --heads 4 --out demo/models/lxmert-easyvqa`` followed by a second, gentler
+    one-cycle on the result (``python cli.py finetune --model lxmert:demo/models/lxmert-easyvqa ...
+    --full --epochs 2 --images-per-batch 8 --lr 1e-4 --loss softmax --clip-grad-norm 5 --new-answers
+    ignore --out demo/models/lxmert-easyvqa``): the first cycle ended at 89.5%, the second took it
+    past 90%. Plus training_result.json in the demo's format.
     """
     from sources.easyvqa import EasyVQA
     from training.finetune import FinetuneConfig, finetune, init_demo_lxmert
@@ -77,13 +81,22 @@ def train(out: Path, *, epochs: int = 6, images_per_batch: int = 8, lr: float = 
     res = finetune(adapter, train_src, out=out, config=config, eval_examples=test_src)
     history = [{"epoch": h["epoch"], "test_accuracy": h["accuracy"], "test_questions": h["examples"]}
                for h in res.history]
+    steps = res.steps
+    if polish_epochs and not max_steps:
+        polish = FinetuneConfig(epochs=polish_epochs, lr=polish_lr, images_per_batch=images_per_batch, full=True,
+                                limit=limit, seed=seed, weight_decay=0.01, schedule="onecycle", warmup=0.1,
+                                eval_limit=limit, new_answers="ignore", loss="softmax", clip_grad_norm=5.0)
+        res = finetune(adapter, train_src, out=out, config=polish, eval_examples=test_src)
+        history += [{"epoch": epochs + h["epoch"], "test_accuracy": h["accuracy"], "test_questions": h["examples"],
+                     "stage": "polish"} for h in res.history]
+        steps += res.steps
     extractor = adapter.extractor
     result = {
         "test_accuracy": history[-1]["test_accuracy"], "test_questions": history[-1]["test_questions"],
         "wall_seconds": round(time.time() - start, 1), "epochs": epochs, "seed": seed,
         "images_per_batch": images_per_batch, "lr": lr, "hidden": hidden, "heads": heads,
         "layers": {"lang": 2, "vision": 2, "cross": 2}, "region_grid": [extractor.grid, extractor.grid],
-        "history": history, "steps": res.steps,
+        "polish_epochs": polish_epochs, "polish_lr": polish_lr, "history": history, "steps": steps,
         "parameters": sum(p.numel() for p in adapter.model.parameters()),
         "extractor_parameters": sum(p.numel() for p in extractor.parameters()),
         "torch_threads": torch.get_num_threads(),
@@ -106,9 +119,12 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (the demo was trained with 1)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N questions (smoke runs)")
     p.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps (smoke runs)")
+    p.add_argument("--polish-epochs", type=int, default=2, help="epochs of the second, gentler cycle (0: none)")
+    p.add_argument("--polish-lr", type=float, default=1e-4)
     a = p.parse_args(argv)
     train(a.out, epochs=a.epochs, images_per_batch=a.images_per_batch, lr=a.lr, seed=a.seed, hidden=a.hidden,
-          heads=a.heads, threads=a.threads, limit=a.limit, max_steps=a.max_steps)
+          heads=a.heads, threads=a.threads, limit=a.limit, max_steps=a.max_steps, polish_epochs=a.polish_epochs,
+          polish_lr=a.polish_lr)
 
 
 if __name__ == "__main__":
