@@ -43,8 +43,9 @@ MODELS = {
     "kdvlp-easyvqa": ("kdvlp", "demo/models/kdvlp-easyvqa"),
 }
 
-# Models the app offers with no network: the shipped easy-VQA demos.
-DEMO_MODELS = ("vilt-easyvqa", "lxmert-easyvqa", "kdvlp-easyvqa")
+# Models the app offers with no network: the shipped easy-VQA demos, most accurate first (the Ask
+# page's default model; the demo ViLT cannot tell shapes apart, see the README).
+DEMO_MODELS = ("lxmert-easyvqa", "kdvlp-easyvqa", "vilt-easyvqa")
 
 
 def adapter_class(name: str) -> type[Adapter]:

@@ -145,9 +145,11 @@ def heatmap(arr: np.ndarray, res, opacity: float, width: int = 300) -> alt.Layer
     lim = float(np.abs(res.region_scores).max()) or 1.0
     xs = alt.Scale(domain=[0, 1], nice=False, zero=False)
     ys = alt.Scale(domain=[0, 1], nice=False, zero=False, reverse=True)
-    img = alt.Chart(pd.DataFrame({"url": [_data_url(arr)], "x": [0.0], "y": [0.0]})).mark_image(
-        width=width, height=height, align="left", baseline="top").encode(
-        x=alt.X("x:Q", scale=xs, axis=None), y=alt.Y("y:Q", scale=ys, axis=None), url="url:N")
+    # The image spans the unit square through x/x2/y/y2, so it scales with the boxes when Streamlit
+    # resizes the chart (a fixed-pixel image mark drifted off the boxes in the browser).
+    img = alt.Chart(pd.DataFrame({"url": [_data_url(arr)], "x": [0.0], "x2": [1.0], "y": [0.0], "y2": [1.0]})).mark_image(
+        aspect=False).encode(x=alt.X("x:Q", scale=xs, axis=None), x2="x2:Q", y=alt.Y("y:Q", scale=ys, axis=None),
+                             y2="y2:Q", url="url:N")
     signed = bool((res.region_scores < 0).any())
     color = alt.Color("score:Q", scale=alt.Scale(scheme="redblue", reverse=True, domain=[-lim, lim]) if signed
                       else alt.Scale(scheme="reds", domain=[0, lim]), legend=alt.Legend(orient="bottom", title=None))
