@@ -43,13 +43,15 @@ def by_kind(adapter, examples, batch_size: int = 256) -> dict:
     return {k: round(evaluate(adapter, g, batch_size=batch_size)["accuracy"], 4) for k, g in sorted(groups.items())}
 
 
-def train(out: Path, *, epochs: int = 6, batch_size: int = 64, lr: float = 2e-3, seed: int = 0, hidden: int = 64,
+def train(out: Path, *, epochs: int = 6, batch_size: int = 64, lr: float = 5e-4, seed: int = 0, hidden: int = 64,
           layers: int = 3, heads: int = 4, channels: tuple[int, ...] = (16, 32, 64, 96), threads: int = 1,
-          limit: int | None = None, max_steps: int | None = None) -> dict:
-    """A thin call to training.finetune: a fresh demo KD-VLP model, every weight trained.
+          limit: int | None = None, max_steps: int | None = None, polish_epochs: int = 2,
+          polish_lr: float = 1e-4) -> dict:
+    """Thin calls to training.finetune: a fresh demo KD-VLP model, every weight trained, then (with
+    ``polish_epochs``) a second, gentler one-cycle at ``polish_lr`` on the result.
 
     Same as ``python cli.py finetune --init demo-kdvlp --dataset easyvqa --split train --eval-split test
-    --eval-limit 0 --full --epochs 6 --batch-size 64 --lr 2e-3 --loss softmax --warmup 0.15
+    --eval-limit 0 --full --epochs 6 --batch-size 64 --lr 5e-4 --loss softmax --warmup 0.15
     --hidden 64 --layers 3 --heads 4 --out demo/models/kdvlp-easyvqa``, plus training_result.json in the
     demo's format and the training command in config.json's ``extra``.
     """
@@ -69,18 +71,29 @@ def train(out: Path, *, epochs: int = 6, batch_size: int = 64, lr: float = 2e-3,
                             weight_decay=0.01, schedule="onecycle", warmup=0.15, eval_limit=limit,
                             new_answers="ignore", loss="softmax", max_steps=max_steps, checkpoint_every_epoch=True)
     res = finetune(adapter, train_src, out=out, config=config, eval_examples=test_src)
+    stage_history = list(res.history)
+    steps = res.steps
+    if polish_epochs and not max_steps:
+        polish = FinetuneConfig(epochs=polish_epochs, lr=polish_lr, batch_size=batch_size, full=True, limit=limit,
+                                seed=seed, weight_decay=0.01, schedule="onecycle", warmup=0.1, eval_limit=limit,
+                                new_answers="ignore", loss="softmax")
+        res = finetune(adapter, train_src, out=out, config=polish, eval_examples=test_src)
+        stage_history += [{**h, "epoch": epochs + h["epoch"], "step": steps + h["step"]} for h in res.history]
+        steps += res.steps
     tests = list(test_src) if limit is None else [ex for _, ex in zip(range(limit), test_src)]
-    history = [{"epoch": h["epoch"], "test_accuracy": h["accuracy"], "step": h["step"]} for h in res.history]
+    history = [{"epoch": h["epoch"], "test_accuracy": h["accuracy"], "step": h["step"]} for h in stage_history]
     history[-1]["by_kind"] = by_kind(adapter, tests)
-    a = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, hidden=hidden, layers=layers, heads=heads)
-    complete = max_steps is None or res.steps < max_steps  # every epoch ran to its end
+    a = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, hidden=hidden, layers=layers, heads=heads,
+             polish_epochs=polish_epochs, polish_lr=polish_lr)
+    complete = max_steps is None or steps < max_steps  # every epoch ran to its end
     result = {
         "test_accuracy": history[-1]["test_accuracy"], "test_questions": res.history[-1]["examples"],
         "complete": bool(complete), "wall_seconds": round(time.time() - start, 1), "epochs_done": len(history),
-        "steps": res.steps, **a, "cnn_channels": list(channels), "grid": adapter.grid, "history": history,
+        "steps": steps, **a, "cnn_channels": list(channels), "grid": adapter.grid, "history": history,
         "parameters": sum(p.numel() for p in adapter.model.parameters()), "torch_threads": torch.get_num_threads(),
     }
     cmd = (f"python -m demo.train_kdvlp --out {out} --epochs {epochs} --batch-size {batch_size} --lr {lr} "
+           f"--polish-epochs {polish_epochs} --polish-lr {polish_lr} "
            f"--seed {seed} --hidden {hidden} --layers {layers} --heads {heads} "
            f"--channels {','.join(map(str, channels))}")
     adapter.model.config = adapter.config = dataclasses.replace(adapter.model.config, extra={
@@ -98,7 +111,7 @@ def main(argv=None):
     p.add_argument("--out", type=Path, default=Path("demo/models/kdvlp-easyvqa"))
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--layers", type=int, default=3)
@@ -107,10 +120,12 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--limit", type=int, default=None, help="use only the first N questions (smoke runs)")
     p.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps (smoke runs)")
+    p.add_argument("--polish-epochs", type=int, default=2, help="epochs of the second, gentler cycle (0: none)")
+    p.add_argument("--polish-lr", type=float, default=1e-4)
     a = p.parse_args(argv)
     train(a.out, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed, hidden=a.hidden, layers=a.layers,
           heads=a.heads, channels=tuple(int(c) for c in a.channels.split(",")), threads=a.threads, limit=a.limit,
-          max_steps=a.max_steps)
+          max_steps=a.max_steps, polish_epochs=a.polish_epochs, polish_lr=a.polish_lr)
 
 
 if __name__ == "__main__":
