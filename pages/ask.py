@@ -26,7 +26,6 @@ from PIL import Image
 from adapters.base import AdapterError, InputError
 from analysis.attribution import METHODS, attribute, estimate_seconds, resolve_target, time_one_forward
 from analysis.faithfulness import deletion_curve, random_deletion_curve, rank_agreement
-from ui.state import ensure_app_navigation
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MAX_SIDE = 512  # uploads are reduced to this before anything else (the models read 384 px or less)
@@ -191,7 +190,6 @@ def csv_bytes(results: dict) -> bytes:
 
 
 # ---- the page -------------------------------------------------------------------------------------
-ensure_app_navigation()
 st.title("Ask")
 st.caption("Upload an image or pick a demo example, ask a question, and see which pixels and words drove the answer.")
 

@@ -85,26 +85,8 @@ def ensure_demo_store(location: str) -> None:
     bar.empty()
 
 
-def ensure_app_navigation() -> None:
-    """Hand a page run by Streamlit's v1 ``pages/`` mode back to the app's ``st.navigation``.
-
-    With a ``pages/`` folder beside the main script, Streamlit (1.67) starts a server in its v1
-    multipage mode: if the very first request is a deep link (``/attention?ex=...``), it runs
-    ``pages/attention.py`` alone, without ``streamlit_app.py`` (file names instead of page titles, no
-    wide layout). ``st.navigation`` clears that mode for good; so a page that finds it still on
-    clears it and reruns, and the rerun goes through ``streamlit_app.py`` to the same page, with
-    the URL's view state intact.
-    """
-    from streamlit.runtime.pages_manager import PagesManager
-
-    if PagesManager.uses_pages_directory:
-        PagesManager.uses_pages_directory = False
-        st.rerun()
-
-
 def sidebar() -> tuple[VLStore, RunReader]:
     """Store path and run pickers; returns the open store and the chosen run (or stops the page)."""
-    ensure_app_navigation()
     location = qp_get("store", None) or default_store()
     if location == default_store():
         ensure_demo_store(location)
