@@ -200,7 +200,25 @@ class VLStore:
 
     # ---- runs --------------------------------------------------------------------------------
     def runs(self) -> list[str]:
-        return sorted(_list_dir(self._store, "runs"))
+        """The store's runs, leaving out one that a writer is creating right now (its group
+        document missing, half-written, or not yet holding the provenance), so a reader never
+        opens a half-created run. A run whose document is complete JSON but not a group stays
+        listed: opening it gives the "cannot be read" error."""
+        return sorted(n for n in _list_dir(self._store, "runs") if not self._run_being_created(n))
+
+    def _run_being_created(self, name: str) -> bool:
+        from zarr.core.buffer import default_buffer_prototype
+
+        try:
+            raw = sync(self._store.get(f"runs/{name}/zarr.json", prototype=default_buffer_prototype()))
+            if raw is None:
+                return True
+            doc = json.loads(raw.to_bytes())
+        except ValueError:  # cut off mid-write
+            return True
+        except OSError:
+            return False
+        return isinstance(doc, dict) and "provenance" not in (doc.get("attributes") or {})
 
     def run(self, name: str) -> "RunReader":
         if name not in self.runs():
