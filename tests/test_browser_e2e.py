@@ -516,11 +516,22 @@ def test_ask_upload_question_answer_heatmap(tab, tmp_path, app_data):
     tab.open("ask")
     tab.assert_healthy("ask")
     uploader = tab.page.locator('[data-testid="stFileUploader"] input[type="file"]')
+    # On a loaded machine the page can still be loading its model: wait for the source choice or
+    # the uploader before looking (a CI trial found neither drawn yet).
+    try:
+        tab.page.locator('[data-testid="stFileUploader"], [data-testid="stMain"] [data-testid="stRadio"]').first \
+            .wait_for(timeout=60_000)
+    except Exception:  # noqa: BLE001 - the assertion below says what is missing
+        pass
     if not uploader.count():  # the upload may sit behind an "image source" choice
         choice = tab.page.locator('[data-testid="stMain"] label', has_text=re.compile(r"upload", re.I))
         if choice.count():
             choice.first.click()
             tab.wait_idle()
+            try:
+                uploader.first.wait_for(state="attached", timeout=60_000)
+            except Exception:  # noqa: BLE001
+                pass
     assert uploader.count(), "the Ask page shows no file uploader"
     uploader.first.set_input_files(str(image))
     tab.wait_idle()
