@@ -26,12 +26,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from adapters.base import Adapter, AdapterError, AttributionSpec, display_copy, example_id_of
+from adapters.base import Adapter, AdapterError, AttributionSpec, example_id_of, single_stream_record
 from adapters.kdvlp_model import (CheckpointError, KdvlpModel, images_to_uint8, load_model, normalize_pixels,
                                   save_checkpoint)
 from adapters.lxmert import ResizedPixelCache
 from adapters.vilt import check_image, check_question, resolve_source
-from store.schema import AttentionBlock, HiddenBlock, Prediction, Record
+from store.schema import Prediction, Record
 
 IMAGE_SEPARATOR = "[IMG]"
 
@@ -162,25 +162,11 @@ class KdvlpAdapter(Adapter):
         rgb, q, inputs, offsets, notices = self._encode(image, question)
         out = self._forward(inputs, output_attentions=True, output_hidden_states=True)
         tokens, modality, spans, cells = self._layout(inputs, offsets)
-        n, n_text = len(tokens), len(spans)
-        boxes = np.full((n, 4), np.nan, np.float32)
-        boxes[n_text + 1:] = self.cell_boxes()
-        grid = np.full((n, 2), -1, np.int32)
-        grid[n_text + 1:] = cells
-        token_spans = np.full((n, 2), -1, np.int32)
-        token_spans[:n_text] = np.asarray(spans, np.int32).reshape(-1, 2)
-        attn = torch.stack([a[0] for a in out.attentions]).float().cpu().numpy()  # (L, H, N, N)
-        hidden = torch.stack([h[0] for h in out.hidden_states]).float().cpu().numpy()  # (L + 1, N, D)
-        if attn.shape[-1] != n:
-            raise AdapterError(f"internal: {attn.shape[-1]} attention positions for {n} tokens")
-        idx = np.arange(n)
-        return Record(
-            example_id=example_id_of(rgb, q), question=q, tokens=tuple(tokens), modality=tuple(modality),
-            token_boxes=boxes, token_grid=grid, token_spans=token_spans, image=display_copy(rgb),
-            attention={"self": AttentionBlock(values=attn, query_index=idx, key_index=idx)},
-            hidden={"joint": HiddenBlock(values=hidden, token_index=idx)},
-            prediction=self._prediction(out.logits, top_k), label=label, source_key=source_key,
-            notices=tuple(notices),
+        return single_stream_record(
+            image=rgb, question=q, tokens=tokens, modality=modality, text_spans=spans,
+            image_boxes=self.cell_boxes(), image_grid=cells,
+            attentions=out.attentions, hidden_states=out.hidden_states,
+            prediction=self._prediction(out.logits, top_k), label=label, source_key=source_key, notices=notices,
             meta={"model_id": self.model_id, "adapter": self.name, "adapter_version": self.version,
                   "image_size": [rgb.width, rgb.height], "patch_grid": [self.grid, self.grid]},
         )

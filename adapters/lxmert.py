@@ -40,7 +40,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from adapters.base import (Adapter, AdapterError, AttributionSpec, InputError, display_copy, example_id_of)
+from adapters.base import (Adapter, AdapterError, AttributionSpec, InputError, display_copy, example_id_of,
+                           stack_layers)
 from adapters.vilt import check_image, check_question, load_error, resolve_source
 from store.schema import AttentionBlock, HiddenBlock, Prediction, Record
 
@@ -265,8 +266,6 @@ class ResizedPixelCache:
 
 
 # ---- the adapter ---------------------------------------------------------------------------------
-def _stack(tensors: list[torch.Tensor]) -> np.ndarray:
-    return torch.stack([t[0] for t in tensors]).float().cpu().numpy()
 
 
 class LxmertAdapter(Adapter):
@@ -642,11 +641,11 @@ class LxmertAdapter(Adapter):
             if not maps:
                 continue  # a stack with zero layers of this kind
             qs, ks = KIND_STREAMS[kind]
-            attention[kind] = AttentionBlock(values=_stack(maps), query_index=idx[qs], key_index=idx[ks])
+            attention[kind] = AttentionBlock(values=stack_layers(maps), query_index=idx[qs], key_index=idx[ks])
         emb = cap["embeddings"]
         hidden = {
-            "lang": HiddenBlock(values=_stack([emb["lang"], *out.language_hidden_states]), token_index=idx["lang"]),
-            "vision": HiddenBlock(values=_stack([emb["vision"], *out.vision_hidden_states]),
+            "lang": HiddenBlock(values=stack_layers([emb["lang"], *out.language_hidden_states]), token_index=idx["lang"]),
+            "vision": HiddenBlock(values=stack_layers([emb["vision"], *out.vision_hidden_states]),
                                   token_index=idx["vision"]),
         }
         c = self.model.config

@@ -22,8 +22,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from adapters.base import (Adapter, AdapterError, AttributionSpec, InputError, display_copy, example_id_of)
-from store.schema import AttentionBlock, HiddenBlock, Prediction, Record
+from adapters.base import (Adapter, AdapterError, AttributionSpec, InputError, example_id_of,
+                           single_stream_record)
+from store.schema import Prediction, Record
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -202,29 +203,12 @@ class ViltAdapter(Adapter):
         out = self.model(**inputs, output_attentions=True, output_hidden_states=True)
         patch_index = self._visual.last_patch_index[0].cpu().numpy()
         toks, modality, spans = self._text_tokens(inputs, offsets)
-        n_text = len(toks)
-        n_patch = len(patch_index)
-        tokens = toks + [IMAGE_CLS] + [f"patch {r},{c}" for r, c in patch_index]
-        modality = modality + ["special"] + ["image"] * n_patch
-        n = len(tokens)
-        boxes = np.full((n, 4), np.nan, np.float32)
-        boxes[n_text + 1:] = self._patch_geometry(inputs, patch_index)
-        grid = np.full((n, 2), -1, np.int32)
-        grid[n_text + 1:] = patch_index
-        token_spans = np.full((n, 2), -1, np.int32)
-        token_spans[:n_text] = np.asarray(spans, np.int32).reshape(-1, 2)
-        attn = torch.stack([a[0] for a in out.attentions]).float().cpu().numpy()  # (L, H, N, N)
-        hidden = torch.stack([h[0] for h in out.hidden_states]).float().cpu().numpy()  # (L+1, N, D)
-        if attn.shape[-1] != n:
-            raise AdapterError(f"internal: {attn.shape[-1]} attention positions for {n} tokens")
-        idx = np.arange(n)
-        return Record(
-            example_id=example_id_of(rgb, q), question=q, tokens=tuple(tokens), modality=tuple(modality),
-            token_boxes=boxes, token_grid=grid, token_spans=token_spans, image=display_copy(rgb),
-            attention={"self": AttentionBlock(values=attn, query_index=idx, key_index=idx)},
-            hidden={"joint": HiddenBlock(values=hidden, token_index=idx)},
-            prediction=self._prediction(out.logits, top_k), label=label, source_key=source_key,
-            notices=tuple(notices),
+        return single_stream_record(
+            image=rgb, question=q, tokens=toks + [IMAGE_CLS] + [f"patch {r},{c}" for r, c in patch_index],
+            modality=modality + ["special"] + ["image"] * len(patch_index), text_spans=spans,
+            image_boxes=self._patch_geometry(inputs, patch_index), image_grid=patch_index,
+            attentions=out.attentions, hidden_states=out.hidden_states,
+            prediction=self._prediction(out.logits, top_k), label=label, source_key=source_key, notices=notices,
             meta={"model_id": self.model_id, "adapter": self.name, "adapter_version": self.version,
                   "image_size": [rgb.width, rgb.height], "patch_grid": list(self._visual.last_grid)},
         )

@@ -18,7 +18,7 @@ Custom statistics: add a function to ``HEAD_STATS`` (name -> fn(StatInput) -> (l
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -37,6 +37,20 @@ class StatInput:
     key_token: np.ndarray  # (key,) token index
     query_grid: np.ndarray  # (query, 2) (row, col) or -1
     key_grid: np.ndarray  # (key, 2)
+    _key_mass: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def key_mass(self, modality: str) -> np.ndarray:
+        """(layer, head, query): the attention mass each query puts on the keys of one modality.
+
+        One matrix-vector product over all layers and heads, cached: the built-in statistics
+        share it (masking the full (layer, head, query, key) array once per statistic cost
+        more than the rest of recording for a ViLT-B/32-sized model).
+        """
+        if modality not in self._key_mass:
+            L, H, Q, K = self.values.shape
+            keys = (self.key_modality == modality).astype(np.float32)
+            self._key_mass[modality] = (self.values.reshape(-1, K) @ keys).reshape(L, H, Q)
+        return self._key_mass[modality]
 
 
 def _mass(inp: StatInput, qmask: np.ndarray, kmask2d: np.ndarray) -> np.ndarray:
@@ -53,20 +67,29 @@ def _key_mask(inp: StatInput, modality: str) -> np.ndarray:
     return np.broadcast_to(inp.key_modality == modality, (len(inp.query_modality), len(inp.key_modality)))
 
 
+def _modality_mass(inp: StatInput, source: str, target: str) -> np.ndarray:
+    """``_mass`` for all ``source`` queries on all ``target`` keys, from the cached key masses."""
+    q = inp.query_modality == source
+    if not q.any() or not (inp.key_modality == target).any():
+        L, H = inp.values.shape[:2]
+        return np.full((L, H), np.nan, dtype=np.float32)
+    return inp.key_mass(target)[:, :, q].mean(-1).astype(np.float32)
+
+
 def text_to_image(inp: StatInput) -> np.ndarray:
-    return _mass(inp, inp.query_modality == "text", _key_mask(inp, "image"))
+    return _modality_mass(inp, "text", "image")
 
 
 def image_to_text(inp: StatInput) -> np.ndarray:
-    return _mass(inp, inp.query_modality == "image", _key_mask(inp, "text"))
+    return _modality_mass(inp, "image", "text")
 
 
 def image_to_image(inp: StatInput) -> np.ndarray:
-    return _mass(inp, inp.query_modality == "image", _key_mask(inp, "image"))
+    return _modality_mass(inp, "image", "image")
 
 
 def text_to_text(inp: StatInput) -> np.ndarray:
-    return _mass(inp, inp.query_modality == "text", _key_mask(inp, "text"))
+    return _modality_mass(inp, "text", "text")
 
 
 def image_to_image_nonlocal(inp: StatInput) -> np.ndarray:
@@ -93,7 +116,7 @@ def _pooled(inp: StatInput, same: bool) -> np.ndarray:
         target = src if same else other
         if not (inp.key_modality == target).any():
             continue
-        parts.append(_mass(inp, q, _key_mask(inp, target)))
+        parts.append(_modality_mass(inp, src, target))
         weights.append(q.sum())
     if not parts:
         L, H = inp.values.shape[:2]

@@ -229,7 +229,7 @@ class Record:
                 idx = getattr(block, idx_name)
                 if idx.size and idx.max() >= n:
                     _fail(f"attention[{kind!r}].{idx_name}", f"points past the {n} tokens")
-            sums = block.values.astype(np.float32).sum(axis=-1)
+            sums = block.values.sum(axis=-1, dtype=np.float32)  # no float32 copy of the whole array
             if block.values.size and np.abs(sums - 1.0).max() > ROW_SUM_TOLERANCE:
                 worst = float(np.abs(sums - 1.0).max())
                 _fail(f"attention[{kind!r}]", f"rows must be softmax rows summing to 1 (worst off by {worst:.3g})")

@@ -72,8 +72,8 @@ def test_reading_one_head_reads_one_chunk(tmp_path, monkeypatch):
     monkeypatch.setattr(LocalStore, "get", counting_get)
     head = reader.attention(rec.example_id, "self", layer=2, head=3)
     np.testing.assert_allclose(head, rec.attention["self"].values[2, 3].astype(np.float32))
-    chunks = [k for k in seen if "/c/" in k]
-    assert chunks == [f"runs/hand/examples/{rec.example_id}/attention/self/c/2/3/0/0"]
+    chunks = [k for k in seen if "/c." in k]
+    assert chunks == [f"runs/hand/examples/{rec.example_id}/attention/self/c.2.3.0.0"]
     assert not any("hidden" in k or "image" in k for k in seen)
 
 

@@ -38,7 +38,7 @@ def test_fast_writer_matches_zarr_writer(tmp_path, tiny_vilt, rgb_image, monkeyp
     # zarr skips chunks equal to the fill value; otherwise the same chunk keys
     assert slow_chunks <= fast_chunks
     base = f"runs/r/examples/{rec.example_id}"
-    att_keys = {c for c in fast_chunks if c.startswith(f"{base}/attention/self/c/")}
+    att_keys = {c for c in fast_chunks if c.startswith(f"{base}/attention/self/c.")}
     L, H = rec.attention["self"].values.shape[:2]
     assert len(att_keys) == L * H  # one chunk per (layer, head)
     for doc in fast_docs:
@@ -69,3 +69,22 @@ def test_rewrite_replaces_a_leftover_and_skips_a_committed_example(tmp_path, tin
     assert not leftover.exists()
     assert w.is_committed(rec.example_id)
     assert w.write(rec, compute_head_stats(rec)) is False
+
+
+def test_stores_with_nested_chunk_keys_still_read(tmp_path, tiny_vilt, rgb_image, monkeypatch):
+    """Stores written before the flat chunk keys (zarr's default "c/2/3/0/0") read the same."""
+    from analysis.head_stats import compute_head_stats
+    import store.zarr_store as zs
+
+    rec = tiny_vilt.run(rgb_image, "what shape is this?")
+    nested = {"name": "default", "configuration": {"separator": "/"}}
+    monkeypatch.setattr(zs, "CHUNK_KEY_ENCODING", nested)
+    zs.VLStore(tmp_path / "old.zarr", mode="a").writer("r", {"model_id": "m"}).write(rec, compute_head_stats(rec))
+    monkeypatch.undo()
+    base = tmp_path / "old.zarr" / "runs" / "r" / "examples" / rec.example_id / "attention" / "self"
+    assert (base / "c" / "1" / "0" / "0" / "0").is_file()  # the old nested layout on disk
+    run = zs.VLStore(tmp_path / "old.zarr").run("r")
+    np.testing.assert_array_equal(run.attention(rec.example_id, "self", layer=1, head=0),
+                                  rec.attention["self"].values[1, 0])
+    back = run.record(rec.example_id)
+    np.testing.assert_array_equal(back.hidden["joint"].values, rec.hidden["joint"].values)
