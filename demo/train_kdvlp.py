@@ -30,19 +30,6 @@ def build_model(tokenizer, answers: list[str], *, hidden: int = 64, layers: int 
     return KdvlpModel(config)
 
 
-def by_kind(adapter, examples, batch_size: int = 256) -> dict:
-    """Test accuracy per question kind (yes/no, shape, color), from the answer."""
-    from training.finetune import evaluate
-
-    def kind(a):
-        return "yes/no" if a in ("yes", "no") else "shape" if a in ("circle", "rectangle", "triangle") else "color"
-
-    groups: dict[str, list] = {}
-    for ex in examples:
-        groups.setdefault(kind(ex.label), []).append(ex)
-    return {k: round(evaluate(adapter, g, batch_size=batch_size)["accuracy"], 4) for k, g in sorted(groups.items())}
-
-
 def train(out: Path, *, epochs: int = 6, batch_size: int = 64, lr: float = 5e-4, seed: int = 0, hidden: int = 64,
           layers: int = 3, heads: int = 4, channels: tuple[int, ...] = (16, 32, 64, 96), threads: int = 1,
           limit: int | None = None, max_steps: int | None = None, polish_epochs: int = 2,
@@ -58,7 +45,8 @@ def train(out: Path, *, epochs: int = 6, batch_size: int = 64, lr: float = 5e-4,
     import dataclasses
 
     from sources.easyvqa import EasyVQA
-    from training.finetune import FinetuneConfig, finetune, init_demo_kdvlp
+    from sources.easyvqa import question_kind
+    from training.finetune import FinetuneConfig, accuracy_by_kind, finetune_cycles, init_demo_kdvlp
 
     torch.set_num_threads(threads)
     start = time.time()
@@ -70,19 +58,15 @@ def train(out: Path, *, epochs: int = 6, batch_size: int = 64, lr: float = 5e-4,
     config = FinetuneConfig(epochs=epochs, lr=lr, batch_size=batch_size, full=True, limit=limit, seed=seed,
                             weight_decay=0.01, schedule="onecycle", warmup=0.15, eval_limit=limit,
                             new_answers="ignore", loss="softmax", max_steps=max_steps, checkpoint_every_epoch=True)
-    res = finetune(adapter, train_src, out=out, config=config, eval_examples=test_src)
-    stage_history = list(res.history)
-    steps = res.steps
+    cycles = [config]
     if polish_epochs and not max_steps:
-        polish = FinetuneConfig(epochs=polish_epochs, lr=polish_lr, batch_size=batch_size, full=True, limit=limit,
-                                seed=seed, weight_decay=0.01, schedule="onecycle", warmup=0.1, eval_limit=limit,
-                                new_answers="ignore", loss="softmax")
-        res = finetune(adapter, train_src, out=out, config=polish, eval_examples=test_src)
-        stage_history += [{**h, "epoch": epochs + h["epoch"], "step": steps + h["step"]} for h in res.history]
-        steps += res.steps
+        cycles.append(FinetuneConfig(epochs=polish_epochs, lr=polish_lr, batch_size=batch_size, full=True,
+                                     limit=limit, seed=seed, weight_decay=0.01, schedule="onecycle", warmup=0.1,
+                                     eval_limit=limit, new_answers="ignore", loss="softmax"))
+    res, stage_history, steps = finetune_cycles(adapter, train_src, cycles, out=out, eval_examples=test_src)
     tests = list(test_src) if limit is None else [ex for _, ex in zip(range(limit), test_src)]
     history = [{"epoch": h["epoch"], "test_accuracy": h["accuracy"], "step": h["step"]} for h in stage_history]
-    history[-1]["by_kind"] = by_kind(adapter, tests)
+    history[-1]["by_kind"] = accuracy_by_kind(adapter, tests, question_kind)
     a = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, hidden=hidden, layers=layers, heads=heads,
              polish_epochs=polish_epochs, polish_lr=polish_lr)
     complete = max_steps is None or steps < max_steps  # every epoch ran to its end

@@ -66,7 +66,7 @@ def train(out: Path, *, epochs: int = 6, images_per_batch: int = 8, lr: float = 
     past 90%. Plus training_result.json in the demo's format.
     """
     from sources.easyvqa import EasyVQA
-    from training.finetune import FinetuneConfig, finetune, init_demo_lxmert
+    from training.finetune import FinetuneConfig, finetune_cycles, init_demo_lxmert
 
     torch.set_num_threads(threads)
     start = time.time()
@@ -78,18 +78,15 @@ def train(out: Path, *, epochs: int = 6, images_per_batch: int = 8, lr: float = 
                             seed=seed, weight_decay=0.01, schedule="onecycle", warmup=0.1, eval_limit=limit,
                             new_answers="ignore", loss="softmax", clip_grad_norm=5.0, max_steps=max_steps,
                             checkpoint_every_epoch=True)
-    res = finetune(adapter, train_src, out=out, config=config, eval_examples=test_src)
-    history = [{"epoch": h["epoch"], "test_accuracy": h["accuracy"], "test_questions": h["examples"]}
-               for h in res.history]
-    steps = res.steps
+    cycles = [config]
     if polish_epochs and not max_steps:
-        polish = FinetuneConfig(epochs=polish_epochs, lr=polish_lr, images_per_batch=images_per_batch, full=True,
-                                limit=limit, seed=seed, weight_decay=0.01, schedule="onecycle", warmup=0.1,
-                                eval_limit=limit, new_answers="ignore", loss="softmax", clip_grad_norm=5.0)
-        res = finetune(adapter, train_src, out=out, config=polish, eval_examples=test_src)
-        history += [{"epoch": epochs + h["epoch"], "test_accuracy": h["accuracy"], "test_questions": h["examples"],
-                     "stage": "polish"} for h in res.history]
-        steps += res.steps
+        cycles.append(FinetuneConfig(epochs=polish_epochs, lr=polish_lr, images_per_batch=images_per_batch,
+                                     full=True, limit=limit, seed=seed, weight_decay=0.01, schedule="onecycle",
+                                     warmup=0.1, eval_limit=limit, new_answers="ignore", loss="softmax",
+                                     clip_grad_norm=5.0))
+    res, evals, steps = finetune_cycles(adapter, train_src, cycles, out=out, eval_examples=test_src)
+    history = [{"epoch": h["epoch"], "test_accuracy": h["accuracy"], "test_questions": h["examples"],
+                **({"stage": "polish"} if h["cycle"] else {})} for h in evals]
     extractor = adapter.extractor
     result = {
         "test_accuracy": history[-1]["test_accuracy"], "test_questions": history[-1]["test_questions"],

@@ -70,6 +70,15 @@ class EasyVQA(DataSource):
         return list(_lib().get_answers())
 
 
+SHAPES = ("circle", "rectangle", "triangle")
+
+
+def question_kind(example) -> str:
+    """"yes/no", "shape" or "color": what an easy-VQA question asks, read from its answer."""
+    a = example.label
+    return "yes/no" if a in ("yes", "no") else "shape" if a in SHAPES else "color"
+
+
 def shape_mask(image: np.ndarray) -> np.ndarray:
     """Boolean (H, W) mask of the shape: pixels that differ from the background color.
 

@@ -196,3 +196,33 @@ def test_demo_training_is_a_thin_call_to_finetune(tmp_path):
               "training_result.json"):
         assert (out / f).is_file(), f
     assert len(ViltAdapter.load(str(out)).answers()) == 13
+
+
+def test_cycles_run_in_sequence_and_count_epochs_and_steps_across_them(tiny_vilt_dir, tmp_path):
+    from training.finetune import finetune_cycles
+
+    examples = list(open_source(make_folder_csv(tmp_path)))
+    a, b = fresh(tiny_vilt_dir), fresh(tiny_vilt_dir)
+    first, second = quick(batch_size=2, epochs=2), quick(batch_size=2, epochs=1, lr=1e-4)
+    res, history, steps = finetune_cycles(a, examples, [first, second], eval_examples=examples)
+    assert [(h["epoch"], h["cycle"]) for h in history] == [(1, 0), (2, 0), (3, 1)]
+    assert steps == 6 and [h["step"] for h in history] == [2, 4, 6]
+    assert res.config["lr"] == 1e-4  # the last cycle's result
+    # the same as two finetune calls by hand: the second cycle starts from the first's weights
+    finetune(b, examples, config=first)
+    by_hand = finetune(b, examples, config=second, eval_examples=examples)
+    assert res.losses == by_hand.losses
+
+
+def test_accuracy_by_kind_groups_easyvqa_questions(tiny_vilt):
+    from sources.easyvqa import EasyVQA, question_kind
+    from training.finetune import accuracy_by_kind, evaluate
+
+    exs = [ex for _, ex in zip(range(24), EasyVQA("test"))]
+    kinds = {question_kind(ex) for ex in exs}
+    assert kinds <= {"yes/no", "shape", "color"} and len(kinds) >= 2
+    by_kind = accuracy_by_kind(tiny_vilt, exs, question_kind)
+    assert set(by_kind) == kinds
+    counts = {k: sum(question_kind(ex) == k for ex in exs) for k in kinds}
+    overall = sum(by_kind[k] * counts[k] for k in kinds) / len(exs)
+    assert overall == pytest.approx(evaluate(tiny_vilt, exs)["accuracy"], abs=1e-3)

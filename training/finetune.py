@@ -380,6 +380,36 @@ def finetune(adapter, train: Iterable[Example], *, out: str | Path | None = None
     return result
 
 
+def finetune_cycles(adapter, train: list[Example], configs: list[FinetuneConfig], *, out: str | Path | None = None,
+                    eval_examples: list[Example] | None = None) -> tuple[FinetuneResult, list[dict], int]:
+    """Several ``finetune`` runs in sequence on the same model: e.g. a main one-cycle, then a
+    gentler one at a lower learning rate (what took the LXMERT and KD-VLP demos past 90%).
+
+    Returns the last run's result, the evaluation history of all runs with epochs and steps
+    counted across them (each entry says its ``cycle``, from 0), and the total optimizer steps.
+    """
+    history: list[dict] = []
+    epochs = steps = 0
+    res = None
+    for cycle, config in enumerate(configs):
+        res = finetune(adapter, train, out=out, config=config, eval_examples=eval_examples)
+        history += [{**h, "epoch": epochs + h["epoch"], "step": steps + h["step"], "cycle": cycle}
+                    for h in res.history]
+        epochs += config.epochs
+        steps += res.steps
+    if res is None:
+        raise ValueError("finetune_cycles needs at least one config")
+    return res, history, steps
+
+
+def accuracy_by_kind(adapter, examples: list[Example], kind_of, *, batch_size: int = 256) -> dict[str, float]:
+    """Accuracy per question kind, ``kind_of(example) -> str`` (e.g. easy-VQA's yes/no, shape, colour)."""
+    groups: dict[str, list[Example]] = {}
+    for ex in examples:
+        groups.setdefault(kind_of(ex), []).append(ex)
+    return {k: round(evaluate(adapter, g, batch_size=batch_size)["accuracy"], 4) for k, g in sorted(groups.items())}
+
+
 # ---- fresh models to train from scratch (``--init``) -------------------------------------------------------
 def init_demo_vilt(examples: list[Example], answers: list[str], *, hidden: int = 128, layers: int = 4,
                    heads: int = 4, seed: int = 0):
