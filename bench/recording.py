@@ -1,13 +1,13 @@
 """Recording overhead and store size.
 
 - overhead: recording N examples with the record pipeline the CLI runs (``record.record_examples``:
-  forward with attention + hidden capture, Record, head statistics, store write; the statistics
-  and write of one example overlap the next forward), wall time per example, divided by a bare
+  forward with attention + hidden capture, Record, head statistics, store write), wall time per
+  example, divided by a bare
   forward without attention output (``Adapter.predict``: the same preprocessing, no capture) on
   the same examples. Goal <= 1.5. Images are decoded beforehand for both, and the run index is
   not consolidated (a once-per-run step; the scale benchmark times whole runs).
 - the parts of a record, timed one after another on the same examples (capture, head statistics,
-  write): where the time goes, and what the overlap hides.
+  write): where the time goes.
 - store size: bytes the store holds per example (every file of the example: attention, hidden
   states, image, token coordinates, head statistics, metadata) divided by the raw float32 bytes
   of the same attention + hidden arrays. Goal <= 0.5.
@@ -107,8 +107,7 @@ def run(quick: bool = False) -> dict:
             pipe["record"] * 1e3, pipe["bare"] * 1e3, "ms/example",
             f"{desc}; {m['tokens']} tokens; record pipeline (record.record_examples) over {pipe['n']} examples, "
             f"median of {pipe['rounds']} rounds; its parts one after another: capture {p['capture'] * 1e3:.1f} + "
-            f"head stats {p['head_stats'] * 1e3:.1f} + write {p['write'] * 1e3:.1f} ms (statistics and write "
-            "overlap the next forward); baseline = Adapter.predict (same preprocessing, forward without "
+            f"head stats {p['head_stats'] * 1e3:.1f} + write {p['write'] * 1e3:.1f} ms; baseline = Adapter.predict (same preprocessing, forward without "
             "attention output); goal ratio <= 1.5")
         out[f"store bytes / raw float32, {label}"] = figure(
             m["stored_bytes"] / 1e6, m["raw_bytes"] / 1e6, "MB/example",

@@ -1,4 +1,4 @@
-"""record.record_examples: the store write runs behind the next forward; nothing handed over is lost."""
+"""record.record_examples: per-example failures are reported, a store error stops the run, nothing committed is lost."""
 from __future__ import annotations
 
 import itertools
@@ -67,7 +67,7 @@ def test_a_store_error_stops_the_run_and_keeps_what_was_committed(tmp_path, tiny
     assert (res.written, res.skipped) == (6, 2)
 
 
-def test_an_interrupt_commits_every_example_already_run(tmp_path, tiny_vilt):
+def test_an_interrupt_keeps_every_example_already_recorded(tmp_path, tiny_vilt):
     exs = _examples(6)
 
     def interrupted():
