@@ -195,11 +195,16 @@ WRITER = textwrap.dedent("""
     sys.path.insert(0, {root!r})
     from store.zarr_store import VLStore
     from tests.store_helpers import PROVENANCE, synthetic_record
+    from pathlib import Path
+    deadline = time.time() + 120  # start once both readers are polling (else a fast write is over before them)
+    while not all(Path({ready!r} + str(k)).exists() for k in range(2)) and time.time() < deadline:
+        time.sleep(0.02)
     w = VLStore({path!r}, mode="a").writer("syn", PROVENANCE)
     for i in range({n}):
         w.write(synthetic_record(i))
         if i % 5 == 4:
             w.consolidate()  # the index is rewritten while readers use it
+        time.sleep(0.1)  # a writer paced like a model run, so the readers see the run grow
     w.consolidate()
 """)
 
@@ -212,6 +217,7 @@ READER = textwrap.dedent("""
     done = Path({done!r})
     seen, checked, problems = [], 0, []
     deadline = time.time() + 120
+    Path({ready!r} + sys.argv[1]).touch()
     while time.time() < deadline:
         finished = done.exists()
         try:
@@ -243,9 +249,9 @@ def test_two_readers_never_see_a_half_written_example(tmp_path):
     VLStore(path, mode="a")
     done = tmp_path / "writer-done"
     n = 20
-    fmt = dict(root=str(ROOT), path=str(path), n=n, done=str(done))
-    readers = [subprocess.Popen([sys.executable, "-c", READER.format(**fmt)], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    fmt = dict(root=str(ROOT), path=str(path), n=n, done=str(done), ready=str(tmp_path / "reader-ready-"))
+    readers = [subprocess.Popen([sys.executable, "-c", READER.format(**fmt), str(k)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for k in range(2)]
     try:
         writer = subprocess.run([sys.executable, "-c", WRITER.format(**fmt)], capture_output=True, text=True,
                                 timeout=300)
