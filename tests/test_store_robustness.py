@@ -300,7 +300,7 @@ def test_record_run_killed_mid_run_then_resumed(tmp_path, tiny_vilt_dir, tiny_vi
     from sources.easyvqa import EasyVQA
 
     out = tmp_path / "store.zarr"
-    limit = 10
+    limit = 60  # enough that the run cannot finish between two polls, however fast recording gets
     cmd = [sys.executable, str(ROOT / "cli.py"), "record", "--model", f"vilt:{tiny_vilt_dir}",
            "--dataset", "easyvqa", "--split", "test", "--limit", str(limit), "--out", str(out), "--run", "tiny"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
