@@ -44,8 +44,7 @@ def train(out: Path, *, epochs: int = 6, batch_size: int = 64, lr: float = 5e-4,
     """
     import dataclasses
 
-    from sources.easyvqa import EasyVQA
-    from sources.easyvqa import question_kind
+    from sources.easyvqa import EasyVQA, question_kind
     from training.finetune import FinetuneConfig, accuracy_by_kind, finetune_cycles, init_demo_kdvlp
 
     torch.set_num_threads(threads)
@@ -60,9 +59,8 @@ def train(out: Path, *, epochs: int = 6, batch_size: int = 64, lr: float = 5e-4,
                             new_answers="ignore", loss="softmax", max_steps=max_steps, checkpoint_every_epoch=True)
     cycles = [config]
     if polish_epochs and not max_steps:
-        cycles.append(FinetuneConfig(epochs=polish_epochs, lr=polish_lr, batch_size=batch_size, full=True,
-                                     limit=limit, seed=seed, weight_decay=0.01, schedule="onecycle", warmup=0.1,
-                                     eval_limit=limit, new_answers="ignore", loss="softmax"))
+        cycles.append(dataclasses.replace(config, epochs=polish_epochs, lr=polish_lr, warmup=0.1, max_steps=None,
+                                          checkpoint_every_epoch=False))
     res, stage_history, steps = finetune_cycles(adapter, train_src, cycles, out=out, eval_examples=test_src)
     tests = list(test_src) if limit is None else [ex for _, ex in zip(range(limit), test_src)]
     history = [{"epoch": h["epoch"], "test_accuracy": h["accuracy"], "step": h["step"]} for h in stage_history]

@@ -65,6 +65,8 @@ def train(out: Path, *, epochs: int = 6, images_per_batch: int = 8, lr: float = 
     ignore --out demo/models/lxmert-easyvqa``): the first cycle ended at 89.5%, the second took it
     past 90%. Plus training_result.json in the demo's format.
     """
+    import dataclasses
+
     from sources.easyvqa import EasyVQA
     from training.finetune import FinetuneConfig, finetune_cycles, init_demo_lxmert
 
@@ -80,10 +82,8 @@ def train(out: Path, *, epochs: int = 6, images_per_batch: int = 8, lr: float = 
                             checkpoint_every_epoch=True)
     cycles = [config]
     if polish_epochs and not max_steps:
-        cycles.append(FinetuneConfig(epochs=polish_epochs, lr=polish_lr, images_per_batch=images_per_batch,
-                                     full=True, limit=limit, seed=seed, weight_decay=0.01, schedule="onecycle",
-                                     warmup=0.1, eval_limit=limit, new_answers="ignore", loss="softmax",
-                                     clip_grad_norm=5.0))
+        cycles.append(dataclasses.replace(config, epochs=polish_epochs, lr=polish_lr, max_steps=None,
+                                          checkpoint_every_epoch=False))
     res, evals, steps = finetune_cycles(adapter, train_src, cycles, out=out, eval_examples=test_src)
     history = [{"epoch": h["epoch"], "test_accuracy": h["accuracy"], "test_questions": h["examples"],
                 **({"stage": "polish"} if h["cycle"] else {})} for h in evals]

@@ -89,6 +89,8 @@ def train(out: Path, *, epochs: int = 10, batch_size: int = 64, lr: float = 1e-3
     vilt:demo/models/vilt-easyvqa ... --full --epochs E --lr LR --new-answers ignore`` on its output.
     Plus training_result.json in the demo's format (with the accuracy per question kind).
     """
+    import dataclasses
+
     from sources.easyvqa import EasyVQA, question_kind
     from training.finetune import FinetuneConfig, accuracy_by_kind, finetune_cycles, init_demo_vilt
 
@@ -97,14 +99,11 @@ def train(out: Path, *, epochs: int = 10, batch_size: int = 64, lr: float = 1e-3
     answers = train_src.answers()
     # The vocabulary comes from every training question, also in --limit smoke runs.
     adapter = init_demo_vilt(list(train_src), answers, hidden=hidden, layers=layers, heads=heads, seed=seed)
-    cycles = [FinetuneConfig(epochs=epochs, lr=lr, batch_size=batch_size, full=True, limit=limit, seed=seed,
-                             weight_decay=0.01, schedule="onecycle", warmup=0.1, eval_limit=limit,
-                             new_answers="ignore", augment=augment, checkpoint_every_epoch=True)]
-    for polish_epochs, polish_lr in polish:
-        cycles.append(FinetuneConfig(epochs=polish_epochs, lr=polish_lr, batch_size=batch_size, full=True,
-                                     limit=limit, seed=seed, weight_decay=0.01, schedule="onecycle", warmup=0.1,
-                                     eval_limit=limit, new_answers="ignore", augment=augment,
-                                     checkpoint_every_epoch=True))
+    first = FinetuneConfig(epochs=epochs, lr=lr, batch_size=batch_size, full=True, limit=limit, seed=seed,
+                           weight_decay=0.01, schedule="onecycle", warmup=0.1, eval_limit=limit,
+                           new_answers="ignore", augment=augment, checkpoint_every_epoch=True)
+    # each polish cycle is the first one at its own length and (lower) learning rate
+    cycles = [first] + [dataclasses.replace(first, epochs=e, lr=r) for e, r in polish]
     res, evals, _ = finetune_cycles(adapter, train_src, cycles, out=out, eval_examples=test_src)
     history = [{"epoch": h["epoch"], "test_accuracy": h["accuracy"], "lr": cycles[h["cycle"]].lr,
                 **({"stage": f"polish {h['cycle']}"} if h["cycle"] else {})} for h in evals]
