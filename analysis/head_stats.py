@@ -53,11 +53,15 @@ class StatInput:
         return self._key_mass[modality]
 
 
+def _undefined(inp: StatInput) -> np.ndarray:
+    """The (layer, head) map of a statistic with no source queries or no target keys: all NaN."""
+    return np.full(inp.values.shape[:2], np.nan, dtype=np.float32)
+
+
 def _mass(inp: StatInput, qmask: np.ndarray, kmask2d: np.ndarray) -> np.ndarray:
     """Mean over selected queries of the row mass on the keys selected per query -> (layer, head)."""
-    L, H = inp.values.shape[:2]
     if not qmask.any() or not kmask2d[qmask].any():
-        return np.full((L, H), np.nan, dtype=np.float32)
+        return _undefined(inp)
     v = inp.values[:, :, qmask, :]  # (L, H, q, K)
     m = kmask2d[qmask]  # (q, K)
     return (v * m[None, None]).sum(-1).mean(-1).astype(np.float32)
@@ -71,8 +75,7 @@ def _modality_mass(inp: StatInput, source: str, target: str) -> np.ndarray:
     """``_mass`` for all ``source`` queries on all ``target`` keys, from the cached key masses."""
     q = inp.query_modality == source
     if not q.any() or not (inp.key_modality == target).any():
-        L, H = inp.values.shape[:2]
-        return np.full((L, H), np.nan, dtype=np.float32)
+        return _undefined(inp)
     return inp.key_mass(target)[:, :, q].mean(-1).astype(np.float32)
 
 
@@ -119,8 +122,7 @@ def _pooled(inp: StatInput, same: bool) -> np.ndarray:
         parts.append(_modality_mass(inp, src, target))
         weights.append(q.sum())
     if not parts:
-        L, H = inp.values.shape[:2]
-        return np.full((L, H), np.nan, dtype=np.float32)
+        return _undefined(inp)
     w = np.asarray(weights, dtype=np.float32)
     return (np.stack(parts) * w[:, None, None]).sum(0) / w.sum()
 
