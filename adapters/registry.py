@@ -43,8 +43,8 @@ MODELS = {
     "kdvlp-easyvqa": ("kdvlp", "demo/models/kdvlp-easyvqa"),
 }
 
-# Models the app offers with no network: the shipped easy-VQA demos, most accurate first (the Ask
-# page's default model; the demo ViLT cannot tell shapes apart, see the README).
+# Models the app offers with no network: the shipped easy-VQA demos; the first is the Ask page's
+# default model.
 DEMO_MODELS = ("lxmert-easyvqa", "kdvlp-easyvqa", "vilt-easyvqa")
 
 
