@@ -204,7 +204,7 @@ class ViltAdapter(Adapter):
         patch_index = self._visual.last_patch_index[0].cpu().numpy()
         toks, modality, spans = self._text_tokens(inputs, offsets)
         return single_stream_record(
-            image=rgb, question=q, tokens=toks + [IMAGE_CLS] + [f"patch {r},{c}" for r, c in patch_index],
+            image=rgb, question=q, tokens=toks + [IMAGE_CLS] + [f"patch {r},{c}" for r, c in patch_index.tolist()],
             modality=modality + ["special"] + ["image"] * len(patch_index), text_spans=spans,
             image_boxes=self._patch_geometry(inputs, patch_index), image_grid=patch_index,
             attentions=out.attentions, hidden_states=out.hidden_states,
@@ -221,7 +221,7 @@ class ViltAdapter(Adapter):
         patch_index = self._visual.last_patch_index[0].cpu().numpy()
         toks, modality, _ = self._text_tokens(inputs, offsets)
         n_text = len(toks)
-        tokens = tuple(toks + [IMAGE_CLS] + [f"patch {r},{c}" for r, c in patch_index])
+        tokens = tuple(toks + [IMAGE_CLS] + [f"patch {r},{c}" for r, c in patch_index.tolist()])
         modality = tuple(modality + ["special"] + ["image"] * len(patch_index))
         is_special = np.array([m == "special" for m in modality[:n_text]])
         base_ids = inputs["input_ids"].clone()

@@ -20,7 +20,7 @@ from typing import Mapping
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # store layout version; see store/zarr_store.py (version 1 stores still read)
 MODALITIES = ("text", "image", "special")
 # Tolerance on attention row sums: values are stored in float16 (about 3 significant digits).
 ROW_SUM_TOLERANCE = 2e-2

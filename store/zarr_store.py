@@ -4,16 +4,20 @@ Layout (one group per model run; every array has ``dimension_names``)::
 
     <root>/                                   attrs: {"vl_lens": {"format": ..., "schema_version": N}}
       runs/<run>/                             attrs: provenance (model, adapter, versions, config)
-        examples/<example_id>/                attrs: tokens, modality, prediction, ...; "committed" last
+        examples/<example_id>/                attrs: tokens, modality, token_boxes / token_grid /
+                                              token_spans, head_stats, prediction, ...; "committed" last
           image              (y, x, channel)            uint8
-          token_boxes        (token, coord)             float32
-          token_grid         (token, axis)              int32
-          token_spans        (token, bound)             int32
           attention/<kind>   (layer, head, query, key)  float16, chunk = one (layer, head) block
           hidden/<stream>    (layer, token, dim)        float16, chunk = one layer
-          head_stats/<kind>  (stat, layer, head)        float32
         index/                                attrs: summary rows of the examples it covers
           head_stats/<kind>  (example, stat, layer, head) float32
+
+Attention and hidden states are sharded: each array is one file holding its chunks and an index of
+their byte ranges (zarr's ``sharding_indexed`` codec), so reading one head still reads one chunk
+(plus the small index). The token coordinates and the example's head statistics are small and go
+in the example's group document beside ``tokens`` and ``modality``. Together this makes an example
+about a dozen files instead of forty, and file creation was most of a small model's recording time.
+Version-1 stores (one file per chunk; token coordinates and head statistics as arrays) still read.
 
 Commit protocol: an example's arrays are written first and its group attribute ``committed``
 last, so a reader never sees a half-written example and a run killed midway keeps every
@@ -35,7 +39,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, NamedTuple
 
 import numpy as np
 import zarr
@@ -141,6 +145,39 @@ def _list_dir(store, prefix: str) -> list[str]:
         return []
 
 
+# The Record's token coordinates: name -> (dtype, columns). Version 2 keeps them in the example's
+# group document (they are a few hundred numbers, like ``tokens`` and ``modality`` beside them).
+TOKEN_ARRAYS = {"token_boxes": (np.float32, 4), "token_grid": (np.int32, 2), "token_spans": (np.int32, 2)}
+
+
+class _ArrayPlan(NamedTuple):
+    """One array of an example: where, what, dimension names, inner chunk shape, attributes.
+
+    ``inner_chunks`` None: one chunk holding the whole array. Otherwise the array is one shard
+    (one file) holding chunks of that shape, each readable on its own.
+    """
+
+    name: str
+    data: np.ndarray
+    dims: tuple[str, ...]
+    inner_chunks: tuple[int, ...] | None
+    attrs: dict | None
+
+
+def _array_to_json(a) -> list:
+    """Nested lists of plain numbers; NaN / inf become null (JSON has neither)."""
+    a = np.asarray(a)
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        return np.where(np.isfinite(a), a.astype(object), None).tolist()
+    return a.tolist()
+
+
+def _array_from_json(values, dtype, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """Inverse of ``_array_to_json`` (null -> NaN); ``shape`` restores the columns of an empty array."""
+    arr = np.array(values, dtype=dtype)
+    return arr.reshape(shape) if shape is not None and arr.size == 0 else arr
+
+
 @dataclass(frozen=True)
 class ExampleSummary:
     """One row of a run's example table (what the browser and aggregates need, no arrays)."""
@@ -197,6 +234,13 @@ class VLStore:
         if version > SCHEMA_VERSION:
             raise StoreError(f"{location} was written with store schema version {version}; this VL-Lens reads "
                              f"up to version {SCHEMA_VERSION}. Upgrade VL-Lens to read it.")
+        if mode == "a" and version < SCHEMA_VERSION:
+            # New examples are written in the current layout: an older VL-Lens must refuse the
+            # store with "upgrade" rather than fail on them. Old examples stay readable here.
+            try:
+                root.attrs["vl_lens"] = {**meta, "schema_version": SCHEMA_VERSION}
+            except OSError as e:
+                raise _store_error(location, e) from e
 
     # ---- runs --------------------------------------------------------------------------------
     def runs(self) -> list[str]:
@@ -312,14 +356,14 @@ class RunReader:
     def tokens(self, eid: str) -> dict:
         """Token coordinates: tokens, modality, boxes, grid, spans (small; no attention read)."""
         a = self.attrs(eid)
-        base = f"{self.path}/examples/{eid}"
-        return {
-            "tokens": list(a["tokens"]),
-            "modality": list(a["modality"]),
-            "token_boxes": zarr.open_array(self.store._store, path=f"{base}/token_boxes", mode="r")[:],
-            "token_grid": zarr.open_array(self.store._store, path=f"{base}/token_grid", mode="r")[:],
-            "token_spans": zarr.open_array(self.store._store, path=f"{base}/token_spans", mode="r")[:],
-        }
+        out = {"tokens": list(a["tokens"]), "modality": list(a["modality"])}
+        n = len(out["tokens"])
+        for name, (dtype, width) in TOKEN_ARRAYS.items():
+            if name in a:  # version 2: in the example's group document
+                out[name] = _array_from_json(a[name], dtype, (n, width))
+            else:  # version 1: an array of its own
+                out[name] = zarr.open_array(self.store._store, path=f"{self.path}/examples/{eid}/{name}", mode="r")[:]
+        return out
 
     def image(self, eid: str) -> np.ndarray:
         return zarr.open_array(self.store._store, path=f"{self.path}/examples/{eid}/image", mode="r")[:]
@@ -353,8 +397,12 @@ class RunReader:
         vals = arr[:] if layer is None else arr[layer]
         return vals.astype(np.float32), np.asarray(arr.attrs["token_index"], np.int32)
 
-    def head_stats(self, eid: str) -> dict[str, tuple[list[str], np.ndarray]]:
-        """kind -> (stat names, (stat, layer, head))."""
+    def head_stats(self, eid: str, attrs: dict | None = None) -> dict[str, tuple[list[str], np.ndarray]]:
+        """kind -> (stat names, (stat, layer, head)). ``attrs``: the example's, if already read."""
+        attrs = self.attrs(eid) if attrs is None else attrs
+        if "head_stats" in attrs:  # version 2: in the example's group document
+            return {kind: (list(hs["names"]), _array_from_json(hs["values"], np.float32))
+                    for kind, hs in attrs["head_stats"].items()}
         out = {}
         base = f"{self.path}/examples/{eid}/head_stats"
         for kind in _list_dir(self.store._store, base):
@@ -465,52 +513,51 @@ class RunWriter(RunReader):
     def _write(self, record: Record, head_stats: dict | None, *, group: str | None) -> bool:
         """Write one example (see ``write``).
 
-        All arrays of the example are created and filled concurrently in one trip to zarr's event
-        loop (one ``sync`` call per example instead of two per array): the per-array round trips,
-        not the bytes, dominated recording time. The layout is unchanged; array attributes are set
-        at creation. The group's attributes, with ``committed``, are written after every array.
+        On local disk every file is encoded and written from this thread (``_write_example_local``);
+        elsewhere (an object store) in one trip to zarr's event loop (``_write_example``). Either
+        way the group's document, with ``committed``, is written after every array.
         """
         eid = record.example_id
-        arrays = [
-            ("image", record.image, ("y", "x", "channel"), None, None),
-            ("token_boxes", record.token_boxes, ("token", "coord"), None, None),
-            ("token_grid", record.token_grid, ("token", "axis"), None, None),
-            ("token_spans", record.token_spans, ("token", "bound"), None, None),
-        ]
+        # Attention and hidden states: one shard per array, one inner chunk per (layer, head) block
+        # or per layer. The image: one chunk.
+        arrays = [_ArrayPlan("image", record.image, ("y", "x", "channel"), None, None)]
         for kind, block in record.attention.items():
             L, H, Q, K = block.values.shape
-            arrays.append((f"attention/{kind}", block.values, AttentionBlock.DIMS, (1, 1, Q, K),
-                           {"query_index": block.query_index, "key_index": block.key_index}))
+            arrays.append(_ArrayPlan(f"attention/{kind}", block.values, AttentionBlock.DIMS, (1, 1, Q, K),
+                                     {"query_index": block.query_index, "key_index": block.key_index}))
         for stream, block in record.hidden.items():
             L, T, D = block.values.shape
-            arrays.append((f"hidden/{stream}", block.values, HiddenBlock.DIMS, (1, T, D),
-                           {"token_index": block.token_index}))
-        for kind, hs in (head_stats or {}).items():
-            arrays.append((f"head_stats/{kind}", hs.values.astype(np.float32), ("stat", "layer", "head"), None,
-                           {"names": list(hs.names)}))
+            arrays.append(_ArrayPlan(f"hidden/{stream}", block.values, HiddenBlock.DIMS, (1, T, D),
+                                     {"token_index": block.token_index}))
         summary = ExampleSummary(
             example_id=eid, question=record.question, label=record.label, answer=record.prediction.top,
             confidence=record.prediction.confidence, answers=record.prediction.answers,
             probabilities=record.prediction.probabilities, correct=record.correct, source_key=record.source_key,
             n_tokens=record.n_tokens, group=group,
         )
-        attrs = {
+        attrs = _jsonable({
             "question": record.question, "tokens": list(record.tokens), "modality": list(record.modality),
             "prediction": {"answers": list(record.prediction.answers),
                            "probabilities": list(record.prediction.probabilities)},
             "label": record.label, "source_key": record.source_key, "notices": list(record.notices),
-            "meta": _jsonable(dict(record.meta)), "summary": _jsonable(summary.as_dict()),
-        }
+            "meta": dict(record.meta), "summary": summary.as_dict(),
+        })
+        # Small arrays, already plain JSON (kept out of _jsonable's element-by-element walk).
+        for name in TOKEN_ARRAYS:
+            attrs[name] = _array_to_json(getattr(record, name))
+        attrs["head_stats"] = {kind: {"names": list(hs.names), "dims": ["stat", "layer", "head"],
+                                      "values": _array_to_json(np.asarray(hs.values, np.float32))}
+                               for kind, hs in (head_stats or {}).items()}
         path = f"{self.path}/examples/{eid}"
         from zarr.storage import LocalStore
 
         if isinstance(self.store._store, LocalStore):
             # Local disk: write in this thread. Handing each example to zarr's event-loop thread and
             # its file-writing threads cost more than the writing itself on a busy machine.
-            done = _write_example_local(self.store._store.root / path, arrays, _jsonable(attrs))
+            done = _write_example_local(self.store._store.root / path, arrays, attrs)
             if done is not None:
                 return done
-        return sync(self._write_example(path, arrays, _jsonable(attrs)))
+        return sync(self._write_example(path, arrays, attrs))
 
     async def _write_example(self, path: str, arrays: list, attrs: dict) -> bool:
         import asyncio
@@ -555,14 +602,16 @@ class RunWriter(RunReader):
 
         grp = await azarr.open_group(store=self.store._store, path=path, mode="w")
 
-        async def put(name, data, dims, chunks, arr_attrs):
-            data = np.ascontiguousarray(data)
-            arr = await grp.create_array(name, shape=data.shape, dtype=data.dtype, chunks=chunks or data.shape,
-                                         dimension_names=dims, attributes=_jsonable(arr_attrs or {}),
-                                         chunk_key_encoding=CHUNK_KEY_ENCODING)
+        async def put(plan: _ArrayPlan):
+            data = np.ascontiguousarray(plan.data)
+            arr = await grp.create_array(plan.name, shape=data.shape, dtype=data.dtype,
+                                         chunks=plan.inner_chunks or data.shape,
+                                         shards=data.shape if plan.inner_chunks else None,
+                                         dimension_names=plan.dims, attributes=_jsonable(plan.attrs or {}),
+                                         chunk_key_encoding=CHUNK_KEY_ENCODING, compressors=_zstd_codec())
             await arr.setitem(Ellipsis, data)
 
-        await asyncio.gather(*(put(*a) for a in arrays))
+        await asyncio.gather(*(put(a) for a in arrays))
 
     def consolidate(self) -> int:
         """Rewrite index/ from the committed examples; returns how many it covers."""
@@ -577,7 +626,7 @@ class RunWriter(RunReader):
             if attrs is None:
                 continue
             rows.append(attrs["summary"])
-            for kind, (snames, vals) in self.head_stats(eid).items():
+            for kind, (snames, vals) in self.head_stats(eid, attrs).items():
                 stacks.setdefault(kind, []).append(vals)
                 names_by_kind[kind] = snames
         idx = zarr.open_group(self.store._store, path=f"{self.path}/index", mode="w")
@@ -592,102 +641,163 @@ class RunWriter(RunReader):
         return len(rows)
 
 
-# Example arrays keep every chunk file directly in the array's directory ("c.2.3.0.0" for layer 2,
-# head 3), not zarr's default nested "c/2/3/0/0": a nested key costs up to four directories per
-# chunk, and creating those directories was most of a small model's store write. Readers (zarr,
-# xarray) follow the encoding named in each array's metadata, so stores written either way read.
+# Example arrays keep their chunk file directly in the array's directory ("c.0.0.0.0"), not under
+# zarr's default nested "c/0/0/0/0": a nested key costs up to four directories, and creating
+# directories was most of a small model's store write. Readers (zarr, xarray) follow the encoding
+# named in each array's metadata, so stores written either way read.
 CHUNK_KEY_ENCODING = {"name": "default", "configuration": {"separator": "."}}
 
+# What the fast path writes; zarr's defaults must be these or the fast path steps aside.
+# zstd level -1 (zstd's fast mode): on the demo model's attention blocks a little under half the
+# time of zarr's default level (3) for files about a fifth larger, and hidden states (which barely
+# compress at any level) cost next to nothing. Store size stays well inside its goal; write time
+# does not (docs/scale.md has the figures).
+ZSTD_LEVEL = -1
+_ZSTD = {"name": "zstd", "configuration": {"level": ZSTD_LEVEL, "checksum": False}}
+_INDEX_CODECS = [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}]
 
-def _fast_codecs_ok(codecs) -> bool:
-    """Whether zarr's default codecs are the ones the fast path writes: bytes (little-endian) + zstd."""
-    codecs = [dict(c) for c in codecs]
+
+def _little_endian_zstd(codecs) -> bool:
+    """Whether a codec list is bytes (little-endian; no endianness for one-byte types) then zstd at ZSTD_LEVEL."""
+    codecs = [dict(c) for c in codecs or ()]
     return (len(codecs) == 2 and codecs[0].get("name") == "bytes"
-            and codecs[0].get("configuration", {}).get("endian", "little") == "little"
-            and codecs[1] == {"name": "zstd", "configuration": {"level": 0, "checksum": False}})
+            and codecs[0].get("configuration", {}).get("endian", "little") == "little" and codecs[1] == _ZSTD)
+
+_EMPTY = 2**64 - 1  # a shard index entry for a chunk that is not stored
 
 
 @functools.lru_cache(maxsize=32)
-def _metadata_template(dtype: str, ndim: int) -> str | None:
-    """zarr's own metadata document for a dtype and rank (JSON text), or None if the fast path can't match it.
+def _metadata_template(dtype: str, ndim: int, sharded: bool) -> str | None:
+    """zarr's own metadata document for a dtype, rank and layout (JSON text), or None if the fast
+    path can't match it.
 
-    Built once per (dtype, rank) by zarr itself; the fast path fills in shape, chunk shape,
-    dimension names and attributes, the only fields that differ between our arrays.
+    Made once per (dtype, rank, sharded) by zarr itself, creating the array in memory; the fast
+    path fills in shape, chunk shapes, dimension names and attributes, the only fields that differ
+    between our arrays.
     """
-    from zarr.core.array import AsyncArray
-    from zarr.core.buffer import default_buffer_prototype
-    from zarr.core.dtype import parse_dtype
+    from zarr.storage import MemoryStore
 
-    meta = AsyncArray._create_metadata_v3(shape=(1,) * ndim, dtype=parse_dtype(np.dtype(dtype), zarr_format=3),
-                                          chunk_shape=(1,) * ndim, dimension_names=("d",) * ndim, attributes={})
-    doc = json.loads(meta.to_buffer_dict(default_buffer_prototype())["zarr.json"].to_bytes())
-    cke = doc.get("chunk_key_encoding", {})
-    if not _fast_codecs_ok(doc["codecs"]) or cke != {"name": "default", "configuration": {"separator": "/"}}:
+    mem = MemoryStore()
+    ones = (1,) * ndim
+    zarr.create_array(store=mem, name="a", shape=ones, dtype=np.dtype(dtype), chunks=ones,
+                      shards=ones if sharded else None, dimension_names=("d",) * ndim,
+                      chunk_key_encoding=CHUNK_KEY_ENCODING, compressors=_zstd_codec())
+    doc = json.loads(sync(mem.get("a/zarr.json", prototype=_prototype())).to_bytes())
+    codecs = [dict(c) for c in doc["codecs"]]
+    if sharded:
+        if len(codecs) != 1 or codecs[0].get("name") != "sharding_indexed":
+            return None
+        conf = codecs[0]["configuration"]
+        if (not _little_endian_zstd(conf.get("codecs")) or conf.get("index_codecs") != _INDEX_CODECS
+                or conf.get("index_location") != "end"):
+            return None
+    elif not _little_endian_zstd(codecs):
+        return None
+    if doc.get("chunk_key_encoding") != CHUNK_KEY_ENCODING:
         return None
     return json.dumps(doc)
 
 
-def _encode_arrays(arrays: list) -> list[tuple[str, bytes]] | None:
-    """Metadata documents and encoded chunks of an example's arrays, keyed relative to its group.
+def _zstd_codec():
+    from zarr.codecs import ZstdCodec
+
+    return ZstdCodec(level=ZSTD_LEVEL)
+
+
+def _prototype():
+    from zarr.core.buffer import default_buffer_prototype
+
+    return default_buffer_prototype()
+
+
+@functools.lru_cache(maxsize=64)
+def _shard_order(counts: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
+    """The order zarr lays chunks out in a shard (Morton order); any order reads the same, this
+    one makes the file byte-for-byte what zarr writes."""
+    try:
+        from zarr.core.indexing import morton_order_iter
+
+        return tuple(tuple(int(i) for i in c) for c in morton_order_iter(counts))
+    except ImportError:  # moved in a later zarr: C order is just as valid
+        return tuple(np.ndindex(*counts))
+
+
+def _encode_shard(data: np.ndarray, inner: tuple[int, ...], zstd) -> bytes | None:
+    """One shard holding the whole array: the zstd-compressed inner chunks, then the index of their
+    (offset, length) as little-endian uint64 and the index's CRC32C (zarr's sharding_indexed format,
+    index at the end). None if the inner chunks do not tile the array."""
+    import google_crc32c
+
+    if any(s % c for s, c in zip(data.shape, inner)):
+        return None
+    counts = tuple(s // c for s, c in zip(data.shape, inner))
+    index = np.full(counts + (2,), _EMPTY, dtype="<u8")
+    parts, offset = [], 0
+    for idx in _shard_order(counts):
+        block = data[tuple(slice(i * c, (i + 1) * c) for i, c in zip(idx, inner))]
+        encoded = zstd.encode(np.ascontiguousarray(block))
+        index[idx] = (offset, len(encoded))
+        parts.append(encoded)
+        offset += len(encoded)
+    raw = index.tobytes()
+    parts.append(raw)
+    parts.append(np.array([google_crc32c.value(raw)], dtype="<u4").tobytes())
+    return b"".join(parts)
+
+
+def _encode_arrays(arrays: list[_ArrayPlan]) -> list[tuple[str, bytes]] | None:
+    """Metadata documents and encoded chunk / shard files of an example's arrays, keyed relative to
+    its group.
 
     Zarr's own write path costs a few event-loop trips and thread hops per chunk, which for a
     small model took longer than the forward pass. Here each metadata document is zarr's own
-    (``_metadata_template``) with the shape, chunks, names and attributes filled in, and each
-    chunk is what zarr's codecs produce: little-endian C-order bytes compressed with zstd, under
-    zarr's default chunk key ``c/i/j/...``. If zarr's defaults ever differ, returns None and the
-    caller falls back to zarr's writer, so the format cannot drift (a test compares both paths).
+    (``_metadata_template``) with the shape, chunks, names and attributes filled in, and each file
+    is what zarr's codecs produce: little-endian C-order bytes compressed with zstd, in one chunk
+    or in one shard with zarr's index. If zarr's defaults ever differ, returns None and the caller
+    falls back to zarr's writer, so the format cannot drift (a test compares both paths).
     """
     from numcodecs.zstd import Zstd
 
-    zstd = Zstd(level=0, checksum=False)
+    zstd = Zstd(level=ZSTD_LEVEL, checksum=False)
     sep = CHUNK_KEY_ENCODING["configuration"]["separator"]
     out: list[tuple[str, bytes]] = []
     groups = set()
-    for name, data, dims, chunks, attrs in arrays:
-        data = np.ascontiguousarray(data)
-        chunks = tuple(int(c) for c in (chunks or data.shape))
-        template = _metadata_template(data.dtype.str, data.ndim)
-        if template is None or data.ndim == 0 or min(chunks) < 1:
+    for plan in arrays:
+        data = np.ascontiguousarray(plan.data)
+        sharded = plan.inner_chunks is not None
+        template = _metadata_template(data.dtype.str, data.ndim, sharded)
+        if template is None or data.ndim == 0 or min(data.shape) < 1:
             return None
+        little = data.astype(data.dtype.newbyteorder("<"), copy=False)
         doc = json.loads(template)
         doc["shape"] = list(data.shape)
-        doc["chunk_grid"]["configuration"]["chunk_shape"] = list(chunks)
-        doc["dimension_names"] = list(dims)
-        doc["chunk_key_encoding"] = CHUNK_KEY_ENCODING
-        doc["attributes"] = _jsonable(attrs or {})
-        out.append((f"{name}/zarr.json", json.dumps(doc).encode()))  # no indent: C encoder
-        little = data.astype(data.dtype.newbyteorder("<"), copy=False)
-        counts = [-(-s // c) for s, c in zip(data.shape, chunks)]
-        for idx in np.ndindex(*counts):
-            block = little[tuple(slice(i * c, (i + 1) * c) for i, c in zip(idx, chunks))]
-            if block.shape != chunks:  # edge chunk: zarr stores full-size chunks padded with fill
-                full = np.zeros(chunks, dtype=little.dtype)
-                full[tuple(slice(0, n) for n in block.shape)] = block
-                block = full
-            key = sep.join(["c", *(str(i) for i in idx)])
-            out.append((f"{name}/{key}", zstd.encode(np.ascontiguousarray(block))))
-        if "/" in name:
-            groups.add(name.rsplit("/", 1)[0])
+        doc["chunk_grid"]["configuration"]["chunk_shape"] = list(data.shape)  # one chunk / shard
+        doc["dimension_names"] = list(plan.dims)
+        doc["attributes"] = _jsonable(plan.attrs or {})
+        if sharded:
+            inner = tuple(int(c) for c in plan.inner_chunks)
+            doc["codecs"][0]["configuration"]["chunk_shape"] = list(inner)
+            payload = _encode_shard(little, inner, zstd)
+            if payload is None:
+                return None
+        else:
+            payload = zstd.encode(little)
+        out.append((f"{plan.name}/zarr.json", json.dumps(doc).encode()))  # no indent: C encoder
+        out.append((f"{plan.name}/{sep.join(['c'] + ['0'] * data.ndim)}", payload))
+        if "/" in plan.name:
+            groups.add(plan.name.rsplit("/", 1)[0])
     group_doc = json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {}}).encode()
     out.extend((f"{g}/zarr.json", group_doc) for g in sorted(groups))
     return out
 
 
-def _encode_and_write_local(root: Path, arrays: list) -> bool:
-    """Encode and write every file of an example under a fresh directory ``root``.
+def _write_files(base: str, encoded: list[tuple[str, bytes]]) -> None:
+    """Write every file of an example under the existing directory ``base``.
 
-    Plain ``os`` calls on string paths: for a small model an example is ~40 small files, and
-    pathlib objects and buffered file objects cost more than the writes themselves.
+    Plain ``os`` calls on string paths: an example is a dozen small files, and pathlib objects and
+    buffered file objects cost more than the writes themselves.
     """
-    import os
-
-    encoded = _encode_arrays(arrays)
-    if encoded is None:
-        return False
-    base = str(root)
-    os.makedirs(base, exist_ok=True)
     made = set()
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
     for key, data in encoded:
         parent = key.rpartition("/")[0]
         if parent and parent not in made:  # each directory once, parents first
@@ -700,37 +810,59 @@ def _encode_and_write_local(root: Path, arrays: list) -> bool:
                     except FileExistsError:
                         pass
                     made.add(sub)
-        fd = os.open(f"{base}/{key}", flags, 0o666)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-        finally:
-            os.close(fd)
+        _write_file(f"{base}/{key}", data)
+
+
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
+
+
+def _write_file(path: str, data: bytes, flags: int = _CREATE) -> None:
+    fd = os.open(path, flags, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
+def _encode_and_write_local(root: Path, arrays: list) -> bool:
+    """Encode and write every file of an example under ``root`` (made if missing)."""
+    encoded = _encode_arrays(arrays)
+    if encoded is None:
+        return False
+    os.makedirs(root, exist_ok=True)
+    _write_files(str(root), encoded)
     return True
 
 
 def _write_example_local(root: Path, arrays: list, attrs: dict) -> bool | None:
     """The commit protocol on a local directory; None when zarr must encode (codecs differ)."""
-    import os
     import shutil
 
-    doc = root / "zarr.json"
-    if doc.exists():
-        try:
-            if json.loads(doc.read_text()).get("attributes", {}).get("committed") is True:
-                return False
-        except ValueError:  # half-written metadata: not committed
-            pass
-    if root.exists():  # the leftover of a killed run
-        shutil.rmtree(root)
-    if not _encode_and_write_local(root, arrays):
+    encoded = _encode_arrays(arrays)
+    if encoded is None:
         return None
+    base = str(root)
+    try:
+        os.mkdir(base)  # the usual case: a new example (the run's examples/ directory exists)
+    except FileNotFoundError:
+        os.makedirs(base)
+    except FileExistsError:
+        try:
+            with open(f"{base}/zarr.json", "rb") as f:
+                if json.loads(f.read()).get("attributes", {}).get("committed") is True:
+                    return False
+        except (OSError, ValueError):  # no or half-written metadata: not committed
+            pass
+        shutil.rmtree(base)  # the leftover of a killed run
+        os.mkdir(base)
+    _write_files(base, encoded)
     # The group document, with the commit marker, goes last and appears atomically.
     group_doc = {"zarr_format": 3, "node_type": "group", "attributes": {**attrs, "committed": True}}
-    tmp = root / f".zarr.json.{os.getpid()}.partial"
-    tmp.write_text(json.dumps(group_doc))
-    os.replace(tmp, doc)
+    tmp = f"{base}/.zarr.json.{os.getpid()}.partial"
+    _write_file(tmp, json.dumps(group_doc).encode())
+    os.replace(tmp, f"{base}/zarr.json")
     return True
 
 

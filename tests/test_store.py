@@ -35,13 +35,33 @@ def test_arrays_have_named_dimensions_and_float16(tmp_path):
     store = VLStore(tmp_path / "s.zarr", mode="a")
     write(store, rec)
     root = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")
-    att = root[f"runs/hand/examples/{rec.example_id}/attention/self"]
+    ex = root[f"runs/hand/examples/{rec.example_id}"]
+    att = ex["attention/self"]
     assert att.metadata.dimension_names == ("layer", "head", "query", "key")
+    # one chunk per (layer, head), all in one shard (one file) per array
     assert att.dtype == np.float16 and att.chunks == (1, 1, rec.n_tokens, rec.n_tokens)
-    hid = root[f"runs/hand/examples/{rec.example_id}/hidden/joint"]
+    assert att.shards == att.shape
+    hid = ex["hidden/joint"]
     assert hid.metadata.dimension_names == ("layer", "token", "dim") and hid.dtype == np.float16
-    hs = root[f"runs/hand/examples/{rec.example_id}/head_stats/self"]
-    assert hs.metadata.dimension_names == ("stat", "layer", "head")
+    assert hid.chunks == (1, *hid.shape[1:]) and hid.shards == hid.shape
+    assert ex["image"].metadata.dimension_names == ("y", "x", "channel")
+    # the small per-example arrays live in the group document, with their dimensions named
+    hs = ex.attrs["head_stats"]["self"]
+    assert hs["dims"] == ["stat", "layer", "head"]
+    assert np.array(hs["values"]).shape == (len(hs["names"]), *rec.attention["self"].values.shape[:2])
+    assert np.array(ex.attrs["token_boxes"]).shape == (rec.n_tokens, 4)
+
+
+def test_an_example_is_a_dozen_files(tmp_path):
+    """File creation dominated a small model's recording: an example is its group document, the
+    image, and one metadata document plus one shard per attention kind and hidden stream."""
+    rec = grid_record(layers=4, heads=4)
+    write(VLStore(tmp_path / "s.zarr", mode="a"), rec)
+    ex = tmp_path / "s.zarr" / "runs" / "hand" / "examples" / rec.example_id
+    files = sorted(p.relative_to(ex).as_posix() for p in ex.rglob("*") if p.is_file())
+    assert files == ["attention/self/c.0.0.0.0", "attention/self/zarr.json", "attention/zarr.json",
+                     "hidden/joint/c.0.0.0", "hidden/joint/zarr.json", "hidden/zarr.json",
+                     "image/c.0.0.0", "image/zarr.json", "zarr.json"]
 
 
 def test_xarray_sees_named_dimensions(tmp_path):
@@ -65,16 +85,45 @@ def test_reading_one_head_reads_one_chunk(tmp_path, monkeypatch):
     seen = []
     original = LocalStore.get
 
-    async def counting_get(self, key, *a, **kw):
-        seen.append(key)
-        return await original(self, key, *a, **kw)
+    async def counting_get(self, key, prototype, byte_range=None):
+        buf = await original(self, key, prototype, byte_range)
+        seen.append((key, byte_range, 0 if buf is None else len(buf)))
+        return buf
 
     monkeypatch.setattr(LocalStore, "get", counting_get)
     head = reader.attention(rec.example_id, "self", layer=2, head=3)
     np.testing.assert_allclose(head, rec.attention["self"].values[2, 3].astype(np.float32))
-    chunks = [k for k in seen if "/c." in k]
-    assert chunks == [f"runs/hand/examples/{rec.example_id}/attention/self/c.2.3.0.0"]
-    assert not any("hidden" in k or "image" in k for k in seen)
+    shard = f"runs/hand/examples/{rec.example_id}/attention/self/c.0.0.0.0"
+    reads = [(r, n) for k, r, n in seen if "/c." in k]
+    assert all(k == shard for k, _, _ in seen if "/c." in k)
+    # two ranged reads of the shard: its index (16 chunks x 16 bytes + a 4-byte CRC), then the chunk
+    assert len(reads) == 2 and all(r is not None for r, _ in reads)
+    assert reads[0][1] == 4 * 4 * 16 + 4
+    shard_size = (tmp_path / "s.zarr" / shard).stat().st_size
+    assert reads[1][1] < shard_size / 8  # one of 16 chunks, not the shard
+    assert not any("hidden" in k or "image" in k for k, _, _ in seen)
+
+
+def test_reading_one_layer_of_hidden_states_reads_one_chunk(tmp_path, monkeypatch):
+    rec = grid_record(layers=4, heads=2)
+    write(VLStore(tmp_path / "s.zarr", mode="a"), rec)
+    reader = VLStore(tmp_path / "s.zarr").run("hand")
+    from zarr.storage import LocalStore
+
+    sizes = []
+    original = LocalStore.get
+
+    async def counting_get(self, key, prototype, byte_range=None):
+        buf = await original(self, key, prototype, byte_range)
+        if "/c." in key:
+            sizes.append(0 if buf is None else len(buf))
+        return buf
+
+    monkeypatch.setattr(LocalStore, "get", counting_get)
+    values, token_index = reader.hidden(rec.example_id, "joint", layer=3)
+    np.testing.assert_array_equal(values, rec.hidden["joint"].values[3].astype(np.float32))
+    shard = tmp_path / "s.zarr" / "runs" / "hand" / "examples" / rec.example_id / "hidden" / "joint" / "c.0.0.0"
+    assert len(sizes) == 2 and sum(sizes) < shard.stat().st_size / 2  # index + one of 5 layers
 
 
 def test_uncommitted_example_is_invisible_and_resume_rewrites_it(tmp_path):

@@ -26,8 +26,12 @@ def test_fast_writer_matches_zarr_writer(tmp_path, tiny_vilt, rgb_image, monkeyp
 
     rec = tiny_vilt.run(rgb_image, "what color is the shape?", label="red")
     stats = compute_head_stats(rec)
+    used = []
+    encode = zs._encode_arrays
+    monkeypatch.setattr(zs, "_encode_arrays", lambda arrays: used.append(encode(arrays)) or used[-1])
     fast = zs.VLStore(tmp_path / "fast.zarr", mode="a")
     assert fast.writer("r", {"model_id": "m"}).write(rec, stats) is True
+    assert used and used[0] is not None  # the fast path wrote it (it steps aside when zarr's defaults differ)
     with monkeypatch.context() as m:  # force zarr's own encoder (the fallback path)
         m.setattr(zs, "_encode_arrays", lambda arrays: None)
         slow = zs.VLStore(tmp_path / "slow.zarr", mode="a")
@@ -35,12 +39,14 @@ def test_fast_writer_matches_zarr_writer(tmp_path, tiny_vilt, rgb_image, monkeyp
     fast_docs, fast_chunks = _docs_and_chunks(tmp_path / "fast.zarr")
     slow_docs, slow_chunks = _docs_and_chunks(tmp_path / "slow.zarr")
     assert fast_docs == slow_docs  # same nodes, same metadata, attributes and commit marker
-    # zarr skips chunks equal to the fill value; otherwise the same chunk keys
-    assert slow_chunks <= fast_chunks
+    assert fast_chunks == slow_chunks  # same files
+    # byte for byte what zarr writes: the chunks, their order in the shard, the index and its CRC
+    for key in fast_chunks:
+        assert (tmp_path / "fast.zarr" / key).read_bytes() == (tmp_path / "slow.zarr" / key).read_bytes(), key
     base = f"runs/r/examples/{rec.example_id}"
-    att_keys = {c for c in fast_chunks if c.startswith(f"{base}/attention/self/c.")}
-    L, H = rec.attention["self"].values.shape[:2]
-    assert len(att_keys) == L * H  # one chunk per (layer, head)
+    att = zarr.open_array(str(tmp_path / "fast.zarr"), path=f"{base}/attention/self", mode="r")
+    L, H, Q, K = rec.attention["self"].values.shape
+    assert att.chunks == (1, 1, Q, K) and att.shards == (L, H, Q, K)  # one chunk per (layer, head)
     for doc in fast_docs:
         if fast_docs[doc]["node_type"] != "array":
             continue
@@ -71,20 +77,79 @@ def test_rewrite_replaces_a_leftover_and_skips_a_committed_example(tmp_path, tin
     assert w.write(rec, compute_head_stats(rec)) is False
 
 
-def test_stores_with_nested_chunk_keys_still_read(tmp_path, tiny_vilt, rgb_image, monkeypatch):
-    """Stores written before the flat chunk keys (zarr's default "c/2/3/0/0") read the same."""
+def _write_version1(path: Path, rec, stats) -> None:
+    """A store as VL-Lens wrote it before version 2: one file per chunk under zarr's default nested
+    keys, the token coordinates and head statistics as arrays of their own."""
+    root = zarr.open_group(str(path), mode="w")
+    root.attrs["vl_lens"] = {"format": "vl-lens-store", "schema_version": 1}
+    run = root.create_group("runs/r")
+    run.attrs["provenance"] = {"model_id": "m", "attention_kinds": ["self"]}
+    ex = run.create_group(f"examples/{rec.example_id}")
+
+    def put(name, data, dims, chunks=None, attrs=None):
+        arr = ex.create_array(name, shape=data.shape, dtype=data.dtype, chunks=chunks or data.shape,
+                              dimension_names=dims, attributes=attrs or {})
+        arr[...] = data
+
+    put("image", rec.image, ("y", "x", "channel"))
+    put("token_boxes", rec.token_boxes, ("token", "coord"))
+    put("token_grid", rec.token_grid, ("token", "axis"))
+    put("token_spans", rec.token_spans, ("token", "bound"))
+    att = rec.attention["self"]
+    L, H, Q, K = att.values.shape
+    put("attention/self", att.values, ("layer", "head", "query", "key"), (1, 1, Q, K),
+        {"query_index": att.query_index.tolist(), "key_index": att.key_index.tolist()})
+    hid = rec.hidden["joint"]
+    put("hidden/joint", hid.values, ("layer", "token", "dim"), (1, *hid.values.shape[1:]),
+        {"token_index": hid.token_index.tolist()})
+    for kind, hs in stats.items():
+        put(f"head_stats/{kind}", hs.values.astype(np.float32), ("stat", "layer", "head"), None,
+            {"names": list(hs.names)})
+    pred = rec.prediction
+    summary = {"example_id": rec.example_id, "question": rec.question, "label": rec.label, "answer": pred.top,
+               "confidence": pred.confidence, "answers": list(pred.answers),
+               "probabilities": list(pred.probabilities), "correct": rec.correct, "source_key": None,
+               "n_tokens": rec.n_tokens, "group": None}
+    ex.attrs.update({"question": rec.question, "tokens": list(rec.tokens), "modality": list(rec.modality),
+                     "prediction": {"answers": list(pred.answers), "probabilities": list(pred.probabilities)},
+                     "label": rec.label, "source_key": None, "notices": [], "meta": {}, "summary": summary,
+                     "committed": True})
+
+
+def test_version1_stores_still_read_and_take_new_examples(tmp_path, tiny_vilt, rgb_image):
     from analysis.head_stats import compute_head_stats
     import store.zarr_store as zs
 
-    rec = tiny_vilt.run(rgb_image, "what shape is this?")
-    nested = {"name": "default", "configuration": {"separator": "/"}}
-    monkeypatch.setattr(zs, "CHUNK_KEY_ENCODING", nested)
-    zs.VLStore(tmp_path / "old.zarr", mode="a").writer("r", {"model_id": "m"}).write(rec, compute_head_stats(rec))
-    monkeypatch.undo()
-    base = tmp_path / "old.zarr" / "runs" / "r" / "examples" / rec.example_id / "attention" / "self"
-    assert (base / "c" / "1" / "0" / "0" / "0").is_file()  # the old nested layout on disk
+    old = tiny_vilt.run(rgb_image, "what shape is this?", label="circle")
+    old_stats = compute_head_stats(old)
+    _write_version1(tmp_path / "old.zarr", old, old_stats)
+    att_dir = tmp_path / "old.zarr" / "runs" / "r" / "examples" / old.example_id / "attention" / "self"
+    assert (att_dir / "c" / "1" / "0" / "0" / "0").is_file()  # the old nested one-file-per-chunk layout
     run = zs.VLStore(tmp_path / "old.zarr").run("r")
-    np.testing.assert_array_equal(run.attention(rec.example_id, "self", layer=1, head=0),
-                                  rec.attention["self"].values[1, 0])
-    back = run.record(rec.example_id)
-    np.testing.assert_array_equal(back.hidden["joint"].values, rec.hidden["joint"].values)
+    np.testing.assert_array_equal(run.attention(old.example_id, "self", layer=1, head=0),
+                                  old.attention["self"].values[1, 0])
+    back = run.record(old.example_id)
+    np.testing.assert_array_equal(back.hidden["joint"].values, old.hidden["joint"].values)
+    np.testing.assert_array_equal(back.token_boxes, old.token_boxes)
+    np.testing.assert_array_equal(back.token_spans, old.token_spans)
+    names, values = run.head_stats(old.example_id)["self"]
+    assert names == list(old_stats["self"].names)
+    np.testing.assert_array_equal(values, old_stats["self"].values.astype(np.float32))
+
+    # Writing into it: the new example is version 2, so the store says version 2 (an older
+    # VL-Lens then asks to be upgraded instead of failing on it); both examples read.
+    new = tiny_vilt.run(rgb_image, "what color is the shape?", label="red")
+    assert new.example_id != old.example_id
+    new_stats = compute_head_stats(new)
+    writer = zs.VLStore(tmp_path / "old.zarr", mode="a").writer("r", {"model_id": "m"})
+    assert writer.write(new, new_stats) is True
+    root = json.loads((tmp_path / "old.zarr" / "zarr.json").read_text())
+    assert root["attributes"]["vl_lens"]["schema_version"] == zs.SCHEMA_VERSION == 2
+    assert writer.consolidate() == 2
+    run = zs.VLStore(tmp_path / "old.zarr").run("r")
+    ids, names, stats = run.head_stats_all("self")
+    assert sorted(ids) == sorted([old.example_id, new.example_id])
+    by_id = dict(zip(ids, stats))
+    np.testing.assert_array_equal(by_id[new.example_id], new_stats["self"].values.astype(np.float32))
+    np.testing.assert_array_equal(by_id[old.example_id], old_stats["self"].values.astype(np.float32))
+    np.testing.assert_array_equal(run.record(new.example_id).attention["self"].values, new.attention["self"].values)
