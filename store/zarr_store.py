@@ -60,6 +60,8 @@ def _jsonable(obj):
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
+        if all(type(v) is str for v in obj):  # tokens, modality: nothing to convert
+            return list(obj)
         return [_jsonable(v) for v in obj]
     if isinstance(obj, np.ndarray):
         if obj.dtype.kind in "iub":  # integers and booleans: tolist() is already plain JSON
@@ -722,8 +724,8 @@ def _shard_order(counts: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
         return tuple(np.ndindex(*counts))
 
 
-def _encode_shard(data: np.ndarray, inner: tuple[int, ...], zstd) -> bytes | None:
-    """One shard holding the whole array: the zstd-compressed inner chunks, then the index of their
+def _encode_shard(data: np.ndarray, inner: tuple[int, ...], compress) -> bytes | None:
+    """One shard holding the whole array: the compressed inner chunks, then the index of their
     (offset, length) as little-endian uint64 and the index's CRC32C (zarr's sharding_indexed format,
     index at the end). None if the inner chunks do not tile the array."""
     import google_crc32c
@@ -731,18 +733,22 @@ def _encode_shard(data: np.ndarray, inner: tuple[int, ...], zstd) -> bytes | Non
     if any(s % c for s, c in zip(data.shape, inner)):
         return None
     counts = tuple(s // c for s, c in zip(data.shape, inner))
+    # (count_0, inner_0, count_1, inner_1, ...) -> (count_0, count_1, ..., inner_0, inner_1, ...):
+    # blocks[idx] is chunk idx, without slicing arithmetic per chunk.
+    split = [n for pair in zip(counts, inner) for n in pair]
+    ndim = data.ndim
+    blocks = data.reshape(split).transpose([*range(0, 2 * ndim, 2), *range(1, 2 * ndim, 2)])
+    order = _shard_order(counts)
+    encoded = [compress(np.ascontiguousarray(blocks[idx])) for idx in order]
+    lengths = np.fromiter((len(e) for e in encoded), dtype="<u8", count=len(encoded))
     index = np.full(counts + (2,), _EMPTY, dtype="<u8")
-    parts, offset = [], 0
-    for idx in _shard_order(counts):
-        block = data[tuple(slice(i * c, (i + 1) * c) for i, c in zip(idx, inner))]
-        encoded = zstd.encode(np.ascontiguousarray(block))
-        index[idx] = (offset, len(encoded))
-        parts.append(encoded)
-        offset += len(encoded)
+    where = tuple(np.array(order, dtype=np.intp).T)
+    index[where + (0,)] = np.cumsum(lengths) - lengths
+    index[where + (1,)] = lengths
     raw = index.tobytes()
-    parts.append(raw)
-    parts.append(np.array([google_crc32c.value(raw)], dtype="<u4").tobytes())
-    return b"".join(parts)
+    encoded.append(raw)
+    encoded.append(np.array([google_crc32c.value(raw)], dtype="<u4").tobytes())
+    return b"".join(encoded)
 
 
 def _encode_arrays(arrays: list[_ArrayPlan]) -> list[tuple[str, bytes]] | None:
@@ -756,9 +762,11 @@ def _encode_arrays(arrays: list[_ArrayPlan]) -> list[tuple[str, bytes]] | None:
     or in one shard with zarr's index. If zarr's defaults ever differ, returns None and the caller
     falls back to zarr's writer, so the format cannot drift (a test compares both paths).
     """
-    from numcodecs.zstd import Zstd
+    from numcodecs.zstd import compress as zstd_compress
 
-    zstd = Zstd(level=ZSTD_LEVEL, checksum=False)
+    def compress(block: np.ndarray) -> bytes:
+        return zstd_compress(block, ZSTD_LEVEL)
+
     sep = CHUNK_KEY_ENCODING["configuration"]["separator"]
     out: list[tuple[str, bytes]] = []
     groups = set()
@@ -777,11 +785,11 @@ def _encode_arrays(arrays: list[_ArrayPlan]) -> list[tuple[str, bytes]] | None:
         if sharded:
             inner = tuple(int(c) for c in plan.inner_chunks)
             doc["codecs"][0]["configuration"]["chunk_shape"] = list(inner)
-            payload = _encode_shard(little, inner, zstd)
+            payload = _encode_shard(little, inner, compress)
             if payload is None:
                 return None
         else:
-            payload = zstd.encode(little)
+            payload = compress(little)
         out.append((f"{plan.name}/zarr.json", json.dumps(doc).encode()))  # no indent: C encoder
         out.append((f"{plan.name}/{sep.join(['c'] + ['0'] * data.ndim)}", payload))
         if "/" in plan.name:
