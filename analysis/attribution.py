@@ -30,7 +30,6 @@ import re
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch

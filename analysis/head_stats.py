@@ -23,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from store.schema import AttentionBlock, Record
+from store.schema import AttentionBlock, Record, as_float32
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -163,7 +163,7 @@ def stat_input(record: Record, kind: str) -> StatInput:
     block: AttentionBlock = record.attention[kind]
     modality = np.asarray(record.modality)
     return StatInput(
-        values=block.values.astype(np.float32),
+        values=as_float32(block.values),
         query_modality=modality[block.query_index],
         key_modality=modality[block.key_index],
         query_token=block.query_index,

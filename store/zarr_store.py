@@ -45,7 +45,8 @@ import numpy as np
 import zarr
 from zarr.core.sync import sync
 
-from store.schema import SCHEMA_VERSION, AttentionBlock, HiddenBlock, Prediction, Record, RecordError
+from store.schema import (SCHEMA_VERSION, AttentionBlock, HiddenBlock, Prediction, Record, RecordError,
+                          as_float32)
 
 FORMAT_NAME = "vl-lens-store"
 RUN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -387,8 +388,8 @@ class RunReader:
         """(query, key) of one head (one chunk), or (head, query, key) of one layer when head is None."""
         arr = self.attention_array(eid, kind)
         if head is None:
-            return arr[layer].astype(np.float32)
-        return arr[layer, head].astype(np.float32)
+            return as_float32(arr[layer])
+        return as_float32(arr[layer, head])
 
     def hidden_streams(self, eid: str) -> list[str]:
         return sorted(_list_dir(self.store._store, f"{self.path}/examples/{eid}/hidden"))
@@ -397,7 +398,7 @@ class RunReader:
         """(values, token_index): values (token, dim) of one layer, or (layer, token, dim)."""
         arr = zarr.open_array(self.store._store, path=f"{self.path}/examples/{eid}/hidden/{stream}", mode="r")
         vals = arr[:] if layer is None else arr[layer]
-        return vals.astype(np.float32), np.asarray(arr.attrs["token_index"], np.int32)
+        return as_float32(vals), np.asarray(arr.attrs["token_index"], np.int32)
 
     def head_stats(self, eid: str, attrs: dict | None = None) -> dict[str, tuple[list[str], np.ndarray]]:
         """kind -> (stat names, (stat, layer, head)). ``attrs``: the example's, if already read."""

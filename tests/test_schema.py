@@ -80,3 +80,30 @@ def test_prediction_validation():
         Prediction(answers=("a",), probabilities=(1.5,))
     with pytest.raises(RecordError, match="2 answers but 1"):
         Prediction(answers=("a", "b"), probabilities=(0.5,))
+
+
+@pytest.mark.parametrize("torch_loaded", [True, False])
+def test_float32_conversion_and_row_sums_match_numpy(torch_loaded, monkeypatch):
+    """The float16 fast path (torch, when loaded) gives numpy's answers, whatever the array's layout."""
+    import sys
+
+    import torch  # noqa: F401 - loaded, as when recording
+
+    from store.schema import as_float32, row_sums
+
+    if not torch_loaded:
+        monkeypatch.setitem(sys.modules, "torch", None)
+    rng = np.random.RandomState(0)
+    base = rng.rand(3, 2, 7, 9).astype(np.float16)
+    read_only = base.copy()
+    read_only.setflags(write=False)
+    cases = {"contiguous": base, "read-only": read_only, "reversed": base[:, :, ::-1, ::-1],
+             "transposed": base.transpose(1, 0, 3, 2), "big-endian": base.astype(">f2"),
+             "float32": base.astype(np.float32)}
+    for name, arr in cases.items():
+        got = as_float32(arr)
+        assert got.dtype == np.float32, name
+        np.testing.assert_array_equal(got, np.asarray(arr).astype(np.float32), err_msg=name)
+        np.testing.assert_allclose(row_sums(arr), np.asarray(arr).astype(np.float32).sum(-1), rtol=1e-6,
+                                   err_msg=name)
+    assert not np.shares_memory(as_float32(base), base)  # a new array: callers may write to it

@@ -49,13 +49,12 @@ Fixes made on the way in (the imported Record states which token is what):
 from __future__ import annotations
 
 import io
-import math
 import pickle
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 
