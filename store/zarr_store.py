@@ -365,7 +365,8 @@ class RunReader:
             if name in a:  # version 2: in the example's group document
                 out[name] = _array_from_json(a[name], dtype, (n, width))
             else:  # version 1: an array of its own
-                out[name] = zarr.open_array(self.store._store, path=f"{self.path}/examples/{eid}/{name}", mode="r")[:]
+                path = f"{self.path}/examples/{eid}/{name}"
+                out[name] = zarr.open_array(self.store._store, path=path, mode="r")[:]
         return out
 
     def image(self, eid: str) -> np.ndarray:
@@ -413,7 +414,8 @@ class RunReader:
             out[kind] = (list(arr.attrs["names"]), arr[:])
         return out
 
-    def head_stats_all(self, kind: str, example_ids: Iterable[str] | None = None) -> tuple[list[str], list[str], np.ndarray]:
+    def head_stats_all(self, kind: str,
+                       example_ids: Iterable[str] | None = None) -> tuple[list[str], list[str], np.ndarray]:
         """(example ids, stat names, (example, stat, layer, head)) over committed examples.
 
         Reads the consolidated index (one array read) plus any example it does not cover.
@@ -653,8 +655,8 @@ CHUNK_KEY_ENCODING = {"name": "default", "configuration": {"separator": "."}}
 # What the fast path writes; zarr's defaults must be these or the fast path steps aside.
 # zstd level -1 (zstd's fast mode): on the demo model's attention blocks a little under half the
 # time of zarr's default level (3) for files about a fifth larger, and hidden states (which barely
-# compress at any level) cost next to nothing. Store size stays well inside its goal; write time
-# does not (docs/scale.md has the figures).
+# compress at any level) cost next to nothing. The store stays at about a third of the raw float32
+# size, well inside its goal (docs/scale.md has the figures).
 ZSTD_LEVEL = -1
 _ZSTD = {"name": "zstd", "configuration": {"level": ZSTD_LEVEL, "checksum": False}}
 _INDEX_CODECS = [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}]
@@ -665,6 +667,7 @@ def _little_endian_zstd(codecs) -> bool:
     codecs = [dict(c) for c in codecs or ()]
     return (len(codecs) == 2 and codecs[0].get("name") == "bytes"
             and codecs[0].get("configuration", {}).get("endian", "little") == "little" and codecs[1] == _ZSTD)
+
 
 _EMPTY = 2**64 - 1  # a shard index entry for a chunk that is not stored
 
