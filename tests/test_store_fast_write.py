@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import zarr
 
 
@@ -153,3 +154,36 @@ def test_version1_stores_still_read_and_take_new_examples(tmp_path, tiny_vilt, r
     np.testing.assert_array_equal(by_id[new.example_id], new_stats["self"].values.astype(np.float32))
     np.testing.assert_array_equal(by_id[old.example_id], old_stats["self"].values.astype(np.float32))
     np.testing.assert_array_equal(run.record(new.example_id).attention["self"].values, new.attention["self"].values)
+
+
+def test_object_store_path_writes_the_same_files(tmp_path, tiny_vilt, rgb_image):
+    """An fsspec store (here fsspec's in-memory file system, standing in for S3) takes the
+    asynchronous write path; it must write exactly the files the local fast path writes."""
+    fsspec = pytest.importorskip("fsspec")
+    from analysis.head_stats import compute_head_stats
+    import store.zarr_store as zs
+
+    rec = tiny_vilt.run(rgb_image, "what color is the shape?", label="red")
+    stats = compute_head_stats(rec)
+    root = f"/vl-lens-test-{tmp_path.name}/s.zarr"
+    mem = fsspec.filesystem("memory")
+    try:
+        writer = zs.VLStore(f"memory://{root}", mode="a").writer("r", {"model_id": "m"})
+        assert writer.write(rec, stats) is True
+        assert writer.write(rec, stats) is False  # committed: skipped, as on disk
+        zs.VLStore(tmp_path / "local.zarr", mode="a").writer("r", {"model_id": "m"}).write(rec, stats)
+        base = f"runs/r/examples/{rec.example_id}"
+        local = {p.relative_to(tmp_path / "local.zarr" / base).as_posix(): p.read_bytes()
+                 for p in (tmp_path / "local.zarr" / base).rglob("*") if p.is_file()}
+        remote = {p.removeprefix(f"{root}/{base}/"): mem.cat_file(p) for p in mem.find(f"{root}/{base}")}
+        assert remote.keys() == local.keys()
+        for key in local:
+            if key == "zarr.json":  # the group document: same JSON (key order may differ)
+                assert json.loads(remote[key]) == json.loads(local[key])
+            else:
+                assert remote[key] == local[key], key
+        run = zs.VLStore(f"memory://{root}").run("r")
+        np.testing.assert_array_equal(run.attention(rec.example_id, "self", layer=1, head=0),
+                                      rec.attention["self"].values[1, 0].astype(np.float32))
+    finally:
+        mem.rm(root.split("/s.zarr")[0], recursive=True)
