@@ -12,6 +12,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import streamlit as st  # noqa: E402
 
+from store.zarr_store import StoreError  # noqa: E402
+
 # An emoji icon: a :material: page icon makes the browser fetch a font from the web.
 st.set_page_config(page_title="VL-Lens", page_icon="🔍", layout="wide")
 
@@ -27,4 +29,9 @@ PAGES = [
 
 pages = [st.Page(str(ROOT / f), title=t, icon=i, url_path=u, default=(u == "examples"))
          for f, t, i, u in PAGES if (ROOT / f).exists()]
-st.navigation(pages).run()
+try:
+    st.navigation(pages).run()
+except StoreError as e:
+    # A damaged example, or a store changed under the page: one line, not a traceback. Streamlit's
+    # own stop / rerun signals are not StoreErrors and pass through.
+    st.error(str(e))

@@ -363,11 +363,23 @@ class RunReader:
         n = len(out["tokens"])
         for name, (dtype, width) in TOKEN_ARRAYS.items():
             if name in a:  # version 2: in the example's group document
-                out[name] = _array_from_json(a[name], dtype, (n, width))
+                out[name] = self._json_array(eid, name, a[name], dtype, (n, width))
             else:  # version 1: an array of its own
                 path = f"{self.path}/examples/{eid}/{name}"
                 out[name] = zarr.open_array(self.store._store, path=path, mode="r")[:]
         return out
+
+    def _json_array(self, eid: str, name: str, values, dtype, shape: tuple[int, ...] | None = None) -> np.ndarray:
+        """An array kept as JSON in the example's group document; a malformed one is a StoreError."""
+        try:
+            arr = _array_from_json(values, dtype, shape)
+        except (TypeError, ValueError) as e:
+            raise StoreError(f"example {eid!r} of run {self.name!r} is corrupt: {name} is not a numeric array "
+                             f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from e
+        if shape is not None and arr.shape != shape:
+            raise StoreError(f"example {eid!r} of run {self.name!r} is corrupt: {name} must have shape {shape}, "
+                             f"got {arr.shape}")
+        return arr
 
     def image(self, eid: str) -> np.ndarray:
         return zarr.open_array(self.store._store, path=f"{self.path}/examples/{eid}/image", mode="r")[:]
@@ -405,8 +417,19 @@ class RunReader:
         """kind -> (stat names, (stat, layer, head)). ``attrs``: the example's, if already read."""
         attrs = self.attrs(eid) if attrs is None else attrs
         if "head_stats" in attrs:  # version 2: in the example's group document
-            return {kind: (list(hs["names"]), _array_from_json(hs["values"], np.float32))
-                    for kind, hs in attrs["head_stats"].items()}
+            out = {}
+            stored = attrs["head_stats"]
+            for kind, hs in (stored.items() if isinstance(stored, dict) else [("?", None)]):
+                names = hs.get("names") if isinstance(hs, dict) else None
+                if not isinstance(names, list):
+                    raise StoreError(f"example {eid!r} of run {self.name!r} is corrupt: head_stats[{kind!r}] "
+                                     "has no list of stat names")
+                values = self._json_array(eid, f"head_stats[{kind!r}]", hs.get("values"), np.float32)
+                if values.ndim != 3 or values.shape[0] != len(names):
+                    raise StoreError(f"example {eid!r} of run {self.name!r} is corrupt: head_stats[{kind!r}] "
+                                     f"must be (stat, layer, head) with {len(names)} stats, got shape {values.shape}")
+                out[kind] = (list(names), values)
+            return out
         out = {}
         base = f"{self.path}/examples/{eid}/head_stats"
         for kind in _list_dir(self.store._store, base):

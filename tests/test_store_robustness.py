@@ -63,6 +63,36 @@ def test_corrupt_example_is_skipped_and_others_still_read(tmp_path):
         reader.record("ex0001")
 
 
+@pytest.mark.parametrize("field_name,damage,message", [
+    ("token_boxes", lambda a: a.update(token_boxes=a["token_boxes"][:-1]), r"token_boxes must have shape"),
+    ("token_grid", lambda a: a.update(token_grid="garbage"), r"token_grid is not a numeric array"),
+    ("head_stats", lambda a: a["head_stats"]["self"].update(values=[[1.0]]), r"head_stats\['self'\] must be"),
+    ("head_stats", lambda a: a["head_stats"]["self"].update(values=[["x"]]), r"head_stats\['self'\] is not"),
+    ("head_stats", lambda a: a["head_stats"]["self"].pop("names"), r"head_stats\['self'\] has no list"),
+    ("head_stats", lambda a: a.update(head_stats=[1, 2]), r"head_stats\['\?'\] has no list"),
+])
+def test_malformed_arrays_in_the_example_document_are_a_clear_error(tmp_path, field_name, damage, message):
+    """Version 2 keeps token coordinates and head statistics as JSON in the example's document: a
+    damaged one gives one StoreError naming the example and the field, not a numpy traceback."""
+    from analysis.head_stats import compute_head_stats
+
+    rec = synthetic_record(0)
+    VLStore(tmp_path / "s.zarr", mode="a").writer("syn", PROVENANCE).write(rec, compute_head_stats(rec))
+    doc_path = tmp_path / "s.zarr" / "runs" / "syn" / "examples" / rec.example_id / "zarr.json"
+    doc = json.loads(doc_path.read_text())
+    damage(doc["attributes"])
+    doc_path.write_text(json.dumps(doc))
+    reader = VLStore(tmp_path / "s.zarr").run("syn")
+    read = reader.head_stats if field_name == "head_stats" else reader.tokens
+    with pytest.raises(StoreError, match=message) as e:
+        read(rec.example_id)
+    assert f"example {rec.example_id!r}" in str(e.value) and "corrupt" in str(e.value)
+    assert "\n" not in str(e.value)
+    if field_name != "head_stats":
+        with pytest.raises(StoreError, match="corrupt"):
+            reader.record(rec.example_id)
+
+
 def test_corrupt_run_group(tmp_path):
     path = make_store(tmp_path / "s.zarr", n=1)
     (path / "runs/syn/zarr.json").write_text("[]")
@@ -485,3 +515,31 @@ def test_valid_records_survive_a_store_round_trip(tmp_path, kw):
     path = Path(tempfile.mkdtemp(dir=tmp_path)) / "s.zarr"
     VLStore(path, mode="a").writer("r", PROVENANCE).write(rec)
     assert same_record(VLStore(path).run("r").record(rec.example_id), rec)
+
+
+def test_app_shows_a_damaged_example_as_one_error(tmp_path, monkeypatch):
+    """A view whose read of one example fails with a StoreError (a damaged example document, say)
+    shows that one line; the router catches it, so no page needs its own handler."""
+    from streamlit.testing.v1 import AppTest
+
+    import store.zarr_store as zs
+
+    path = make_store(tmp_path / "s.zarr", n=1)
+    reader = VLStore(path).run("syn")
+    damaged = zs.StoreError("example 'ex0000' of run 'syn' is corrupt: token_boxes is not a numeric array")
+    doc_path = path / "runs" / "syn" / "examples" / "ex0000" / "zarr.json"
+    doc = json.loads(doc_path.read_text())
+    doc_path.write_text(json.dumps({**doc, "attributes": {**doc["attributes"], "token_boxes": "x"}}))
+    with pytest.raises(StoreError):  # the kind of error a damaged document gives (tested above)
+        reader.tokens("ex0000")
+
+    def fail(self, eid):
+        raise damaged
+
+    # The default page (the example browser) reads each example's image: make that read fail.
+    monkeypatch.setattr(zs.RunReader, "image", fail)
+    monkeypatch.setenv("VL_LENS_STORE", str(path))
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=60)
+    at.run()
+    assert not at.exception, at.exception
+    assert [e.value for e in at.error] == [str(damaged)]
