@@ -595,12 +595,8 @@ class RunWriter(RunReader):
         store = self.store._store
         proto = default_buffer_prototype()
         raw = await store.get(f"{path}/zarr.json", prototype=proto)
-        if raw is not None:
-            try:
-                if json.loads(raw.to_bytes()).get("attributes", {}).get("committed") is True:
-                    return False
-            except ValueError:  # half-written metadata: not committed
-                pass
+        if raw is not None and _is_committed_doc(raw.to_bytes()):
+            return False
         # Anything at this path is the leftover of a killed run: remove it first.
         await store.delete_dir(path)
         from zarr.storage import LocalStore
@@ -871,6 +867,16 @@ def _encode_and_write_local(root: Path, arrays: list) -> bool:
     return True
 
 
+def _is_committed_doc(raw: bytes) -> bool:
+    """Whether an example's group document carries the commit marker (anything unreadable: no)."""
+    try:
+        doc = json.loads(raw)
+    except ValueError:  # half-written
+        return False
+    attrs = doc.get("attributes") if isinstance(doc, dict) else None
+    return isinstance(attrs, dict) and attrs.get("committed") is True
+
+
 def _write_example_local(root: Path, arrays: list, attrs: dict) -> bool | None:
     """The commit protocol on a local directory; None when zarr must encode (codecs differ)."""
     import shutil
@@ -886,9 +892,9 @@ def _write_example_local(root: Path, arrays: list, attrs: dict) -> bool | None:
     except FileExistsError:
         try:
             with open(f"{base}/zarr.json", "rb") as f:
-                if json.loads(f.read()).get("attributes", {}).get("committed") is True:
+                if _is_committed_doc(f.read()):
                     return False
-        except (OSError, ValueError):  # no or half-written metadata: not committed
+        except OSError:  # no metadata: not committed
             pass
         shutil.rmtree(base)  # the leftover of a killed run
         os.mkdir(base)

@@ -187,3 +187,21 @@ def test_object_store_path_writes_the_same_files(tmp_path, tiny_vilt, rgb_image)
                                       rec.attention["self"].values[1, 0].astype(np.float32))
     finally:
         mem.rm(root.split("/s.zarr")[0], recursive=True)
+
+
+@pytest.mark.parametrize("leftover_doc", [b"[1, 2]", b'{"attributes": []}', b'{"attributes": {"committed": "yes"}}',
+                                          b'{"zarr_format": 3', b""])
+def test_a_leftover_with_an_odd_group_document_is_rewritten(tmp_path, leftover_doc):
+    """Whatever a killed run or another program left as the example's document, unless it is a
+    committed group document the writer replaces the example instead of failing or skipping it."""
+    from store.zarr_store import VLStore
+    from tests.records import grid_record
+
+    rec = grid_record()
+    w = VLStore(tmp_path / "s.zarr", mode="a").writer("r", {"model_id": "m"})
+    ex = tmp_path / "s.zarr" / "runs" / "r" / "examples" / rec.example_id
+    ex.mkdir(parents=True)
+    (ex / "zarr.json").write_bytes(leftover_doc)
+    assert w.write(rec) is True
+    assert w.is_committed(rec.example_id)
+    np.testing.assert_array_equal(VLStore(tmp_path / "s.zarr").run("r").record(rec.example_id).image, rec.image)
