@@ -60,9 +60,7 @@ def row_sums(values) -> np.ndarray:
     v = np.asarray(values)
     t = _torch_view(v)
     if t is not None:
-        import torch
-
-        return t.sum(-1, dtype=torch.float32).numpy()
+        return t.sum(-1, dtype=sys.modules["torch"].float32).numpy()
     return v.sum(axis=-1, dtype=np.float32)
 
 

@@ -323,19 +323,20 @@ class RunReader:
         except Exception:
             return [], {}
 
-    def _listing(self) -> tuple[list[dict], dict[str, object], list[str]]:
-        """(summary rows of committed examples, index stat arrays, ids not covered by the index)."""
+    def _listing(self) -> tuple[list[dict], dict[str, object], dict[str, dict]]:
+        """(summary rows of committed examples, index stat arrays, the attributes of the committed
+        examples the index does not cover, read for their summaries and kept for their head stats)."""
         names = _list_dir(self.store._store, f"{self.path}/examples")
         rows, stats = self._index()
         covered = {r["example_id"] for r in rows}
         present = set(names)
         rows = [r for r in rows if r["example_id"] in present]
-        extra = []
+        extra = {}
         for eid in sorted(present - covered):
             attrs = self._example_attrs(eid)
             if attrs is not None:
                 rows.append(attrs["summary"])
-                extra.append(eid)
+                extra[eid] = attrs
         return rows, stats, extra
 
     def summaries(self) -> list[ExampleSummary]:
@@ -443,7 +444,7 @@ class RunReader:
 
         Reads the consolidated index (one array read) plus any example it does not cover.
         """
-        rows, stats, _ = self._listing()
+        rows, stats, unindexed = self._listing()
         wanted = None if example_ids is None else set(example_ids)
         ids, blocks, names = [], [], None
         full, pos = None, {}
@@ -460,7 +461,7 @@ class RunReader:
                 ids.append(eid)
                 blocks.append(full[pos[eid]])
                 continue
-            hs = self.head_stats(eid)  # not in the index yet: read it on its own
+            hs = self.head_stats(eid, unindexed.get(eid))  # not in the index: from its own document
             if kind in hs:
                 names = names or hs[kind][0]
                 ids.append(eid)
@@ -599,24 +600,15 @@ class RunWriter(RunReader):
             return False
         # Anything at this path is the leftover of a killed run: remove it first.
         await store.delete_dir(path)
-        from zarr.storage import LocalStore
-
-        if isinstance(store, LocalStore):
-            # One thread hop encodes and writes every file (no per-file hop; these files need no
-            # atomic rename: the group document written below is the example's commit).
-            done = await asyncio.to_thread(_encode_and_write_local, store.root / path, arrays)
-        else:
-            encoded = await asyncio.to_thread(_encode_arrays, arrays)
-            done = encoded is not None
-            if done:
-                await asyncio.gather(*(store.set(f"{path}/{key}", proto.buffer.from_bytes(data))
-                                       for key, data in encoded))
-        if not done:  # zarr's default codecs differ from the fast path's: let zarr encode
+        encoded = await asyncio.to_thread(_encode_arrays, arrays)
+        if encoded is None:  # zarr's default codecs differ from the fast path's: let zarr encode
             await self._write_arrays_with_zarr(path, arrays)
+        else:
+            await asyncio.gather(*(store.set(f"{path}/{key}", proto.buffer.from_bytes(data))
+                                   for key, data in encoded))
         # The group document, with the commit marker, goes last: until it is there, readers
         # ignore this example (an example directory without it is a leftover).
-        group_doc = {"zarr_format": 3, "node_type": "group", "attributes": {**attrs, "committed": True}}
-        await store.set(f"{path}/zarr.json", proto.buffer.from_bytes(json.dumps(group_doc).encode()))
+        await store.set(f"{path}/zarr.json", proto.buffer.from_bytes(_group_doc(attrs)))
         return True
 
     async def _write_arrays_with_zarr(self, path: str, arrays: list) -> None:
@@ -847,8 +839,8 @@ def _write_files(base: str, encoded: list[tuple[str, bytes]]) -> None:
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
 
 
-def _write_file(path: str, data: bytes, flags: int = _CREATE) -> None:
-    fd = os.open(path, flags, 0o666)
+def _write_file(path: str, data: bytes) -> None:
+    fd = os.open(path, _CREATE, 0o666)
     try:
         view = memoryview(data)
         while view:
@@ -857,14 +849,9 @@ def _write_file(path: str, data: bytes, flags: int = _CREATE) -> None:
         os.close(fd)
 
 
-def _encode_and_write_local(root: Path, arrays: list) -> bool:
-    """Encode and write every file of an example under ``root`` (made if missing)."""
-    encoded = _encode_arrays(arrays)
-    if encoded is None:
-        return False
-    os.makedirs(root, exist_ok=True)
-    _write_files(str(root), encoded)
-    return True
+def _group_doc(attrs: dict) -> bytes:
+    """An example's group document with the commit marker: the last thing written for it."""
+    return json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {**attrs, "committed": True}}).encode()
 
 
 def _is_committed_doc(raw: bytes) -> bool:
@@ -900,9 +887,8 @@ def _write_example_local(root: Path, arrays: list, attrs: dict) -> bool | None:
         os.mkdir(base)
     _write_files(base, encoded)
     # The group document, with the commit marker, goes last and appears atomically.
-    group_doc = {"zarr_format": 3, "node_type": "group", "attributes": {**attrs, "committed": True}}
     tmp = f"{base}/.zarr.json.{os.getpid()}.partial"
-    _write_file(tmp, json.dumps(group_doc).encode())
+    _write_file(tmp, _group_doc(attrs))
     os.replace(tmp, f"{base}/zarr.json")
     return True
 
