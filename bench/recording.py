@@ -51,13 +51,12 @@ def measure(adapter, examples, *, warmup: int = 2) -> dict:
             raw += sum(b.values.size * 4 for b in rec.attention.values())
             raw += sum(b.values.size * 4 for b in rec.hidden.values())
         n = len(bare)
-        # Every file of the measured examples (warm-up examples excluded).
+        # Every file of every stored example (warm-up ones too: same model, same sizes), per example.
         ex_dir = Path(tmp) / "s.zarr" / "runs" / "bench" / "examples"
-        kept = {rec_id for rec_id in [p.name for p in ex_dir.iterdir()]}
-        stored = dir_bytes(ex_dir) * n / max(len(kept), 1)
+        n_stored = sum(1 for _ in ex_dir.iterdir())
         return {"n": n, "bare": median(bare), "record": median(rec_t),
                 "parts": {k: median(v) for k, v in parts.items()}, "raw_bytes": raw / n,
-                "stored_bytes": stored / n, "tokens": rec.n_tokens}
+                "stored_bytes": dir_bytes(ex_dir) / max(n_stored, 1), "tokens": rec.n_tokens}
 
 
 def run(quick: bool = False) -> dict:
