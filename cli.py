@@ -56,9 +56,9 @@ def main(argv=None) -> int:
     except Exception as e:  # one clear line for the user; tracebacks on request
         if os.environ.get("VL_LENS_DEBUG"):
             raise
-        from adapters.base import AdapterError, InputError
-        from sources.base import SourceError
-        from store.zarr_store import StoreError
+        from core.errors import AdapterError, InputError
+        from core.errors import SourceError
+        from core.errors import StoreError
 
         known = (AdapterError, InputError, SourceError, StoreError, FileNotFoundError, ValueError)
         prefix = "error" if isinstance(e, known) else f"error ({type(e).__name__})"

@@ -10,9 +10,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from adapters.base import Adapter, InputError
+from adapters.base import Adapter
+from core.errors import InputError
 from analysis.head_stats import compute_head_stats
-from sources.base import Example, SourceError
+from sources.base import Example
+from core.errors import SourceError
 from store.zarr_store import VLStore
 
 log = logging.getLogger("vl_lens.record")
@@ -32,7 +34,7 @@ def record_examples(adapter: Adapter, examples: Iterable[Example], store: VLStor
                     on_progress: Callable[[int, int | None], None] | None = None,
                     consolidate: bool = True) -> RecordResult:
     """Record examples with one adapter into ``store`` under run name ``run``."""
-    from adapters.base import example_id_of
+    from core.ids import example_id_of
 
     writer = store.writer(run, adapter.provenance())
     done = writer.committed_ids()

@@ -68,9 +68,10 @@ def _examples(dataset_spec: str, split: str | None, start: int, stop: int):
 def record_chunk(model: str, dataset_spec: str, split: str | None, start: int, stop: int, out: str,
                  run_name: str, provenance: dict, top_k: int = 5) -> ChunkResult:
     """Record examples [start, stop) of a data set into ``out``; runs on a worker process."""
-    from adapters.base import InputError, example_id_of
+    from core.errors import InputError
+    from core.ids import example_id_of
     from analysis.head_stats import compute_head_stats
-    from sources.base import SourceError
+    from core.errors import SourceError
     from store.zarr_store import VLStore
 
     adapter = _adapter(model)
@@ -130,7 +131,8 @@ def record_parallel(model: str, dataset_spec: str, split: str | None, limit: int
     from distributed import Client, LocalCluster, as_completed
 
     from sources import open_source
-    from store.zarr_store import StoreError, VLStore
+    from core.errors import StoreError
+    from store.zarr_store import VLStore
 
     if workers < 1:
         raise ValueError("--workers must be at least 1")

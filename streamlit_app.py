@@ -12,7 +12,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import streamlit as st  # noqa: E402
 
-from store.zarr_store import StoreError  # noqa: E402
+from core.errors import StoreError  # noqa: E402
 
 # An emoji icon: a :material: page icon makes the browser fetch a font from the web.
 st.set_page_config(page_title="VL-Lens", page_icon="🔍", layout="wide")

@@ -18,7 +18,6 @@ Loading never passes ``trust_remote_code``. Models are put in eval mode.
 """
 from __future__ import annotations
 
-import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,29 +26,9 @@ from typing import ClassVar
 import numpy as np
 from PIL import Image
 
+from core.errors import AdapterError
+from core.ids import example_id_of
 from store.schema import AttentionBlock, HiddenBlock, Prediction, Record
-
-
-class AdapterError(RuntimeError):
-    """A model could not be loaded or run; the message says why and what to do."""
-
-
-class InputError(ValueError):
-    """The user's input (image, question) cannot be used; the message says why."""
-
-
-def image_bytes_of(image: Image.Image) -> bytes:
-    """Canonical bytes of an image for hashing: mode + size + raw RGB pixels."""
-    rgb = image.convert("RGB")
-    return f"{rgb.size}".encode() + rgb.tobytes()
-
-
-def example_id_of(image: Image.Image, question: str) -> str:
-    """Content hash of (image pixels, question); the same in every adapter, so runs join."""
-    h = hashlib.sha256()
-    h.update(hashlib.sha256(image_bytes_of(image)).digest())
-    h.update(" ".join(question.strip().split()).encode("utf-8"))
-    return h.hexdigest()[:24]
 
 
 def display_copy(image: Image.Image, max_side: int = 384) -> np.ndarray:

@@ -26,7 +26,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from adapters.base import Adapter, AdapterError, AttributionSpec, example_id_of, single_stream_record
+from adapters.base import Adapter, AttributionSpec, single_stream_record
+from core.errors import AdapterError
+from core.ids import example_id_of
 from adapters.kdvlp_model import (CheckpointError, KdvlpModel, images_to_uint8, load_model, normalize_pixels,
                                   save_checkpoint)
 from adapters.lxmert import ResizedPixelCache

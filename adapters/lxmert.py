@@ -40,8 +40,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from adapters.base import (Adapter, AdapterError, AttributionSpec, InputError, display_copy, example_id_of,
-                           stack_layers)
+from adapters.base import Adapter, AttributionSpec, display_copy, stack_layers
+from core.errors import AdapterError, InputError
+from core.ids import example_id_of
 from adapters.vilt import check_image, check_question, load_error, resolve_source
 from store.schema import AttentionBlock, HiddenBlock, Prediction, Record
 

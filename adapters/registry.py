@@ -1,11 +1,10 @@
 """The one registry of model adapters: name -> class. Explicit, no import side effects."""
 from __future__ import annotations
 
-from pathlib import Path
 
-from adapters.base import Adapter, AdapterError
+from adapters.base import Adapter
+from core.errors import AdapterError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _vilt():

@@ -22,11 +22,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from adapters.base import (Adapter, AdapterError, AttributionSpec, InputError, example_id_of,
-                           single_stream_record)
+from adapters.base import Adapter, AttributionSpec, single_stream_record
+from core.errors import AdapterError, InputError
+from core.ids import example_id_of
 from store.schema import Prediction, Record
+from core.paths import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 IMAGE_CLS = "[IMG]"

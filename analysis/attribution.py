@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from adapters.base import AdapterError, AttributionSpec, InputError
+from core.errors import AdapterError, InputError
+from adapters.base import AttributionSpec
 
 METHODS = ("ig", "rollout", "relevance", "occlusion", "attention")
 # |delta| / |f(x) - f(baseline)| above this: the IG map is shown with a warning (raise n_steps).

@@ -16,7 +16,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from bench.common import REPO_ROOT, demo_vilt, figure, median
+from core.paths import REPO_ROOT
+from bench.common import demo_vilt, figure, median
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]

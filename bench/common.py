@@ -4,8 +4,8 @@ from __future__ import annotations
 import statistics
 import time
 from pathlib import Path
+from core.paths import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_VILT_DIR = REPO_ROOT / "demo" / "models" / "vilt-easyvqa"
 
 

@@ -61,7 +61,7 @@ def _file_name(source_key: str) -> str:
 
 
 def run(args) -> int:
-    from adapters.base import InputError
+    from core.errors import InputError
     from adapters.registry import load_model, resolve_model
     from analysis.attribution import attribute, get_method
 

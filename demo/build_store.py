@@ -11,7 +11,8 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from adapters.registry import DEMO_MODELS, MODELS, REPO_ROOT
+from adapters.registry import DEMO_MODELS, MODELS
+from core.paths import REPO_ROOT
 
 # Examples per demo model in the store built on first start (VL_LENS_DEMO_LIMIT overrides).
 DEFAULT_LIMIT = int(os.environ.get("VL_LENS_DEMO_LIMIT", "120"))
@@ -49,7 +50,7 @@ def build_demo_store(out: str | Path, *, limit: int | None = None, models: list[
 
 
 def main(argv=None):
-    from ui.paths import default_store
+    from core.paths import default_store
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=None, help="store path (default: the app's demo store)")

@@ -15,7 +15,6 @@ import base64
 import hashlib
 import io
 import os
-from pathlib import Path
 
 import altair as alt
 import numpy as np
@@ -23,11 +22,11 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from adapters.base import AdapterError, InputError
+from core.errors import AdapterError, InputError
 from analysis.attribution import METHODS, attribute, estimate_seconds, resolve_target, time_one_forward
 from analysis.faithfulness import deletion_curve, random_deletion_curve, rank_agreement
+from core.paths import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 MAX_SIDE = 512  # uploads are reduced to this before anything else (the models read 384 px or less)
 # methods estimated above this many seconds wait for a click (VL_LENS_ASK_LONG_SECONDS overrides it)
 LONG_SECONDS = float(os.environ.get("VL_LENS_ASK_LONG_SECONDS", "4") or 4)

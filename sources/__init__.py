@@ -2,6 +2,7 @@
 
 Named ``sources`` rather than ``datasets`` so it never shadows the Hugging Face library.
 """
-from sources.base import Example, DataSource, open_source, SourceError
+from sources.base import Example, DataSource, open_source
+from core.errors import SourceError
 
 __all__ = ["Example", "DataSource", "open_source", "SourceError"]

@@ -6,7 +6,6 @@ A source spec is a short string (``easyvqa``, ``easyvqa:train``, and the formats
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,17 +13,8 @@ from typing import Callable, Iterable, Iterator
 
 from PIL import Image
 
-
-class SourceError(ValueError):
-    """A data set could not be opened or one of its rows is unusable; the message names file and row."""
-
-
-def example_id_for(image_bytes: bytes, question: str) -> str:
-    """Content hash of (image bytes, question): the join key between two models' records."""
-    h = hashlib.sha256()
-    h.update(hashlib.sha256(image_bytes).digest())
-    h.update(question.strip().encode("utf-8"))
-    return h.hexdigest()[:24]
+from core.errors import SourceError
+from core.ids import example_id_of
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,7 +39,7 @@ class Example:
 
     def image(self) -> Image.Image:
         """The decoded RGB image; an unreadable file raises SourceError naming the file and row."""
-        from adapters.base import InputError
+        from core.errors import InputError
         from sources.images import decode_image
 
         data = self.image_bytes()
@@ -61,7 +51,7 @@ class Example:
 
     @property
     def example_id(self) -> str:
-        return example_id_for(self.image_bytes(), self.question)
+        return example_id_of(self.image(), self.question)
 
 
 class DataSource:

@@ -11,7 +11,8 @@ from typing import Iterator
 
 import numpy as np
 
-from sources.base import DataSource, Example, SourceError
+from sources.base import DataSource, Example
+from core.errors import SourceError
 
 
 def _lib():

@@ -30,8 +30,8 @@ import json
 from pathlib import Path
 from typing import Iterator
 
-from sources.base import (DataSource, Example, SourceError, answers_from_value, best_answer, file_image_loader,
-                          parse_options, resolve_path)
+from sources.base import DataSource, Example, answers_from_value, best_answer, file_image_loader, parse_options, resolve_path
+from core.errors import SourceError
 from sources.multiple_choice import DEFAULT_SEP, expand_item
 
 OPTIONS = ("file", "images", "image", "question", "answer", "answers", "id", "sep")

@@ -21,8 +21,8 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from sources.base import (DataSource, Example, SourceError, answers_from_value, best_answer, parse_options,
-                          resolve_path)
+from sources.base import DataSource, Example, answers_from_value, best_answer, parse_options, resolve_path
+from core.errors import SourceError
 
 OPTIONS = ("image", "question", "answer", "answers", "id", "split")
 BATCH = 256

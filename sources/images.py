@@ -21,7 +21,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from adapters.base import InputError
+from core.errors import InputError
 
 MAX_PIXELS = 120_000_000  # declared width x height beyond this is refused (a 100 MP photo still opens)
 MAX_BYTES = 200 * 1024 * 1024

@@ -27,7 +27,8 @@ import json
 from pathlib import Path
 from typing import Iterator
 
-from sources.base import DataSource, Example, SourceError, file_image_loader, parse_options, resolve_path
+from sources.base import DataSource, Example, file_image_loader, parse_options, resolve_path
+from core.errors import SourceError
 
 OPTIONS = ("images", "sep", "label")
 DEFAULT_SEP = "[SEP]"

@@ -14,7 +14,8 @@ spec and ``--split``), so a spec string alone says everything. See docs/data.md.
 """
 from __future__ import annotations
 
-from sources.base import DataSource, SourceError
+from sources.base import DataSource
+from core.errors import SourceError
 
 KNOWN = ("easyvqa[:train|test]", "vqa:QUESTIONS.json,ANNOTATIONS.json,IMAGES_DIR", "folder:DIR",
          "hf:NAME_OR_DIR[:SPLIT]", "mc:FILE.jsonl")

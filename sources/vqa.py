@@ -27,7 +27,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
-from sources.base import DataSource, Example, SourceError, best_answer, parse_options, resolve_path, soft_scores
+from sources.base import DataSource, Example, best_answer, parse_options, resolve_path, soft_scores
+from core.errors import SourceError
 
 OPTIONS = ("image_pattern", "normalize")
 

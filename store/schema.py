@@ -22,6 +22,8 @@ from typing import Mapping
 
 import numpy as np
 
+from core.errors import RecordError
+
 SCHEMA_VERSION = 2  # store layout version; see store/zarr_store.py (version 1 stores still read)
 MODALITIES = ("text", "image", "special")
 # Tolerance on attention row sums: values are stored in float16 (about 3 significant digits).
@@ -62,10 +64,6 @@ def row_sums(values) -> np.ndarray:
     if t is not None:
         return t.sum(-1, dtype=sys.modules["torch"].float32).numpy()
     return v.sum(axis=-1, dtype=np.float32)
-
-
-class RecordError(ValueError):
-    """A Record (or one of its parts) is invalid. The message names the field."""
 
 
 def _fail(field_name: str, problem: str):

@@ -45,15 +45,11 @@ import numpy as np
 import zarr
 from zarr.core.sync import sync
 
-from store.schema import (SCHEMA_VERSION, AttentionBlock, HiddenBlock, Prediction, Record, RecordError,
-                          as_float32)
+from core.errors import RecordError, StoreError
+from store.schema import SCHEMA_VERSION, AttentionBlock, HiddenBlock, Prediction, Record, as_float32
 
 FORMAT_NAME = "vl-lens-store"
 RUN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-
-
-class StoreError(RuntimeError):
-    """The store cannot be used: missing, foreign, corrupt, newer, or read-only. Message says which."""
 
 
 def _jsonable(obj):

@@ -88,7 +88,7 @@ def test_overlong_question_is_truncated_with_notice(adapter_and_image):
 
 
 def test_empty_question_is_a_clear_input_error(adapter_and_image):
-    from adapters.base import InputError
+    from core.errors import InputError
 
     adapter, image = adapter_and_image
     with pytest.raises(InputError, match="empty"):

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from adapters.base import AdapterError, AttributionSpec, InputError
+from core.errors import AdapterError, InputError
+from adapters.base import AttributionSpec
 from analysis.attribution import (METHODS, AttentionStep, Target, attribute, choose_internal_batch,
                                   estimate_seconds, relevance_matrix, resolve_target, rollout_matrix)
 from tests.attribution_models import make_signal_vilt, shape_image

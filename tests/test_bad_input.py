@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from adapters.base import InputError
+from core.errors import InputError
 from sources.images import MAX_PIXELS, WORK_SIDE, decode_image
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from adapters.base import AdapterError
+from core.errors import AdapterError
 
 Q = "what color is the shape?"
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from adapters.base import AdapterError, InputError
+from core.errors import AdapterError, InputError
 from adapters.lxmert import KINDS, LxmertAdapter, RegionFeatures, load_regions_npz
 from tests.tiny_lxmert import TINY_FEAT_DIM, TINY_GRID, make_tiny_lxmert
 

@@ -45,7 +45,7 @@ def test_errors_are_one_clear_line(args, message, tmp_path):
 
 
 def test_unreachable_hub_is_a_clear_error(monkeypatch):
-    from adapters.base import AdapterError
+    from core.errors import AdapterError
     from adapters.registry import load_model
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

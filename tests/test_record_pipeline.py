@@ -8,7 +8,8 @@ import pytest
 
 from record import limited, record_examples
 from sources.easyvqa import EasyVQA
-from store.zarr_store import RunWriter, StoreError, VLStore
+from store.zarr_store import RunWriter, VLStore
+from core.errors import StoreError
 
 
 def _examples(n):

@@ -6,7 +6,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from store.schema import AttentionBlock, HiddenBlock, Prediction, RecordError
+from store.schema import AttentionBlock, HiddenBlock, Prediction
+from core.errors import RecordError
 from tests.records import grid_record
 
 

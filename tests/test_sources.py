@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sources import SourceError, open_source
+from core.errors import SourceError
+from sources import open_source
 from sources.base import mark_label_set, soft_scores
 from sources.vqa import normalize_answer
 

@@ -162,7 +162,7 @@ def test_app_writes_only_under_the_cache_dir(tmp_path, tiny_vilt_dir):
 
 
 def test_cache_dir_order_and_fallback(tmp_path, monkeypatch):
-    from ui.paths import cache_dir
+    from core.paths import cache_dir
 
     monkeypatch.setenv("VL_LENS_CACHE", str(tmp_path / "a"))
     assert cache_dir() == tmp_path / "a"

@@ -6,7 +6,8 @@ import pytest
 import zarr
 
 from analysis.head_stats import compute_head_stats
-from store.zarr_store import StoreError, VLStore
+from core.errors import StoreError
+from store.zarr_store import VLStore
 from tests.records import grid_record
 
 

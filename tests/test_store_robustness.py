@@ -22,8 +22,10 @@ import zarr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from store.schema import SCHEMA_VERSION, AttentionBlock, HiddenBlock, Prediction, Record, RecordError
-from store.zarr_store import StoreError, VLStore
+from store.schema import SCHEMA_VERSION, AttentionBlock, HiddenBlock, Prediction, Record
+from core.errors import RecordError
+from core.errors import StoreError
+from store.zarr_store import VLStore
 from tests.store_helpers import PROVENANCE, same_record, synthetic_record
 
 ROOT = Path(__file__).resolve().parent.parent

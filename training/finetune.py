@@ -26,7 +26,8 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from sources.base import Example, SourceError
+from sources.base import Example
+from core.errors import SourceError
 
 IMAGE_CACHE_BYTES = 256 * 2**20  # decoded images kept between epochs (easy-VQA fits whole)
 

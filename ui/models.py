@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from adapters.registry import ADAPTERS, DEMO_MODELS, MODELS, REPO_ROOT
+from adapters.registry import ADAPTERS, DEMO_MODELS, MODELS
+from core.paths import REPO_ROOT
 
 _TRUE = ("1", "true", "yes", "on")
 

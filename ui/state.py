@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from store.zarr_store import RunReader, StoreError, VLStore
-from ui.paths import default_store
+from store.zarr_store import RunReader, VLStore
+from core.errors import StoreError
+from core.paths import default_store
 
 URL_KEYS = ("store", "run", "ex", "kind", "layer", "head", "stat", "token", "run2", "patch", "dir")
 

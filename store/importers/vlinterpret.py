@@ -58,8 +58,10 @@ from typing import Callable
 
 import numpy as np
 
-from store.schema import AttentionBlock, HiddenBlock, Prediction, Record, RecordError
-from store.zarr_store import StoreError, VLStore
+from store.schema import AttentionBlock, HiddenBlock, Prediction, Record
+from core.errors import RecordError
+from core.errors import StoreError
+from store.zarr_store import VLStore
 
 IMPORTER_NAME = "vlinterpret-import"
 IMPORTER_VERSION = "1"
@@ -365,7 +367,7 @@ class ConvertedExample:
 
 def example_to_record(key: str, ex: dict, *, model_id: str, source_name: str) -> ConvertedExample:
     """One VL-InterpreT example dict -> a Record (see the module docstring for every rule)."""
-    from adapters.base import example_id_of  # the project-wide content hash, so runs join
+    from core.ids import example_id_of  # the project-wide content hash, so runs join
     from PIL import Image
 
     where = f"example {key!r}"

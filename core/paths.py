@@ -1,4 +1,5 @@
-"""Where VL-Lens writes: a cache directory, never the working directory (Spaces mount it read-only)."""
+"""The repository root, and where VL-Lens writes: a cache directory, never the working directory
+(a Space mounts the code read-only)."""
 from __future__ import annotations
 
 import os
