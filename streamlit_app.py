@@ -1,4 +1,4 @@
-"""VL-Lens: router only. Each view is one file in pages/; shared sidebar in ui/state.py."""
+"""VL-Lens: router only. Each view is one file in views/; shared sidebar in ui/state.py."""
 from __future__ import annotations
 
 import os
@@ -19,12 +19,12 @@ st.set_page_config(page_title="VL-Lens", page_icon="🔍", layout="wide")
 
 # (file, title, icon, url path). Pages not yet present in this build are left out.
 PAGES = [
-    ("pages/browser.py", "Examples", ":material/photo_library:", "examples"),
-    ("pages/head_summary.py", "Head summary", ":material/grid_on:", "heads"),
-    ("pages/attention.py", "Attention", ":material/visibility:", "attention"),
-    ("pages/projections.py", "Hidden states", ":material/scatter_plot:", "projections"),
-    ("pages/compare.py", "Compare", ":material/compare:", "compare"),
-    ("pages/ask.py", "Ask", ":material/help:", "ask"),
+    ("views/browser.py", "Examples", ":material/photo_library:", "examples"),
+    ("views/head_summary.py", "Head summary", ":material/grid_on:", "heads"),
+    ("views/attention.py", "Attention", ":material/visibility:", "attention"),
+    ("views/projections.py", "Hidden states", ":material/scatter_plot:", "projections"),
+    ("views/compare.py", "Compare", ":material/compare:", "compare"),
+    ("views/ask.py", "Ask", ":material/help:", "ask"),
 ]
 
 pages = [st.Page(str(ROOT / f), title=t, icon=i, url_path=u, default=(u == "examples"))

@@ -41,6 +41,7 @@ from PIL import Image
 from torch import nn
 
 from adapters.base import Adapter, AttributionSpec, display_copy, stack_layers
+from core.kinds import DUAL_STREAM_KINDS, streams
 from core.errors import AdapterError, InputError
 from core.ids import example_id_of
 from adapters.vilt import check_image, check_question, load_error, resolve_source
@@ -51,14 +52,7 @@ EXTRACTOR_CONFIG = "region_extractor.json"
 EXTRACTOR_FORMAT = "vl-lens-grid-extractor"
 ANSWER_FILES = ("answers.json", "trainval_label2ans.json")
 
-# Attention kinds, each (layer, head, query, key); "lang" = text tokens, "vision" = regions.
-KINDS = ("lang_self", "vision_self", "cross_l2v", "cross_v2l", "cross_lang_self", "cross_vision_self")
-# kind -> (query stream, key stream)
-KIND_STREAMS = {
-    "lang_self": ("lang", "lang"), "vision_self": ("vision", "vision"),
-    "cross_l2v": ("lang", "vision"), "cross_v2l": ("vision", "lang"),
-    "cross_lang_self": ("lang", "lang"), "cross_vision_self": ("vision", "vision"),
-}
+KINDS = DUAL_STREAM_KINDS  # each (layer, head, query, key); core/kinds.py says their streams
 NO_REGIONS_MESSAGE = (
     "this model needs detector region features: pass an .npz with 'features' (R, {dim}) and 'boxes' (R, 4) "
     "in pixels of the image (x0, y0, x1, y1), see docs/lxmert.md; it ships no region extractor for plain images"
@@ -641,7 +635,7 @@ class LxmertAdapter(Adapter):
             maps = cap["attention"][kind]
             if not maps:
                 continue  # a stack with zero layers of this kind
-            qs, ks = KIND_STREAMS[kind]
+            qs, ks = streams(kind)
             attention[kind] = AttentionBlock(values=stack_layers(maps), query_index=idx[qs], key_index=idx[ks])
         emb = cap["embeddings"]
         hidden = {
@@ -736,7 +730,7 @@ class LxmertAdapter(Adapter):
             logits = self.forward_logits(**inputs)
         idx = self._stream_indices(n_text, n_reg)
         maps = {k: list(v) for k, v in cap["attention"].items() if v}
-        index = {k: (idx[KIND_STREAMS[k][0]], idx[KIND_STREAMS[k][1]]) for k in maps}
+        index = {k: tuple(idx[s] for s in streams(k)) for k in maps}
         return logits, maps, index
 
     def occlude(self, inputs: dict, spec: AttributionSpec, *, region_mask=None, word_mask=None) -> dict:

@@ -71,7 +71,7 @@ def cold_start(browser, app: Path, env: dict, selectors: list[str], timeout: flo
 def run(quick: bool = False) -> dict:
     from playwright.sync_api import sync_playwright
 
-    from record import limited, record_examples
+    from pipeline.record import limited, record_examples
     from sources.easyvqa import EasyVQA
     from store.zarr_store import VLStore
 

@@ -146,7 +146,7 @@ def demo_adapter():
         return ViltAdapter.load(str(DEMO_VILT)), "vilt-easyvqa"
     import tempfile
 
-    from tests.tiny_vilt import make_tiny_vilt
+    from testkit.tiny_vilt import make_tiny_vilt
 
     d = make_tiny_vilt(Path(tempfile.mkdtemp(prefix="vl-lens-bench-")) / "tiny", image_size=64)
     return ViltAdapter.load(str(d)), "tiny random ViLT (demo weights absent)"

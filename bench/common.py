@@ -68,7 +68,7 @@ def vilt_b32_random():
     from adapters.vilt import ViltAdapter
     from demo.train_vilt import build_tokenizer
     from sources.easyvqa import EasyVQA
-    from tests.tiny_vilt import QUESTIONS
+    from testkit.tiny_vilt import QUESTIONS
 
     answers = EasyVQA("test").answers()
     tok = build_tokenizer(QUESTIONS)

@@ -52,7 +52,7 @@ def view_latencies(path: Path, *, samples: int = 20, seed: int = 0) -> dict:
 
 
 def run(quick: bool = False) -> dict:
-    from record import limited, record_examples
+    from pipeline.record import limited, record_examples
     from sources.easyvqa import EasyVQA
     from store.zarr_store import VLStore
 

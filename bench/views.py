@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from store.importers.vlinterpret import restricted_loads
+from pipeline.importers.vlinterpret import restricted_loads
 
 from bench.common import figure, median
 

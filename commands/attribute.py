@@ -99,7 +99,7 @@ def run(args) -> int:
 
     from tqdm import tqdm
 
-    from record import limited
+    from pipeline.record import limited
     from sources import open_source
 
     if args.question:

@@ -55,7 +55,8 @@ def add_arguments(p):
 
 def run(args) -> int:
     from sources import open_source
-    from training.finetune import INITS, FinetuneConfig, finetune
+    from demo.inits import INITS
+    from training.finetune import FinetuneConfig, finetune
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():

@@ -25,7 +25,7 @@ def default_run_name(path: str) -> str:
 
 
 def run(args) -> int:
-    from store.importers.vlinterpret import import_vlinterpret
+    from pipeline.importers.vlinterpret import import_vlinterpret
     from store.zarr_store import VLStore
 
     if args.limit is not None and args.limit < 1:

@@ -25,7 +25,7 @@ def run_name_for(model: str) -> str:
 
 def run(args) -> int:
     from adapters.registry import load_model, resolve_model
-    from record import limited, record_examples
+    from pipeline.record import limited, record_examples
     from sources import open_source
     from store.zarr_store import VLStore
 
@@ -46,7 +46,7 @@ def run(args) -> int:
     for m in args.model:
         run_name = args.run or run_name_for(m)
         if args.workers > 1 or args.scheduler:
-            from record_parallel import record_parallel
+            from pipeline.parallel import record_parallel
 
             res = record_parallel(m, args.dataset, args.split, args.limit, out, run_name,
                                   workers=args.workers, scheduler=args.scheduler, top_k=args.top_k)

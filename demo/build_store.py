@@ -31,7 +31,7 @@ def available_demo_models() -> list[str]:
 def build_demo_store(out: str | Path, *, limit: int | None = None, models: list[str] | None = None,
                      on_progress: Callable[[str, int, int], None] | None = None, progress: bool = True) -> list[str]:
     from adapters.registry import load_model
-    from record import limited, record_examples
+    from pipeline.record import limited, record_examples
     from sources.easyvqa import EasyVQA
     from store.zarr_store import VLStore
 

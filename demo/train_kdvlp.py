@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from adapters.kdvlp_model import KdvlpConfig, KdvlpModel
+from sources.base import Example
 
 
 def build_model(tokenizer, answers: list[str], *, hidden: int = 64, layers: int = 3, heads: int = 4,
@@ -28,6 +29,17 @@ def build_model(tokenizer, answers: list[str], *, hidden: int = 64, layers: int 
                          cnn_channels=tuple(channels), pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(seed)
     return KdvlpModel(config)
+
+
+def init_demo_kdvlp(examples: list[Example], answers: list[str], *, hidden: int = 64, layers: int = 3,
+                    heads: int = 4, seed: int = 0, channels: tuple[int, ...] = (16, 32, 64, 96)):
+    """The easy-VQA demo KD-VLP-style model, untrained (a 4 x 4 CNN grid of a 64 x 64 image)."""
+    from adapters.kdvlp import KdvlpAdapter
+    from demo.train_vilt import build_tokenizer
+
+    tokenizer = build_tokenizer([ex.question for ex in examples])
+    model = build_model(tokenizer, answers, hidden=hidden, layers=layers, heads=heads, channels=channels, seed=seed)
+    return KdvlpAdapter(model, tokenizer, model_id="demo-kdvlp")
 
 
 def train(out: Path, *, epochs: int = 6, batch_size: int = 64, lr: float = 5e-4, seed: int = 0, hidden: int = 64,
@@ -45,7 +57,7 @@ def train(out: Path, *, epochs: int = 6, batch_size: int = 64, lr: float = 5e-4,
     import dataclasses
 
     from sources.easyvqa import EasyVQA, question_kind
-    from training.finetune import FinetuneConfig, accuracy_by_kind, finetune_cycles, init_demo_kdvlp
+    from training.finetune import FinetuneConfig, accuracy_by_kind, finetune_cycles
 
     torch.set_num_threads(threads)
     start = time.time()

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from adapters.lxmert import GridRegionExtractor
+from sources.base import Example
 
 DEMO_IMAGE_SIZE = 64
 MAX_TEXT_TOKENS = 40
@@ -52,6 +53,20 @@ def build_model(vocab_size: int, answers: list[str], *, hidden: int = 64, layers
     return model, extractor
 
 
+def init_demo_lxmert(examples: list[Example], answers: list[str], *, hidden: int = 64, layers: int = 2,
+                     heads: int = 4, seed: int = 0):
+    """The easy-VQA demo LXMERT, untrained: ``layers`` language, vision and cross layers each, plus
+    its grid region extractor CNN (4 x 4 cells of a 64 x 64 image); reports softmax probabilities."""
+    from adapters.lxmert import LxmertAdapter
+    from demo.train_vilt import build_tokenizer
+
+    tokenizer = build_tokenizer([ex.question for ex in examples])
+    tokenizer.model_max_length = MAX_TEXT_TOKENS
+    model, extractor = build_model(len(tokenizer), answers, hidden=hidden, layers=(layers, layers, layers),
+                                   heads=heads, seed=seed)
+    return LxmertAdapter(model, tokenizer, extractor, model_id="demo-lxmert", answers=list(answers))
+
+
 def train(out: Path, *, epochs: int = 6, images_per_batch: int = 8, lr: float = 3e-4, seed: int = 0, hidden: int = 64,
           heads: int = 4, threads: int = 1, limit: int | None = None, max_steps: int | None = None,
           polish_epochs: int = 2, polish_lr: float = 1e-4) -> dict:
@@ -68,7 +83,7 @@ def train(out: Path, *, epochs: int = 6, images_per_batch: int = 8, lr: float = 
     import dataclasses
 
     from sources.easyvqa import EasyVQA
-    from training.finetune import FinetuneConfig, finetune_cycles, init_demo_lxmert
+    from training.finetune import FinetuneConfig, finetune_cycles
 
     torch.set_num_threads(threads)
     start = time.time()

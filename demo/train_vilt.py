@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from sources.base import Example
+
 DEMO_IMAGE_SIZE = 64
 DEMO_PATCH = 8
 # After 10 epochs at 1e-3 (88.3% on the test split), gentler one-cycles: 3 epochs at 3e-4 (89.8%),
@@ -77,6 +79,16 @@ def build_image_processor():
     return ViltImageProcessorPil(size={"shortest_edge": DEMO_IMAGE_SIZE}, size_divisor=32)
 
 
+def init_demo_vilt(examples: list[Example], answers: list[str], *, hidden: int = 128, layers: int = 4,
+                   heads: int = 4, seed: int = 0):
+    """The easy-VQA demo ViLT, untrained: WordPiece vocabulary from the questions, 8-pixel patches."""
+    from adapters.vilt import ViltAdapter
+
+    tokenizer = build_tokenizer([ex.question for ex in examples])
+    model = build_model(len(tokenizer), answers, hidden=hidden, layers=layers, heads=heads, seed=seed)
+    return ViltAdapter(model, tokenizer, build_image_processor(), model_id="demo-vilt")
+
+
 def train(out: Path, *, epochs: int = 10, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
           hidden: int = 128, layers: int = 4, heads: int = 4, limit: int | None = None,
           augment: str = "none", polish: tuple[tuple[int, float], ...] = DEFAULT_POLISH) -> dict:
@@ -92,7 +104,7 @@ def train(out: Path, *, epochs: int = 10, batch_size: int = 64, lr: float = 1e-3
     import dataclasses
 
     from sources.easyvqa import EasyVQA, question_kind
-    from training.finetune import FinetuneConfig, accuracy_by_kind, finetune_cycles, init_demo_vilt
+    from training.finetune import FinetuneConfig, accuracy_by_kind, finetune_cycles
 
     start = time.time()
     train_src, test_src = EasyVQA("train"), EasyVQA("test")

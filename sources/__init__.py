@@ -2,7 +2,8 @@
 
 Named ``sources`` rather than ``datasets`` so it never shadows the Hugging Face library.
 """
-from sources.base import Example, DataSource, open_source
 from core.errors import SourceError
+from sources.base import DataSource, Example
+from sources.registry import open_spec as open_source
 
 __all__ = ["Example", "DataSource", "open_source", "SourceError"]

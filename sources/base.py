@@ -183,10 +183,3 @@ def parse_options(query: str, allowed: Iterable[str], spec: str) -> dict[str, st
 
 def resolve_path(path: str | Path) -> Path:
     return Path(os.path.expanduser(str(path)))
-
-
-def open_source(spec: str, **options) -> DataSource:
-    """Open a data set from its spec string. See README 'Bring your own data'."""
-    from sources.registry import open_spec
-
-    return open_spec(spec, **options)

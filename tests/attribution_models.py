@@ -13,7 +13,7 @@ def make_signal_vilt(path: Path, *, seed: int = 0, std: float = 0.15) -> Path:
     import torch
     from transformers import ViltForQuestionAnswering
 
-    from tests.tiny_vilt import make_tiny_vilt
+    from testkit.tiny_vilt import make_tiny_vilt
 
     make_tiny_vilt(path, seed=seed)
     model = ViltForQuestionAnswering.from_pretrained(path, attn_implementation="eager")

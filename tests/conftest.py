@@ -18,7 +18,7 @@ if str(ROOT) not in sys.path:
 
 @pytest.fixture(scope="session")
 def tiny_vilt_dir(tmp_path_factory) -> Path:
-    from tests.tiny_vilt import make_tiny_vilt
+    from testkit.tiny_vilt import make_tiny_vilt
 
     return make_tiny_vilt(tmp_path_factory.mktemp("tiny_vilt"))
 
@@ -42,7 +42,7 @@ def rgb_image():
 def tiny_store(tmp_path_factory, tiny_vilt_dir):
     """A store with 6 easy-VQA test examples recorded by the tiny random ViLT (run 'tiny')."""
     from adapters.vilt import ViltAdapter
-    from record import limited, record_examples
+    from pipeline.record import limited, record_examples
     from sources.easyvqa import EasyVQA
     from store.zarr_store import VLStore
 

@@ -19,7 +19,7 @@ QUESTION = "what color is the shape?"
 
 @pytest.fixture(scope="module", params=sorted(ADAPTERS))
 def adapter_and_image(request, tmp_path_factory):
-    mod = importlib.import_module(f"tests.tiny_{request.param}")
+    mod = importlib.import_module(f"testkit.tiny_{request.param}")
     return mod.make_tiny_adapter(tmp_path_factory.mktemp(f"tiny_{request.param}"))
 
 

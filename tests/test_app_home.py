@@ -90,7 +90,7 @@ def test_multiple_choice_candidates_side_by_side(tmp_path, monkeypatch, tiny_vil
     from PIL import Image
 
     from sources.base import Example
-    from record import record_examples
+    from pipeline.record import record_examples
     from store.zarr_store import VLStore
 
     import io

@@ -10,7 +10,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGE = str(ROOT / "pages" / "ask.py")
+PAGE = str(ROOT / "views" / "ask.py")
 
 
 @pytest.fixture

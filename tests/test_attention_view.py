@@ -8,7 +8,7 @@ from analysis.attention_views import (blend, grid_shape, matrix_rows, mean_over_
                                       overlay_heat, patch_at, restrict, token_attention, top_k)
 from tests.view_records import TEXT, dual_stream_record, find_frame, open_page, single_stream_record, write_store
 
-PAGE = "pages/attention.py"
+PAGE = "views/attention.py"
 COLOR = TEXT.index("color")
 
 

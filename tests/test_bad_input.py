@@ -324,7 +324,7 @@ def _python_files():
 
 # The one place allowed to mention unpickling: the restricted importer of other tools' formats,
 # which only accepts plain containers and numeric arrays.
-RESTRICTED_IMPORTER = re.compile(r"store/importers/")
+RESTRICTED_IMPORTER = re.compile(r"pipeline/importers/")
 UNPICKLE = re.compile(r"\b(pickle|cPickle|dill|joblib|cloudpickle)\.(load|loads|Unpickler)\b|torch\.load\(")
 REMOTE_CODE = re.compile(r"trust_remote_code\s*=\s*True")
 
@@ -341,7 +341,7 @@ def test_no_unpickling_of_user_data_outside_the_restricted_importer():
                 if "torch.load(" in line and "weights_only=True" in line:
                     continue  # torch's restricted loader: tensors and plain containers only
                 offenders.append(f"{rel}:{i}: {line.strip()}")
-    assert not offenders, "unpickling outside store/importers/:\n" + "\n".join(offenders)
+    assert not offenders, "unpickling outside pipeline/importers/:\n" + "\n".join(offenders)
 
 
 def test_no_model_load_passes_trust_remote_code():

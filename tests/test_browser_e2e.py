@@ -123,10 +123,10 @@ def app_data(tiny_store, tiny_vilt_dir, tmp_path_factory) -> AppData:
         return AppData(store=Path(choice), ask_models=ask, answers=_easyvqa_answers(), label=choice)
     # Default: the tiny store plus a second run by a deeper tiny ViLT over the same examples.
     from adapters.vilt import ViltAdapter
-    from record import limited, record_examples
+    from pipeline.record import limited, record_examples
     from sources.easyvqa import EasyVQA
     from store.zarr_store import VLStore
-    from tests.tiny_vilt import ANSWERS, make_tiny_vilt
+    from testkit.tiny_vilt import ANSWERS, make_tiny_vilt
 
     path = work / "tiny2.zarr"
     shutil.copytree(tiny_store, path)
@@ -471,7 +471,7 @@ def test_examples_filter_and_screenshot(tab, app_data):
 def test_attention_layer_and_token_change_the_overlay(tab):
     pages = {u for _f, _t, u in app_pages()}
     if "attention" not in pages:
-        pytest.skip("pages/attention.py is not in this build yet")
+        pytest.skip("views/attention.py is not in this build yet")
     tab.open("attention")
     tab.assert_healthy("attention")
     # Only the open tab's chart: the other tabs' charts are in the page but hidden.
@@ -507,7 +507,7 @@ def test_attention_layer_and_token_change_the_overlay(tab):
 def test_ask_upload_question_answer_heatmap(tab, tmp_path, app_data):
     pages = {u for _f, _t, u in app_pages()}
     if "ask" not in pages:
-        pytest.skip("pages/ask.py is not in this build yet")
+        pytest.skip("views/ask.py is not in this build yet")
     from sources.easyvqa import EasyVQA
 
     ex = EasyVQA("test")[0]
@@ -563,13 +563,10 @@ def test_ask_upload_question_answer_heatmap(tab, tmp_path, app_data):
     tab.screenshot("ask")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Streamlit runs its v1 multipage mode in the first session of a server whose main script has a "
-    "pages/ folder beside it (PagesManager.uses_pages_directory): a deep link as the very first request "
-    "runs pages/<name>.py without streamlit_app.py (no st.navigation titles, no wide layout). Fixed by "
-    "renaming pages/ (e.g. to views/); then drop this marker."))
 def test_deep_link_as_first_request_uses_the_apps_navigation(browser, app_data, tmp_path):
-    """A fresh server whose first visitor follows a link to a page (not the root)."""
+    """A fresh server whose first visitor follows a link to a page (not the root) gets the app's own
+    navigation: Streamlit's old multipage mode would take over if a folder named pages/ sat beside
+    streamlit_app.py, so the views live in views/."""
     with run_app(app_data, tmp_path) as fresh:
         t = Tab(browser, fresh)
         try:

@@ -167,7 +167,7 @@ def test_pca_recovers_a_line():
 # ---- two runs in one store -------------------------------------------------------------------------
 def _record(store, model_dir, run, examples):
     from adapters.vilt import ViltAdapter
-    from record import record_examples
+    from pipeline.record import record_examples
 
     adapter = ViltAdapter.load(str(model_dir))
     return record_examples(adapter, examples, store, run, progress=False)
@@ -175,7 +175,7 @@ def _record(store, model_dir, run, examples):
 
 @pytest.fixture(scope="module")
 def deep_vilt_dir(tmp_path_factory):
-    from tests.tiny_vilt import make_tiny_vilt
+    from testkit.tiny_vilt import make_tiny_vilt
 
     return make_tiny_vilt(tmp_path_factory.mktemp("tiny_vilt_deep"), seed=1, layers=3)
 
@@ -210,7 +210,7 @@ def _app(store_path, monkeypatch, **params):
     from streamlit.testing.v1 import AppTest
 
     monkeypatch.setenv("VL_LENS_STORE", str(store_path))
-    at = AppTest.from_file(str(ROOT / "pages" / "compare.py"), default_timeout=60)
+    at = AppTest.from_file(str(ROOT / "views" / "compare.py"), default_timeout=60)
     for k, v in params.items():
         at.query_params[k] = v
     return at.run()

@@ -21,8 +21,8 @@ QUESTION = "what color is the shape?"
 
 @pytest.fixture(scope="module")
 def tiny_dirs(tmp_path_factory):
-    from tests.tiny_kdvlp import make_tiny_kdvlp
-    from tests.tiny_lxmert import make_tiny_lxmert
+    from testkit.tiny_kdvlp import make_tiny_kdvlp
+    from testkit.tiny_lxmert import make_tiny_lxmert
 
     root = tmp_path_factory.mktemp("tiny_models")
     return {"lxmert": make_tiny_lxmert(root / "lxmert"), "kdvlp": make_tiny_kdvlp(root / "kdvlp")}

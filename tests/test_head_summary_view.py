@@ -8,7 +8,7 @@ from analysis.attention_views import MEAN_COLUMN, head_summary, head_summary_row
 from analysis.head_stats import compute_head_stats
 from tests.view_records import dual_stream_record, find_frame, open_page, single_stream_record, write_store
 
-PAGE = "pages/head_summary.py"
+PAGE = "views/head_summary.py"
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ Q = "what color is the shape?"
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    from tests.tiny_kdvlp import make_tiny_kdvlp
+    from testkit.tiny_kdvlp import make_tiny_kdvlp
 
     return make_tiny_kdvlp(tmp_path_factory.mktemp("kdvlp") / "ckpt")
 

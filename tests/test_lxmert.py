@@ -11,7 +11,7 @@ from PIL import Image
 
 from core.errors import AdapterError, InputError
 from adapters.lxmert import KINDS, LxmertAdapter, RegionFeatures, load_regions_npz
-from tests.tiny_lxmert import TINY_FEAT_DIM, TINY_GRID, make_tiny_lxmert
+from testkit.tiny_lxmert import TINY_FEAT_DIM, TINY_GRID, make_tiny_lxmert
 
 QUESTION = "what color is the shape?"
 

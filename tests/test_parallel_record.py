@@ -28,7 +28,7 @@ def reference(tmp_path_factory, tiny_vilt_dir):
     import torch
 
     from adapters.vilt import ViltAdapter
-    from record import limited, record_examples
+    from pipeline.record import limited, record_examples
     from sources.easyvqa import EasyVQA
     from store.zarr_store import VLStore
 
@@ -60,7 +60,7 @@ def assert_same_run(reader, reference):
 
 def test_two_workers_record_every_example_once_identical_to_one_process(tmp_path, tiny_vilt_dir, client,
                                                                         reference):
-    from record_parallel import record_parallel
+    from pipeline.parallel import record_parallel
     from store.zarr_store import VLStore
 
     out = str(tmp_path / "par.zarr")
@@ -74,8 +74,8 @@ def test_two_workers_record_every_example_once_identical_to_one_process(tmp_path
 
 def test_rerun_after_a_killed_run_resumes_and_rewrites_the_half_example(tmp_path, tiny_vilt_dir, client, reference):
     from adapters.vilt import ViltAdapter
-    from record import limited, record_examples
-    from record_parallel import record_parallel
+    from pipeline.record import limited, record_examples
+    from pipeline.parallel import record_parallel
     from sources.easyvqa import EasyVQA
     from store.zarr_store import VLStore
 
@@ -97,7 +97,7 @@ def test_rerun_after_a_killed_run_resumes_and_rewrites_the_half_example(tmp_path
 
 
 def test_chunk_ranges_cover_every_index_once():
-    from record_parallel import chunk_ranges
+    from pipeline.parallel import chunk_ranges
 
     for total, workers in ((0, 2), (1, 4), (8, 2), (1000, 3), (37, 5)):
         ranges = chunk_ranges(total, workers)

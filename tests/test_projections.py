@@ -8,7 +8,7 @@ from analysis.projections import (fast_tsne, nearest_other_modality, project_lay
                                   stack_streams)
 from tests.view_records import dual_stream_record, find_frame, open_page, single_stream_record, write_store
 
-PAGE = "pages/projections.py"
+PAGE = "views/projections.py"
 
 
 def _clusters(rng, n_per=40, dims=30, k=3, sep=8.0):

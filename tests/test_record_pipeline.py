@@ -1,4 +1,4 @@
-"""record.record_examples: per-example failures are reported, a store error stops the run, nothing committed is lost."""
+"""pipeline.record.record_examples: per-example failures are reported, a store error stops the run, nothing committed is lost."""
 from __future__ import annotations
 
 import itertools
@@ -6,7 +6,7 @@ import itertools
 import numpy as np
 import pytest
 
-from record import limited, record_examples
+from pipeline.record import limited, record_examples
 from sources.easyvqa import EasyVQA
 from store.zarr_store import RunWriter, VLStore
 from core.errors import StoreError

@@ -93,7 +93,7 @@ def test_vqa_without_annotations_and_image_pattern(tmp_path):
 def test_vqa_streaming_reads_only_what_is_recorded(tmp_path, monkeypatch, tiny_vilt):
     """200,000 questions over 4 real image files: streaming 100 examples reads 100 images."""
     import sources.base as base
-    from record import limited, record_examples
+    from pipeline.record import limited, record_examples
     from store.zarr_store import VLStore
 
     n = 200_000

@@ -1,4 +1,4 @@
-"""VL-InterpreT databases import exactly and safely (store/importers/vlinterpret.py).
+"""VL-InterpreT databases import exactly and safely (pipeline/importers/vlinterpret.py).
 
 The fixture writes databases byte for byte as VL-InterpreT's VliLmdb does: LMDB values are
 lz4.frame.compress(msgpack.dumps(value, use_bin_type=True)); examples are pickle.dumps of dicts
@@ -15,8 +15,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from store.importers.vlinterpret import (NO_ANSWER, NOT_THE_ANSWER, UnsafePickleError, VLInterpretError,
-                                         classify_tokens, import_vlinterpret, rebuild_question, restricted_loads)
+from pipeline.importers.vlinterpret import NO_ANSWER, NOT_THE_ANSWER, UnsafePickleError, VLInterpretError, classify_tokens, import_vlinterpret, rebuild_question, restricted_loads
 from store.zarr_store import VLStore
 
 L, H, D = 2, 2, 8

@@ -26,7 +26,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from record import RecordResult
+from pipeline.record import RecordResult
 
 log = logging.getLogger("vl_lens.record_parallel")
 

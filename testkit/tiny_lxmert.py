@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.tiny_vilt import ANSWERS, QUESTIONS
+from testkit.tiny_vilt import ANSWERS, QUESTIONS
 
 TINY_FEAT_DIM = 24
 TINY_GRID = 3  # 9 regions: differs from the text length of the test questions, so transposes show

@@ -135,8 +135,8 @@ if picked:
     # Open the attention view once per new click (coming back here clears the chart's selection).
     if st.session_state.get("hs_last_open") != params:
         st.session_state["hs_last_open"] = params
-        st.switch_page("pages/attention.py", query_params=params)
-    st.page_link("pages/attention.py", label=f"Open layer {layer}, head {head} in the attention view",
+        st.switch_page("views/attention.py", query_params=params)
+    st.page_link("views/attention.py", label=f"Open layer {layer}, head {head} in the attention view",
                  icon=":material/visibility:", query_params=params)
 
 with st.expander("Download"):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.tiny_vilt import ANSWERS, QUESTIONS
+from testkit.tiny_vilt import ANSWERS, QUESTIONS
 
 
 def make_tiny_kdvlp(path: Path, *, seed: int = 0, image_size: int = 32, channels=(8, 16, 16), layers: int = 2,
