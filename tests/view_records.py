@@ -138,6 +138,9 @@ def open_page(monkeypatch, store_path: Path, page: str, **params):
 
     monkeypatch.setenv("VL_LENS_STORE", str(store_path))
     at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=180)
+    # AppTest knows st.navigation's pages (keyed by url_path, not file name) only after a first run.
+    at.run()
+    at.query_params.clear()
     for k, v in params.items():
         at.query_params[k] = str(v)
     at.switch_page(page)
