@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from pipeline.record import RecordResult
 
-log = logging.getLogger("vl_lens.record_parallel")
+log = logging.getLogger("vl_lens.pipeline.parallel")
 
 # Per-worker-process model cache: model spec -> adapter (each worker loads the model once).
 _ADAPTERS: dict = {}

@@ -102,7 +102,7 @@ APP_SCRIPT = textwrap.dedent("""
     from streamlit.testing.v1 import AppTest
     at = AppTest.from_file({app!r}, default_timeout=600)
     at.run()
-    from ui.paths import cache_dir, default_store
+    from core.paths import cache_dir, default_store
     print(json.dumps({{"exceptions": [str(e.value) for e in at.exception], "errors": [e.value for e in at.error],
                       "rows": len(at.dataframe[0].value) if len(at.dataframe) else 0,
                       "cache": str(cache_dir()), "store": default_store()}}))
