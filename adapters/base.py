@@ -6,7 +6,9 @@ terms:
 
 - ``attribution_spec(image, question)`` -> ``AttributionSpec``: the model inputs, baselines,
   and how positions of the attributed layers map to words and image regions;
-- ``forward_logits(inputs)`` -> (batch, answers) differentiable logits;
+- ``forward_logits(inputs)`` -> (batch, answers) differentiable logits, and
+  ``answer_probabilities(logits)`` -> their probabilities by the rule the model was trained with
+  (``probability_rule``: softmax for cross-entropy, sigmoid for VQA's binary cross-entropy);
 - ``attribution_layers()`` -> {"text": module, "image": module} for LayerIntegratedGradients;
   ``layer_scores(name, attribution)`` reduces a layer attribution to one score per word / region;
 - ``attention_probs(inputs)`` -> logits and every attention map, in the graph (for gradient-weighted
@@ -29,6 +31,34 @@ from PIL import Image
 from core.errors import AdapterError
 from core.ids import example_id_of
 from store.schema import AttentionBlock, HiddenBlock, Prediction, Record
+
+# How answer logits become probabilities, named by the loss the answer head was trained with:
+# "softmax" (cross-entropy, one answer per question: the answers' probabilities sum to 1) or
+# "sigmoid" (VQA's binary cross-entropy on soft scores: each answer's probability on its own).
+PROBABILITY_RULES = ("softmax", "sigmoid")
+
+
+def probabilities_by_rule(logits, rule: str):
+    """(batch, answers) logits -> (batch, answers) float32 probabilities, differentiable."""
+    import torch
+
+    if rule == "softmax":
+        return torch.softmax(logits.float(), dim=-1)
+    if rule == "sigmoid":
+        return torch.sigmoid(logits.float())
+    raise AdapterError(f"unknown probability rule {rule!r}; known: {', '.join(PROBABILITY_RULES)}")
+
+
+def top_k_prediction(probabilities, answers: list[str], top_k: int) -> Prediction:
+    """The Prediction of batch element 0: its ``top_k`` most probable answers, most probable first.
+
+    ``probabilities`` (batch, answers) in ``answers`` order.
+    """
+    probs = probabilities.detach()[0]
+    vals, idx = probs.topk(min(top_k, probs.numel()))
+    # min(1, p): float rounding must not push a probability past 1 (Prediction validates 0..1)
+    return Prediction(answers=tuple(answers[i] for i in idx.tolist()),
+                      probabilities=tuple(min(1.0, float(v)) for v in vals))
 
 
 def display_copy(image: Image.Image, max_side: int = 384) -> np.ndarray:
@@ -122,6 +152,9 @@ class Adapter(ABC):
     default_source: ClassVar[str]  # hub id or local directory
     description: ClassVar[str] = ""
     needs: ClassVar[str] = "pixels"  # "pixels" or "regions" (detector features)
+    # one of PROBABILITY_RULES: the loss the answer head was trained with (an adapter whose
+    # checkpoints differ, e.g. LXMERT, sets it per instance from the checkpoint)
+    probability_rule: str
 
     model_id: str
     max_text_tokens: int
@@ -145,6 +178,15 @@ class Adapter(ABC):
     def answers(self) -> list[str]:
         """The answer vocabulary, in logit order."""
 
+    @abstractmethod
+    def answer_probabilities(self, logits):
+        """(batch, answers) logits -> (batch, answers) probabilities, differentiable, by the rule the
+        model was trained with (``probability_rule``). Predictions and attribution both use it."""
+
+    def prediction_from_logits(self, logits, top_k: int) -> Prediction:
+        """Top-k answers of batch element 0 of (batch, answers) logits, by ``answer_probabilities``."""
+        return top_k_prediction(self.answer_probabilities(logits), self.answers(), top_k)
+
     def provenance(self) -> dict:
         """Group attributes of a run recorded with this adapter."""
         import platform
@@ -157,6 +199,7 @@ class Adapter(ABC):
             "adapter": self.name,
             "adapter_version": self.version,
             "architecture": self.architecture,
+            "probability_rule": self.probability_rule,
             "config": self.config_summary(),
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                          "python": platform.python_version()},

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from adapters.base import Adapter, AttributionSpec, single_stream_record
+from adapters.base import Adapter, AttributionSpec, probabilities_by_rule, single_stream_record
 from core.errors import AdapterError
 from core.ids import example_id_of
 from adapters.kdvlp_model import (CheckpointError, KdvlpModel, images_to_uint8, load_model, normalize_pixels,
@@ -44,6 +44,7 @@ class KdvlpAdapter(Adapter):
     architecture = "single-stream"
     default_source = "demo/models/kdvlp-easyvqa"
     description = "KD-VLP style: one transformer over word tokens and CNN grid cells"
+    probability_rule = "softmax"  # trained with cross-entropy (demo/train_kdvlp.py: --loss softmax)
 
     def __init__(self, model: KdvlpModel, tokenizer, model_id: str, device: str = "cpu"):
         self.model = model.eval().to(device)
@@ -143,11 +144,8 @@ class KdvlpAdapter(Adapter):
         r, c = np.divmod(np.arange(g * g), g)
         return np.stack([c / g, r / g, (c + 1) / g, (r + 1) / g], axis=1).astype(np.float32)
 
-    def _prediction(self, logits: torch.Tensor, top_k: int) -> Prediction:
-        probs = torch.softmax(logits.float(), dim=-1)[0]
-        vals, idx = probs.topk(min(top_k, probs.numel()))
-        return Prediction(answers=tuple(self._answers[i] for i in idx.tolist()),
-                          probabilities=tuple(float(v) for v in vals))
+    def answer_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return probabilities_by_rule(logits, self.probability_rule)
 
     def _forward(self, inputs, **kw):
         return self.model(inputs["input_ids"], inputs["pixel_values"], inputs.get("attention_mask"), **kw)
@@ -156,7 +154,7 @@ class KdvlpAdapter(Adapter):
     @torch.no_grad()
     def predict(self, image: Image.Image, question: str, *, top_k: int = 5) -> Prediction:
         _, _, inputs, _, _ = self._encode(image, question)
-        return self._prediction(self._forward(inputs).logits, top_k)
+        return self.prediction_from_logits(self._forward(inputs).logits, top_k)
 
     @torch.no_grad()
     def run(self, image: Image.Image, question: str, *, top_k: int = 5, label: str | None = None,
@@ -168,7 +166,7 @@ class KdvlpAdapter(Adapter):
             image=rgb, question=q, tokens=tokens, modality=modality, text_spans=spans,
             image_boxes=self.cell_boxes(), image_grid=cells,
             attentions=out.attentions, hidden_states=out.hidden_states,
-            prediction=self._prediction(out.logits, top_k), label=label, source_key=source_key, notices=notices,
+            prediction=self.prediction_from_logits(out.logits, top_k), label=label, source_key=source_key, notices=notices,
             meta={"model_id": self.model_id, "adapter": self.name, "adapter_version": self.version,
                   "image_size": [rgb.width, rgb.height], "patch_grid": [self.grid, self.grid]},
         )

@@ -40,7 +40,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from adapters.base import Adapter, AttributionSpec, display_copy, stack_layers
+from adapters.base import PROBABILITY_RULES, Adapter, AttributionSpec, display_copy, probabilities_by_rule, stack_layers
 from core.kinds import DUAL_STREAM_KINDS, streams
 from core.errors import AdapterError, InputError
 from core.ids import example_id_of
@@ -270,6 +270,9 @@ class LxmertAdapter(Adapter):
     default_source = "unc-nlp/lxmert-vqa-uncased"
     description = "LXMERT: language and vision encoders joined by cross-modality layers"
     needs = "regions"
+    # LXMERT's VQA head is trained with binary cross-entropy; a checkpoint trained with cross-entropy
+    # (the easy-VQA demo) says so in its config (answer_probability: "softmax") and sets it per instance.
+    probability_rule = "sigmoid"
 
     def __init__(self, model, tokenizer, extractor: GridRegionExtractor | None, model_id: str,
                  answers: list[str] | None = None, device: str = "cpu"):
@@ -292,7 +295,10 @@ class LxmertAdapter(Adapter):
         if len(answers) != n:
             raise AdapterError(f"{len(answers)} answer names for {n} answer logits")
         self._answers = list(answers)
-        self.probability = str(getattr(cfg, "answer_probability", "sigmoid"))
+        self.probability_rule = str(getattr(cfg, "answer_probability", type(self).probability_rule))
+        if self.probability_rule not in PROBABILITY_RULES:
+            raise AdapterError(f"config answer_probability {self.probability_rule!r} is not one of "
+                               f"{', '.join(PROBABILITY_RULES)}")
         self._pixel_cache = ResizedPixelCache()
 
     # ---- loading ---------------------------------------------------------------------------------
@@ -392,7 +398,7 @@ class LxmertAdapter(Adapter):
                "heads": c.num_attention_heads, "hidden": c.hidden_size, "visual_feat_dim": c.visual_feat_dim,
                "max_text_tokens": self.max_text_tokens, "answers": len(self._answers),
                "hidden_last": "last cross-modality layer output (LXMERT has no final norm)",
-               "probability": f"{self.probability} of the answer logits",
+               "probability": f"{self.probability_rule} of the answer logits",
                "regions": "grid cells of the shipped CNN extractor" if self.extractor else "detector .npz"}
         if self.extractor is not None:
             out["region_grid"] = [self.extractor.grid, self.extractor.grid]
@@ -522,13 +528,8 @@ class LxmertAdapter(Adapter):
         spans = [(s, e) if m == "text" else (-1, -1) for (s, e), m in zip(offsets, modality)]
         return toks, modality, spans
 
-    def _prediction(self, logits: torch.Tensor, top_k: int) -> Prediction:
-        logits = logits.float()[0]
-        probs = torch.softmax(logits, -1) if self.probability == "softmax" else torch.sigmoid(logits)
-        k = min(top_k, probs.numel())
-        vals, idx = probs.topk(k)
-        return Prediction(answers=tuple(self._answers[i] for i in idx.tolist()),
-                          probabilities=tuple(min(1.0, float(v)) for v in vals))
+    def answer_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return probabilities_by_rule(logits, self.probability_rule)
 
     # ---- capture ---------------------------------------------------------------------------------
     def _attention_modules(self) -> list[tuple[nn.Module, tuple[str, ...], int]]:
@@ -605,7 +606,7 @@ class LxmertAdapter(Adapter):
     def predict(self, image: Image.Image, question: str, *, top_k: int = 5,
                 regions: RegionFeatures | None = None) -> Prediction:
         _, _, inputs, _, _, _ = self._encode(image, question, regions)
-        return self._prediction(self.forward_logits(**inputs), top_k)
+        return self.prediction_from_logits(self.forward_logits(**inputs), top_k)
 
     @torch.no_grad()
     def run(self, image: Image.Image, question: str, *, top_k: int = 5, label: str | None = None,
@@ -657,7 +658,7 @@ class LxmertAdapter(Adapter):
         return Record(
             example_id=example_id_of(rgb, q), question=q, tokens=tuple(tokens), modality=tuple(modality),
             token_boxes=boxes, token_grid=grid, token_spans=token_spans, image=display_copy(rgb),
-            attention=attention, hidden=hidden, prediction=self._prediction(out.question_answering_score, top_k),
+            attention=attention, hidden=hidden, prediction=self.prediction_from_logits(out.question_answering_score, top_k),
             label=label, source_key=source_key, notices=tuple(notices), meta=meta,
         )
 

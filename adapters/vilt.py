@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from adapters.base import Adapter, AttributionSpec, single_stream_record
+from adapters.base import Adapter, AttributionSpec, probabilities_by_rule, single_stream_record
 from core.errors import AdapterError, InputError
 from core.ids import example_id_of
 from store.schema import Prediction, Record
@@ -97,6 +97,7 @@ class ViltAdapter(Adapter):
     architecture = "single-stream"
     default_source = "dandelin/vilt-b32-finetuned-vqa"
     description = "ViLT: one transformer over word tokens and image patches"
+    probability_rule = "sigmoid"  # ViLT's VQA head is trained with binary cross-entropy on soft scores
 
     def __init__(self, model, tokenizer, image_processor, model_id: str, device: str = "cpu"):
         self.model = model.eval().to(device)
@@ -184,18 +185,14 @@ class ViltAdapter(Adapter):
         boxes = np.stack([c * p / rw, r * p / rh, (c + 1) * p / rw, (r + 1) * p / rh], axis=1)
         return np.clip(boxes, 0.0, 1.0).astype(np.float32)
 
-    def _prediction(self, logits: torch.Tensor, top_k: int) -> Prediction:
-        probs = torch.sigmoid(logits.float())[0]
-        k = min(top_k, probs.numel())
-        vals, idx = probs.topk(k)
-        return Prediction(answers=tuple(self._answers[i] for i in idx.tolist()),
-                          probabilities=tuple(float(v) for v in vals))
+    def answer_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return probabilities_by_rule(logits, self.probability_rule)
 
     # ---- the contract ----------------------------------------------------------------------------
     @torch.no_grad()
     def predict(self, image: Image.Image, question: str, *, top_k: int = 5) -> Prediction:
         _, _, inputs, _, _ = self._encode(image, question)
-        return self._prediction(self.model(**inputs).logits, top_k)
+        return self.prediction_from_logits(self.model(**inputs).logits, top_k)
 
     @torch.no_grad()
     def run(self, image: Image.Image, question: str, *, top_k: int = 5, label: str | None = None,
@@ -209,7 +206,7 @@ class ViltAdapter(Adapter):
             modality=modality + ["special"] + ["image"] * len(patch_index), text_spans=spans,
             image_boxes=self._patch_geometry(inputs, patch_index), image_grid=patch_index,
             attentions=out.attentions, hidden_states=out.hidden_states,
-            prediction=self._prediction(out.logits, top_k), label=label, source_key=source_key, notices=notices,
+            prediction=self.prediction_from_logits(out.logits, top_k), label=label, source_key=source_key, notices=notices,
             meta={"model_id": self.model_id, "adapter": self.name, "adapter_version": self.version,
                   "image_size": [rgb.width, rgb.height], "patch_grid": list(self._visual.last_grid)},
         )

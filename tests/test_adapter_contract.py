@@ -1,6 +1,6 @@
 """The contract every adapter in the registry passes (tiny random models, no hub).
 
-Each adapter NAME provides ``tests/tiny_NAME.py`` with ``make_tiny_adapter(tmp_path)`` returning
+Each adapter NAME provides ``testkit/tiny_NAME.py`` with ``make_tiny_adapter(tmp_path)`` returning
 (adapter, image); this suite is parametrized over the registry, so a new adapter is tested as
 soon as it registers.
 """
@@ -93,3 +93,40 @@ def test_empty_question_is_a_clear_input_error(adapter_and_image):
     adapter, image = adapter_and_image
     with pytest.raises(InputError, match="empty"):
         adapter.run(image, "   ")
+
+
+def test_prediction_probabilities_follow_the_adapters_rule(adapter_and_image):
+    """predict() and run() report answer_probabilities(forward_logits(...)): the rule the model was
+    trained with, the same one attribution uses."""
+    import torch
+
+    from adapters.base import PROBABILITY_RULES
+
+    adapter, image = adapter_and_image
+    assert adapter.probability_rule in PROBABILITY_RULES
+    assert adapter.provenance()["probability_rule"] == adapter.probability_rule
+    spec = adapter.attribution_spec(image, QUESTION)
+    with torch.no_grad():
+        logits = adapter.forward_logits(**spec.inputs)
+        probs = adapter.answer_probabilities(logits)
+    assert probs.shape == logits.shape
+    answers = adapter.answers()
+    for pred in (adapter.predict(image, QUESTION, top_k=3), adapter.run(image, QUESTION, top_k=3).prediction):
+        top = answers.index(pred.answers[0])
+        assert top == int(probs[0].argmax())
+        assert pred.probabilities[0] == pytest.approx(float(probs[0, top]), abs=1e-6)
+    if adapter.probability_rule == "softmax":
+        assert float(probs.sum()) == pytest.approx(1.0, abs=1e-5)
+        expected = torch.softmax(logits.double(), -1)
+    else:
+        expected = torch.sigmoid(logits.double())
+    np.testing.assert_allclose(probs.double().numpy(), expected.numpy(), atol=1e-6)
+
+
+def test_answer_probabilities_are_differentiable(adapter_and_image):
+    import torch
+
+    adapter, _ = adapter_and_image
+    logits = torch.tensor([[0.5, -1.0, 2.0]], requires_grad=True)
+    adapter.answer_probabilities(logits)[0, 2].backward()
+    assert logits.grad is not None and float(logits.grad[0, 2]) > 0

@@ -179,7 +179,7 @@ def test_demo_trainers_are_thin_calls_to_finetune(tmp_path):
     res = train_lxmert(tmp_path / "lx", epochs=1, images_per_batch=2, hidden=16, heads=2, limit=30, max_steps=2)
     assert res["steps"] == 2 and res["test_questions"] == 30 and 0.0 <= res["test_accuracy"] <= 1.0
     lx = LxmertAdapter.load(str(tmp_path / "lx"))
-    assert lx.probability == "softmax" and lx.extractor is not None and len(lx.answers()) == 13
+    assert lx.probability_rule == "softmax" and lx.extractor is not None and len(lx.answers()) == 13
     res = train_kdvlp(tmp_path / "kd", epochs=1, batch_size=8, hidden=16, layers=1, heads=2, channels=(4, 8, 8, 8),
                       limit=30, max_steps=2)
     assert res["steps"] == 2 and res["test_questions"] == 30 and set(res["history"][-1]["by_kind"]) <= {

@@ -348,3 +348,25 @@ def test_save_and_reload_round_trip(tiny, image, record, tmp_path):
     rec = again.run(image, QUESTION)
     for kind in record.attention:
         np.testing.assert_array_equal(rec.attention[kind].values, record.attention[kind].values)
+
+
+def _with_probability_rule(path, rule: str):
+    import json
+
+    cfg = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps(dict(cfg, answer_probability=rule)))
+    return path
+
+
+def test_probability_rule_comes_from_the_checkpoint(tmp_path, image):
+    """A checkpoint trained with cross-entropy says answer_probability: softmax; the default is sigmoid."""
+    soft = LxmertAdapter.load(str(_with_probability_rule(make_tiny_lxmert(tmp_path / "soft"), "softmax")))
+    assert soft.probability_rule == "softmax" and type(soft).probability_rule == "sigmoid"
+    pred = soft.predict(image, QUESTION, top_k=len(soft.answers()))
+    assert math.isclose(sum(pred.probabilities), 1.0, rel_tol=1e-5)
+    logits = torch.tensor([[0.0, math.log(3.0)]])
+    np.testing.assert_allclose(soft.answer_probabilities(logits).numpy(), [[0.25, 0.75]], rtol=1e-6)
+    sig = LxmertAdapter.load(str(make_tiny_lxmert(tmp_path / "sig")))
+    np.testing.assert_allclose(sig.answer_probabilities(logits).numpy(), [[0.5, 0.75]], rtol=1e-6)
+    with pytest.raises(AdapterError, match="answer_probability"):
+        LxmertAdapter.load(str(_with_probability_rule(make_tiny_lxmert(tmp_path / "bad"), "tanh")))
