@@ -1,7 +1,7 @@
 """The Adapter contract: the only place that knows a model's quirks.
 
 An adapter turns (image, question) into a ``Record`` (store/schema.py) with one forward pass,
-and exposes what attribution methods (analysis/attribution.py) need, in model-independent
+and exposes what attribution methods (the analysis/attribution/ package) need, in model-independent
 terms:
 
 - ``attribution_spec(image, question)`` -> ``AttributionSpec``: the model inputs, baselines,

@@ -1,0 +1,57 @@
+"""Attribution of an answer to image regions and words, by several methods, model-independent.
+
+Every method is written against the adapter contract (adapters/base.py), never a model's
+internals, and has the same entry point::
+
+    spec = adapter.attribution_spec(image, question)
+    target = resolve_target(adapter, spec, "red")            # or "red rather than blue", or None (top answer)
+    result = attribute(adapter, spec, target, "ig", n_steps=30)   # -> AttributionResult
+
+Methods (``METHODS``):
+    ig          Layer Integrated Gradients (Captum) at the adapter's text and image layers; per word the
+                attribution summed over the hidden dimension, per region via ``adapter.layer_scores``.
+                ``internal_batch_size="auto"`` measures the autograd memory of one step and chooses the
+                batch that fits ``memory_budget_mb``.
+    rollout     attention rollout (Abnar & Zuidema 2020); dual-stream models are rolled out over the joint
+                token set, one matrix per attention sub-layer (see ``attention_schedule``).
+    relevance   gradient-weighted attention relevance (Chefer, Gur & Wolf 2021): the single-stream rule,
+                and the bi-modal self / cross rules with the residual normalization for dual-stream models.
+    occlusion   each region / word replaced by its baseline (``adapter.occlude``), batched; score = drop of
+                the target score.
+    attention   raw attention of the last layer from the classifier token, mean over heads.
+
+The explained quantity ("target score") is the answer's logit, or for "A rather than B" the
+difference of the two logits. ``probability`` is the answer's probability on the input.
+
+Layout (one job per module): ``targets`` (Target, resolve_target), ``results`` (AttributionResult),
+``scoring`` (batched target scores / probabilities), ``rules`` (attention schedule, rollout and relevance
+matrices), ``memory`` (IG's measured memory per step), ``base`` (the Method contract), one module per method
+(``ig``, ``rollout``, ``relevance``, ``occlusion``, ``raw_attention``) and ``registry`` (names -> methods,
+``attribute``, cost estimates).
+"""
+from __future__ import annotations
+
+from analysis.attribution.base import Method
+from analysis.attribution.ig import IntegratedGradients
+from analysis.attribution.memory import choose_internal_batch, saved_bytes_per_step
+from analysis.attribution.occlusion import Occlusion
+from analysis.attribution.raw_attention import RawAttention
+from analysis.attribution.registry import (METHOD_CLASSES, attribute, estimate_seconds, get_method,
+                                           time_one_forward)
+from analysis.attribution.relevance import GradientWeightedRelevance
+from analysis.attribution.results import DELTA_WARNING, METHODS, AttributionResult
+from analysis.attribution.rollout import AttentionRollout
+from analysis.attribution.rules import (AttentionStep, attention_maps, attention_schedule, attention_steps, reduce_heads,
+                                        relevance_matrix, residual_normalized, rollout_matrix, row_scores)
+from analysis.attribution.scoring import (concat_inputs, probabilities, target_probabilities,
+                                          target_scores)
+from analysis.attribution.targets import Target, resolve_target
+
+__all__ = [
+    "METHODS", "METHOD_CLASSES", "DELTA_WARNING", "AttentionRollout", "AttentionStep", "AttributionResult",
+    "GradientWeightedRelevance", "IntegratedGradients", "Method", "Occlusion", "RawAttention", "Target",
+    "attention_maps", "attention_schedule", "attention_steps", "attribute", "choose_internal_batch", "concat_inputs",
+    "estimate_seconds", "get_method", "probabilities", "reduce_heads", "relevance_matrix", "residual_normalized",
+    "resolve_target", "rollout_matrix", "row_scores", "saved_bytes_per_step", "target_probabilities",
+    "target_scores", "time_one_forward",
+]

@@ -1,0 +1,42 @@
+"""Gradient-weighted attention relevance (Chefer, Gur & Wolf, ICCV 2021): the single-stream rule and the
+bi-modal self / cross rules with the residual normalization (``rules.relevance_matrix``)."""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from analysis.attribution.base import Method
+from analysis.attribution.results import AttributionResult
+from analysis.attribution.rules import attention_steps, relevance_matrix, row_scores
+from analysis.attribution.scoring import make_result
+from core.errors import AdapterError
+
+
+class GradientWeightedRelevance(Method):
+    name = "relevance"
+    defaults = {}
+
+    def forward_equivalents(self, spec, **params) -> float:
+        return 3.0
+
+    def attribute(self, adapter, spec, target, **params) -> AttributionResult:
+        t0 = time.perf_counter()
+        p = self.params(**params)
+        with torch.enable_grad():
+            logits, attentions, index = adapter.attention_probs(spec.inputs)
+            for maps in attentions.values():
+                for a in maps:
+                    if not a.requires_grad:
+                        raise AdapterError("attention maps are not in the autograd graph; relevance needs them")
+                    a.retain_grad()
+            target.score(logits).sum().backward()
+        grads = {k: [a.grad for a in maps] for k, maps in attentions.items()}
+        steps = [s for g in attention_steps(attentions, index, grads) for s in g]
+        R = relevance_matrix(steps, len(spec.record_tokens))
+        reg, words, self_entry = row_scores(R[spec.cls_token_index], spec)
+        notes = [f"the classifier token's self relevance ({self_entry:.3g}) is left out"]
+        if len(attentions) > 1:
+            notes.append("dual-stream: bi-modal rules; of each layer's two cross-attentions the language side is "
+                         "applied first, as in the authors' code")
+        return make_result(adapter, spec, target, self.name, reg, words, params=p, t0=t0, notes=notes)

@@ -1,0 +1,157 @@
+"""Attention maps as matrices over record tokens, the order they act in, and the rollout / relevance rules.
+
+Each method that reads attention (rollout, relevance, raw attention) works on ``AttentionStep``s: one map,
+head-reduced, with the record tokens of its queries and keys. Single-stream models have one kind, ``self``;
+dual-stream (LXMERT-style) kinds, their streams and network stage come from core/kinds.py.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from adapters.base import AttributionSpec
+from core.errors import AdapterError
+from core.kinds import DUAL_STREAM_KINDS, KINDS, SINGLE_STREAM_KINDS
+
+# Dual-stream kinds by when they act: the single-modality encoders (stage 0, each its own group per layer),
+# then per cross layer the cross steps (they read the same inputs, so act at once) and then the self steps.
+_ENCODER_KINDS = tuple(k for k in DUAL_STREAM_KINDS if KINDS[k].stage == 0)
+_CROSS_GROUPS = (tuple(k for k in DUAL_STREAM_KINDS if KINDS[k].stage == 1 and KINDS[k].is_cross),
+                 tuple(k for k in DUAL_STREAM_KINDS if KINDS[k].stage == 1 and not KINDS[k].is_cross))
+
+
+@dataclass(frozen=True)
+class AttentionStep:
+    """One attention map in record-token space: (query tokens, key tokens, head-reduced matrix)."""
+
+    kind: str
+    layer: int
+    query: np.ndarray  # (q,) record token indices
+    key: np.ndarray  # (k,) record token indices
+    matrix: np.ndarray  # (q, k)
+
+    @property
+    def is_self(self) -> bool:
+        return set(self.query.tolist()) == set(self.key.tolist())
+
+
+def attention_schedule(attentions: dict) -> list[list[tuple[str, int]]]:
+    """The order in which attention sub-layers act, as groups of (kind, layer) that act at once.
+
+    Single-stream ("self"): one group per layer. Dual-stream (LXMERT-style): the language layers,
+    the vision layers (independent encoders), then per cross layer the two cross-attentions (which
+    read the same inputs, so act at once) and then the two self-attentions.
+    """
+    kinds = set(attentions)
+    if kinds == set(SINGLE_STREAM_KINDS):
+        (kind,) = SINGLE_STREAM_KINDS
+        return [[(kind, l)] for l in range(len(attentions[kind]))]
+    unknown = kinds - set(DUAL_STREAM_KINDS)
+    if unknown or kinds & set(SINGLE_STREAM_KINDS):
+        raise AdapterError(f"attention kinds {sorted(kinds)} are not a known layout: expected "
+                           f"{', '.join(SINGLE_STREAM_KINDS)} (single-stream) or a subset of "
+                           f"{', '.join(DUAL_STREAM_KINDS)}")
+    groups = []
+    for k in _ENCODER_KINDS:
+        groups += [[(k, l)] for l in range(len(attentions.get(k, [])))]
+    n_cross = max([len(attentions.get(k, [])) for g in _CROSS_GROUPS for k in g] + [0])
+    for l in range(n_cross):
+        for g in _CROSS_GROUPS:
+            grp = [(k, l) for k in g if l < len(attentions.get(k, []))]
+            if grp:
+                groups.append(grp)
+    return groups
+
+
+def reduce_heads(attn: torch.Tensor, grad: torch.Tensor | None = None) -> np.ndarray:
+    """(batch=1, head, q, k) -> (q, k): mean over heads, of clamp(grad * attn, 0) when grad is given."""
+    a = attn.detach().float()[0]
+    if grad is not None:
+        a = (grad.detach().float()[0] * a).clamp(min=0)
+    return a.mean(0).cpu().numpy().astype(np.float64)
+
+
+def rollout_matrix(groups: list[list[AttentionStep]], n_tokens: int) -> np.ndarray:
+    """Attention rollout over record tokens: R = Â_G ... Â_1 with Â = 0.5 A + 0.5 I per sub-layer,
+    rows renormalized. Tokens no map of a group touches carry over unchanged (identity rows)."""
+    R = np.eye(n_tokens)
+    for group in groups:
+        M = np.eye(n_tokens)
+        touched = np.zeros(n_tokens, bool)
+        for st in group:
+            if touched[st.query].any():
+                raise AdapterError(f"attention {st.kind} layer {st.layer}: two maps of one group share queries")
+            M[st.query] = 0.0
+            M[st.query, st.query] = 0.5
+            M[np.ix_(st.query, st.key)] += 0.5 * st.matrix
+            touched[st.query] = True
+        sums = M.sum(1, keepdims=True)
+        M = np.divide(M, sums, out=np.eye(n_tokens), where=sums > 0)
+        R = M @ R
+    return R
+
+
+def residual_normalized(R_ss: np.ndarray) -> np.ndarray:
+    """Chefer et al. eqs. 8-9: R̂ = R - I, each row renormalized to sum to 1 (zero rows stay zero), + I."""
+    eye = np.eye(len(R_ss))
+    hat = R_ss - eye
+    sums = hat.sum(1, keepdims=True)
+    hat = np.divide(hat, sums, out=np.zeros_like(hat), where=np.abs(sums) > 1e-12)
+    return hat + eye
+
+
+def relevance_matrix(steps: list[AttentionStep], n_tokens: int) -> np.ndarray:
+    """Gradient-weighted relevance (Chefer, Gur & Wolf 2021) over record tokens, maps applied in order.
+
+    R starts as I (self relevance R^tt = R^ii = I, cross R^ti = R^it = 0). Each step's matrix is
+    Ā = E_h[(∇A ⊙ A)^+] of one attention map with queries s and keys:
+      self (keys = s):      R[s, :] += Ā · R[s, :]         (eqs. 6-7: R^ss and R^sq at once)
+      cross (keys = q ≠ s): R[s, q] += R̄[s, s]ᵀ · Ā · R̄[q, q]  and  R[s, s] += Ā · R[q, s]  (eqs. 10-11)
+    For single-stream models only the self rule occurs (R ← R + Ā R, layer by layer).
+    """
+    R = np.eye(n_tokens)
+    for st in steps:
+        s, k, A = st.query, st.key, st.matrix
+        if st.is_self:
+            R[s, :] = R[s, :] + A @ R[k, :]
+            continue
+        if set(s.tolist()) & set(k.tolist()):
+            raise AdapterError(f"attention {st.kind}: queries and keys overlap but differ; neither self nor cross")
+        add_sq = residual_normalized(R[np.ix_(s, s)]).T @ A @ residual_normalized(R[np.ix_(k, k)])
+        add_ss = A @ R[np.ix_(k, s)]
+        R[np.ix_(s, k)] += add_sq
+        R[np.ix_(s, s)] += add_ss
+    return R
+
+
+def attention_maps(adapter, spec: AttributionSpec) -> tuple[dict, dict]:
+    """The adapter's attention maps on the spec's input, without gradients: ({kind: [map]}, {kind: index})."""
+    with torch.no_grad():
+        _, attentions, index = adapter.attention_probs(spec.inputs)
+    return attentions, index
+
+
+def attention_steps(attentions: dict, index: dict, grads: dict | None = None) -> list[list[AttentionStep]]:
+    """The schedule's groups as AttentionSteps: head means, or gradient-weighted head means with ``grads``."""
+    groups = []
+    for group in attention_schedule(attentions):
+        steps = []
+        for kind, layer in group:
+            q, k = (np.asarray(i, np.int64) for i in index[kind])
+            g = grads[kind][layer] if grads is not None else None
+            if grads is not None and g is None:
+                raise AdapterError(f"attention {kind} layer {layer} received no gradient: is it in the graph?")
+            steps.append(AttentionStep(kind, layer, q, k, reduce_heads(attentions[kind][layer], g)))
+        groups.append(steps)
+    return groups
+
+
+def row_scores(row: np.ndarray, spec: AttributionSpec) -> tuple[np.ndarray, np.ndarray, float]:
+    """A row over record tokens -> (region scores, word scores with the classifier token's self entry
+    zeroed, that self entry)."""
+    self_entry = float(row[spec.cls_token_index])
+    words = row[np.asarray(spec.word_token_index)].copy()
+    words[np.asarray(spec.word_token_index) == spec.cls_token_index] = 0.0
+    return row[np.asarray(spec.region_token_index)], words, self_entry
