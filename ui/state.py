@@ -14,6 +14,7 @@ import streamlit as st
 from store.zarr_store import RunReader, VLStore
 from core.errors import StoreError
 from core.paths import default_store
+from ui.public import check_store, policy_from_env
 
 URL_KEYS = ("store", "run", "ex", "kind", "layer", "head", "stat", "token", "run2", "patch", "dir")
 
@@ -49,12 +50,14 @@ def link(page: str, **params) -> str:
 
 
 # ---- store and runs ----------------------------------------------------------------------------
-@st.cache_resource(show_spinner=False)
+@st.cache_resource(show_spinner=False, max_entries=8)
 def _open_store(location: str) -> VLStore:
     return VLStore(location, mode="r")
 
 
 def open_store(location: str) -> VLStore:
+    """The store at ``location``, once per process; in public mode only an allowed one (else StoreError)."""
+    check_store(location, policy_from_env(default_store()))
     return _open_store(location)
 
 
