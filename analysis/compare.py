@@ -391,28 +391,3 @@ def attention_overlay(image: np.ndarray, boxes: np.ndarray, weights: np.ndarray,
     tint = np.stack([np.ones((h, w)), heat[..., 0], np.zeros((h, w))], axis=-1) * 255
     out = img * (1 - alpha) * (0.35 + 0.65 * heat) + alpha * heat * tint
     return np.clip(out, 0, 255).astype(np.uint8)
-
-
-@dataclass(frozen=True, kw_only=True)
-class Projection:
-    coords: np.ndarray  # (token, 2)
-    explained: tuple[float, float]  # fraction of variance of each component
-
-
-def pca_2d(x: np.ndarray) -> Projection:
-    """2-D PCA of (token, dim) states by SVD; signs fixed so the largest loading is positive."""
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim != 2 or x.shape[0] < 1:
-        raise ValueError(f"expected (token, dim) states, got shape {x.shape}")
-    xc = x - x.mean(axis=0, keepdims=True)
-    u, s, vt = np.linalg.svd(xc, full_matrices=False)
-    k = min(2, len(s))
-    comps = vt[:k]
-    signs = np.sign(comps[np.arange(k), np.abs(comps).argmax(axis=1)])
-    signs[signs == 0] = 1
-    coords = xc @ (comps * signs[:, None]).T
-    total = float((s ** 2).sum())
-    ev = [float(s[i] ** 2 / total) if total > 0 and i < k else 0.0 for i in range(2)]
-    if k < 2:
-        coords = np.concatenate([coords, np.zeros((coords.shape[0], 2 - k))], axis=1)
-    return Projection(coords=coords, explained=(ev[0], ev[1]))

@@ -6,6 +6,10 @@ move in one coordinate system (VL-InterpreT fits each layer on its own, so its l
 comparable). Optionally each layer is centered first (its mean token removed), which takes out
 the per-layer drift that would otherwise dominate the joint fit; the axes stay shared.
 
+One module for every page: the Hidden states page projects all layers of one example; the Compare
+page projects one layer of each model (``project_layers`` on a single layer, PCA, with the variance
+each axis explains).
+
 Methods: PCA (exact), t-SNE (``fast_tsne`` below: PCA to 50 dims, sparse perplexity affinities
 over nearest neighbours, repulsion estimated from random negative samples; about 20x faster than
 scikit-learn's Barnes-Hut t-SNE on 13 x 185 points), UMAP (umap-learn, on the same PCA-50 input).
@@ -34,6 +38,7 @@ class Projection:
     centered: bool
     seconds: float
     fit: str = "one joint fit over all layers"
+    explained: tuple[float, float] | None = None  # PCA: fraction of the variance on each axis; else None
 
     @property
     def n_layers(self) -> int:
@@ -62,6 +67,14 @@ def stack_streams(streams: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> tuple
 
 def _pca(x: np.ndarray, dims: int) -> np.ndarray:
     """Scores on the first ``dims`` principal components (exact; sign fixed for determinism)."""
+    return _pca_fit(x, dims)[0]
+
+
+def _pca_fit(x: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores (n, dims), fraction of the total variance on each component (dims,)).
+
+    Signs are fixed so each component's largest loading is positive.
+    """
     x = np.asarray(x, dtype=np.float64)
     x = x - x.mean(axis=0, keepdims=True)
     dims = min(dims, *x.shape)
@@ -69,11 +82,15 @@ def _pca(x: np.ndarray, dims: int) -> np.ndarray:
         # Eigen-decomposition of the (dim, dim) covariance: ~4x faster than a thin SVD here.
         vals, vecs = np.linalg.eigh(x.T @ x)
         comps = vecs[:, ::-1][:, :dims].T
+        var = np.clip(vals[::-1], 0, None)
     else:
-        comps = np.linalg.svd(x, full_matrices=False)[2][:dims]
+        _, s, vt = np.linalg.svd(x, full_matrices=False)
+        comps, var = vt[:dims], s ** 2
     signs = np.sign(comps[np.arange(dims), np.abs(comps).argmax(axis=1)])
     signs[signs == 0] = 1
-    return (x @ comps.T) * signs
+    total = float(var.sum())
+    explained = var[:dims] / total if total > 0 else np.zeros(dims)
+    return (x @ comps.T) * signs, explained
 
 
 def project_layers(hidden: np.ndarray, token_index: np.ndarray, method: str = "pca", *, center: bool = True,
@@ -92,10 +109,13 @@ def project_layers(hidden: np.ndarray, token_index: np.ndarray, method: str = "p
         h = h - h.mean(axis=1, keepdims=True)
     x = h.reshape(L * T, D).astype(np.float64)
     x = np.nan_to_num(x)
+    explained = None
     if method == "pca":
-        y = _pca(x, 2)
+        y, ev = _pca_fit(x, 2)
         if y.shape[1] < 2:
             y = np.pad(y, ((0, 0), (0, 2 - y.shape[1])))
+        ev = np.pad(ev, (0, 2 - len(ev)))
+        explained = (float(ev[0]), float(ev[1]))
     else:
         reduced = _pca(x, pca_dims) if D > pca_dims else x - x.mean(axis=0)
         if len(reduced) < 5:
@@ -106,7 +126,7 @@ def project_layers(hidden: np.ndarray, token_index: np.ndarray, method: str = "p
             y = _umap(reduced, seed)
     coords = y.reshape(L, T, 2).astype(np.float32)
     return Projection(method=method, coords=coords, token_index=np.asarray(token_index, np.int32), centered=center,
-                      seconds=time.perf_counter() - start)
+                      seconds=time.perf_counter() - start, explained=explained)
 
 
 def _umap(x: np.ndarray, seed: int) -> np.ndarray:

@@ -154,16 +154,6 @@ def test_words_and_attention_row_and_overlay():
     assert pic[:, :2, 0].min() > pic[:, 2:, 0].max()
 
 
-def test_pca_recovers_a_line():
-    t = np.linspace(-1, 1, 9)
-    x = np.stack([t, 2 * t, np.zeros_like(t)], axis=1) + 5
-    p = cmp.pca_2d(x)
-    assert p.explained[0] == pytest.approx(1.0)
-    np.testing.assert_allclose(np.abs(p.coords[:, 0]), np.abs(t) * np.sqrt(5), atol=1e-9)
-    np.testing.assert_allclose(p.coords[:, 1], 0, atol=1e-9)
-    assert cmp.pca_2d(np.ones((1, 4))).coords.shape == (1, 2)
-
-
 # ---- two runs in one store -------------------------------------------------------------------------
 def _record(store, model_dir, run, examples):
     from adapters.vilt import ViltAdapter

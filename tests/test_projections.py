@@ -62,6 +62,32 @@ def test_fast_tsne_keeps_clusters_apart():
     np.testing.assert_array_equal(y, fast_tsne(x, seed=0))  # deterministic
 
 
+def test_pca_recovers_a_line():
+    """Points on a line in 3-D: all variance on the first axis, coordinates the signed distance along it."""
+    t = np.linspace(-1, 1, 9)
+    x = np.stack([t, 2 * t, np.zeros_like(t)], axis=1) + 5
+    p = project_layers(x[None], np.arange(9), "pca")
+    assert p.explained[0] == pytest.approx(1.0) and p.explained[1] == pytest.approx(0.0, abs=1e-9)
+    np.testing.assert_allclose(p.coords[0, :, 0], t * np.sqrt(5), atol=1e-6)  # largest loading (2t) positive
+    np.testing.assert_allclose(p.coords[0, :, 1], 0, atol=1e-6)
+    one = project_layers(np.ones((1, 1, 4)), np.arange(1), "pca")
+    assert one.coords.shape == (1, 1, 2) and one.explained == (0.0, 0.0)
+    assert project_layers(x[None], np.arange(9), "tsne").explained is None
+
+
+@pytest.mark.parametrize("shape", [(40, 6), (5, 12)])  # covariance path and thin-SVD path
+def test_one_layer_pca_matches_a_plain_svd(shape):
+    """The Compare page's per-model PCA (one layer) gives what a textbook SVD PCA gives."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=shape) * np.arange(1, shape[1] + 1)
+    xc = x - x.mean(0)
+    _, s, vt = np.linalg.svd(xc, full_matrices=False)
+    comps = vt[:2] * np.sign(vt[np.arange(2), np.abs(vt[:2]).argmax(1)])[:, None]
+    p = project_layers(x[None], np.arange(shape[0]), "pca")
+    np.testing.assert_allclose(p.coords[0], xc @ comps.T, atol=1e-4)
+    np.testing.assert_allclose(p.explained, s[:2] ** 2 / (s ** 2).sum(), rtol=1e-6)
+
+
 def test_rows_keep_labels():
     rec = single_stream_record()
     block = rec.hidden["joint"]

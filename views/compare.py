@@ -10,6 +10,7 @@ import streamlit as st
 
 from analysis import compare as cmp
 from analysis.head_stats import STAT_LABELS
+from analysis.projections import project_layers
 from ui.state import (example_image, example_tokens, freshness, link, open_store, pick_example, qp_get, qp_set,
                       sidebar, summaries_table)
 
@@ -270,8 +271,8 @@ with tab_example:
             continue
         x = np.concatenate([p[0] for p in parts])
         idx = np.concatenate([p[1] for p in parts])
-        proj = cmp.pca_2d(x)
-        pdf = pd.DataFrame({"pc1": proj.coords[:, 0], "pc2": proj.coords[:, 1],
+        proj = project_layers(x[None], idx, "pca")  # one layer of each model; its mean token removed
+        pdf = pd.DataFrame({"pc1": proj.coords[0, :, 0], "pc2": proj.coords[0, :, 1],
                             "token": [tok["tokens"][i] for i in idx], "modality": [tok["modality"][i] for i in idx]})
         chart = alt.Chart(pdf).mark_circle(size=60).encode(
             x=alt.X("pc1:Q", title=f"PC1 ({proj.explained[0]:.0%})"),
