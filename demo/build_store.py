@@ -2,14 +2,22 @@
 
     python -m demo.build_store [--out PATH] [--limit 120]
 
-The app calls ``build_demo_store`` on first start when the store is missing.
+The app calls ``ensure_demo_store`` on first start: the store is built once, under a file lock, even
+when several visitors (threads of one server, or several server processes) arrive at the same moment.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: a single local user, no lock
+    fcntl = None
 
 from adapters.registry import DEMO_MODELS, MODELS
 from core.paths import REPO_ROOT
@@ -47,6 +55,51 @@ def build_demo_store(out: str | Path, *, limit: int | None = None, models: list[
         record_examples(adapter, limited(iter(source), limit), store, name, total=min(limit, len(source)),
                         progress=progress, on_progress=cb)
     return models
+
+
+@contextmanager
+def _exclusive(lock_path: Path, on_wait: Callable[[], None] | None) -> Iterator[None]:
+    """Hold an exclusive flock on ``lock_path``; call ``on_wait`` once if another holder makes us wait.
+
+    flock belongs to the open file, so two threads of one process exclude each other as two
+    processes do, and the OS releases it when its holder dies (no stale lock after a crash).
+    """
+    with open(lock_path, "a+") as fh:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if on_wait:
+                    on_wait()
+                fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def ensure_demo_store(location: str | Path, *, on_wait: Callable[[], None] | None = None, **build) -> bool:
+    """Build the demo store at ``location`` unless it exists; True when this call built it.
+
+    The build writes ``<location>.building`` and renames it when complete, so ``location`` exists
+    only complete. The first caller builds under ``<location>.lock``; a caller arriving meanwhile
+    waits (``on_wait`` is told once), then finds the finished store and returns False. Only the lock
+    holder removes a ``.building`` folder (one left by a build that was killed). ``build`` goes to
+    ``build_demo_store`` (limit, models, on_progress, progress).
+    """
+    loc = Path(location)
+    if loc.exists():
+        return False
+    loc.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(loc.with_name(loc.name + ".lock"), on_wait):
+        if loc.exists():  # built by whoever held the lock before us
+            return False
+        tmp = loc.with_name(loc.name + ".building")
+        shutil.rmtree(tmp, ignore_errors=True)
+        build_demo_store(tmp, **build)
+        tmp.rename(loc)
+    return True
 
 
 def main(argv=None):

@@ -175,3 +175,71 @@ def test_cache_dir_order_and_fallback(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(blocker / "hf"))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert cache_dir() == tmp_path / "home" / ".cache" / "vl-lens"
+
+
+# ---- the demo store is built once, however many first visitors arrive -------------------------------
+BUILDER_SCRIPT = textwrap.dedent("""
+    import json, sys, time
+    from pathlib import Path
+    sys.path.insert(0, {root!r})
+    import adapters.registry as registry
+    import demo.build_store as build
+    registry.MODELS["vilt-easyvqa"] = ("vilt", {tiny!r})
+    real = build.build_demo_store
+    def slow_build(out, **kw):  # the build takes a while: the other visitor arrives in the middle
+        time.sleep(1.5)
+        return real(out, **kw)
+    build.build_demo_store = slow_build
+    me, other = Path({go!r} + sys.argv[1]), Path({go!r} + sys.argv[2])
+    me.touch()
+    while not other.exists():  # both processes imported everything: start together
+        time.sleep(0.01)
+    waited = []
+    built = build.ensure_demo_store({loc!r}, on_wait=lambda: waited.append(1), models=["vilt-easyvqa"],
+                                    limit=3, progress=False)
+    from store.zarr_store import VLStore
+    n = len(VLStore({loc!r}).run("vilt-easyvqa").example_ids())
+    print(json.dumps({{"built": built, "waited": bool(waited), "examples": n}}))
+""")
+
+
+@pytest.mark.slow
+def test_two_first_visitors_build_the_demo_store_once(tmp_path, tiny_vilt_dir):
+    loc = tmp_path / "cache" / "demo_store.zarr"
+    script = BUILDER_SCRIPT.format(root=str(ROOT), tiny=str(tiny_vilt_dir), go=str(tmp_path / "ready-"),
+                                   loc=str(loc))
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    procs = [subprocess.Popen([sys.executable, "-c", script, me, other], env=env, cwd=str(tmp_path),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for me, other in (("a", "b"), ("b", "a"))]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    assert sorted(r["built"] for r in results) == [False, True]  # exactly one built it
+    waiter = next(r for r in results if not r["built"])
+    assert waiter["waited"]  # it arrived during the build and waited on the lock
+    assert [r["examples"] for r in results] == [3, 3]  # both read the complete store
+    assert not (tmp_path / "cache" / "demo_store.zarr.building").exists()
+
+
+def test_a_killed_build_is_started_over(tmp_path, monkeypatch):
+    """A .building folder left by a dead builder is removed by the next lock holder, not reused."""
+    import demo.build_store as build
+
+    loc = tmp_path / "demo_store.zarr"
+    stale = tmp_path / "demo_store.zarr.building"
+    (stale / "junk").mkdir(parents=True)
+    calls = []
+
+    def fake_build(out, **kw):
+        calls.append((Path(out).exists(), kw))
+        (Path(out) / "zarr.json").parent.mkdir(parents=True)
+        (Path(out) / "zarr.json").write_text("{}")
+
+    monkeypatch.setattr(build, "build_demo_store", fake_build)
+    assert build.ensure_demo_store(loc, limit=2) is True
+    assert calls == [(False, {"limit": 2})]  # the stale folder was gone before the build began
+    assert (loc / "zarr.json").is_file() and not stale.exists()
+    assert build.ensure_demo_store(loc, limit=2) is False and len(calls) == 1  # built once

@@ -62,10 +62,10 @@ def open_store(location: str) -> VLStore:
 
 
 def ensure_demo_store(location: str) -> None:
-    """Build the demo store on first start, with a visible progress bar."""
+    """Build the demo store on first start, with a visible progress bar (once, under a file lock)."""
     if Path(location).exists() or "://" in location:
         return
-    from demo.build_store import available_demo_models, build_demo_store
+    from demo.build_store import available_demo_models, ensure_demo_store as build_once
 
     models = available_demo_models()
     if not models:
@@ -80,12 +80,10 @@ def ensure_demo_store(location: str) -> None:
         frac = (k + i / max(total or 1, 1)) / total_models
         bar.progress(min(frac, 1.0), text=f"Recording easy-VQA examples with {name}: {i}/{total}")
 
-    tmp = location + ".building"
-    import shutil
+    def on_wait():
+        bar.progress(0.0, text="Another visitor started building the demo store; waiting for it to finish...")
 
-    shutil.rmtree(tmp, ignore_errors=True)
-    build_demo_store(tmp, on_progress=on_progress, progress=False)
-    Path(tmp).rename(location)  # appears complete or not at all
+    build_once(location, on_wait=on_wait, on_progress=on_progress, progress=False)
     bar.empty()
 
 
