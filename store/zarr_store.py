@@ -26,12 +26,12 @@ examples touch disjoint keys, so parallel workers need no lock. ``index/`` is a 
 summary written after a run; readers merge it with any committed example it does not yet cover,
 so it is an accelerator, never a source of truth.
 
-Only JSON and numeric arrays are ever read back: nothing here unpickles anything.
+Only JSON and numeric arrays are ever read back: nothing here unpickles anything. How an example's
+files are encoded and written (the fast shard writer) is store/shard_writer.py.
 """
 from __future__ import annotations
 
 import errno
-import functools
 import json
 import os
 import re
@@ -39,38 +39,19 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, NamedTuple
+from typing import Iterable
 
 import numpy as np
 import zarr
 from zarr.core.sync import sync
 
 from core.errors import RecordError, StoreError
+from store.json_values import array_from_json, array_to_json, jsonable
 from store.schema import SCHEMA_VERSION, AttentionBlock, HiddenBlock, Prediction, Record, as_float32
+from store.shard_writer import ArrayPlan, write_example
 
 FORMAT_NAME = "vl-lens-store"
 RUN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-
-
-def _jsonable(obj):
-    """Convert numpy scalars / arrays / tuples in attributes to plain JSON values."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        if all(type(v) is str for v in obj):  # tokens, modality: nothing to convert
-            return list(obj)
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        if obj.dtype.kind in "iub":  # integers and booleans: tolist() is already plain JSON
-            return obj.tolist()
-        return _jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    if hasattr(obj, "items"):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    return obj
 
 
 def _open_store(location: str | Path, read_only: bool):
@@ -147,34 +128,6 @@ def _list_dir(store, prefix: str) -> list[str]:
 # The Record's token coordinates: name -> (dtype, columns). Version 2 keeps them in the example's
 # group document (they are a few hundred numbers, like ``tokens`` and ``modality`` beside them).
 TOKEN_ARRAYS = {"token_boxes": (np.float32, 4), "token_grid": (np.int32, 2), "token_spans": (np.int32, 2)}
-
-
-class _ArrayPlan(NamedTuple):
-    """One array of an example: where, what, dimension names, inner chunk shape, attributes.
-
-    ``inner_chunks`` None: one chunk holding the whole array. Otherwise the array is one shard
-    (one file) holding chunks of that shape, each readable on its own.
-    """
-
-    name: str
-    data: np.ndarray
-    dims: tuple[str, ...]
-    inner_chunks: tuple[int, ...] | None
-    attrs: dict | None
-
-
-def _array_to_json(a) -> list:
-    """Nested lists of plain numbers; NaN / inf become null (JSON has neither)."""
-    a = np.asarray(a)
-    if a.dtype.kind == "f" and not np.isfinite(a).all():
-        return np.where(np.isfinite(a), a.astype(object), None).tolist()
-    return a.tolist()
-
-
-def _array_from_json(values, dtype, shape: tuple[int, ...] | None = None) -> np.ndarray:
-    """Inverse of ``_array_to_json`` (null -> NaN); ``shape`` restores the columns of an empty array."""
-    arr = np.array(values, dtype=dtype)
-    return arr.reshape(shape) if shape is not None and arr.size == 0 else arr
 
 
 @dataclass(frozen=True)
@@ -369,7 +322,7 @@ class RunReader:
     def _json_array(self, eid: str, name: str, values, dtype, shape: tuple[int, ...] | None = None) -> np.ndarray:
         """An array kept as JSON in the example's group document; a malformed one is a StoreError."""
         try:
-            arr = _array_from_json(values, dtype, shape)
+            arr = array_from_json(values, dtype, shape)
         except (TypeError, ValueError) as e:
             raise StoreError(f"example {eid!r} of run {self.name!r} is corrupt: {name} is not a numeric array "
                              f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from e
@@ -503,7 +456,7 @@ class RunWriter(RunReader):
         self.path = f"runs/{name}"
         grp = zarr.open_group(store._store, path=self.path, mode="a")
         old = grp.attrs.get("provenance")
-        prov = _jsonable(provenance)
+        prov = jsonable(provenance)
         if old and old.get("model_id") not in (None, prov.get("model_id")):
             raise StoreError(f"run {name!r} already holds model {old.get('model_id')!r}, not "
                              f"{prov.get('model_id')!r}; choose another run name")
@@ -523,7 +476,7 @@ class RunWriter(RunReader):
                                dimension_names=dims, overwrite=True)
         arr[...] = data
         if attrs:
-            arr.attrs.update(_jsonable(attrs))
+            arr.attrs.update(jsonable(attrs))
         return arr
 
     def is_committed(self, eid: str) -> bool:
@@ -536,94 +489,11 @@ class RunWriter(RunReader):
             return self._write(record, head_stats, group=group)
 
     def _write(self, record: Record, head_stats: dict | None, *, group: str | None) -> bool:
-        """Write one example (see ``write``).
-
-        On local disk every file is encoded and written from this thread (``_write_example_local``);
-        elsewhere (an object store) in one trip to zarr's event loop (``_write_example``). Either
-        way the group's document, with ``committed``, is written after every array.
-        """
-        eid = record.example_id
-        # Attention and hidden states: one shard per array, one inner chunk per (layer, head) block
-        # or per layer. The image: one chunk.
-        arrays = [_ArrayPlan("image", record.image, ("y", "x", "channel"), None, None)]
-        for kind, block in record.attention.items():
-            L, H, Q, K = block.values.shape
-            arrays.append(_ArrayPlan(f"attention/{kind}", block.values, AttentionBlock.DIMS, (1, 1, Q, K),
-                                     {"query_index": block.query_index, "key_index": block.key_index}))
-        for stream, block in record.hidden.items():
-            L, T, D = block.values.shape
-            arrays.append(_ArrayPlan(f"hidden/{stream}", block.values, HiddenBlock.DIMS, (1, T, D),
-                                     {"token_index": block.token_index}))
-        summary = ExampleSummary(
-            example_id=eid, question=record.question, label=record.label, answer=record.prediction.top,
-            confidence=record.prediction.confidence, answers=record.prediction.answers,
-            probabilities=record.prediction.probabilities, correct=record.correct, source_key=record.source_key,
-            n_tokens=record.n_tokens, group=group,
-        )
-        attrs = _jsonable({
-            "question": record.question, "tokens": list(record.tokens), "modality": list(record.modality),
-            "prediction": {"answers": list(record.prediction.answers),
-                           "probabilities": list(record.prediction.probabilities)},
-            "label": record.label, "source_key": record.source_key, "notices": list(record.notices),
-            "meta": dict(record.meta), "summary": summary.as_dict(),
-        })
-        # Small arrays, already plain JSON (kept out of _jsonable's element-by-element walk).
-        for name in TOKEN_ARRAYS:
-            attrs[name] = _array_to_json(getattr(record, name))
-        attrs["head_stats"] = {kind: {"names": list(hs.names), "dims": ["stat", "layer", "head"],
-                                      "values": _array_to_json(np.asarray(hs.values, np.float32))}
-                               for kind, hs in (head_stats or {}).items()}
-        path = f"{self.path}/examples/{eid}"
-        from zarr.storage import LocalStore
-
-        if isinstance(self.store._store, LocalStore):
-            # Local disk: write in this thread. Handing each example to zarr's event-loop thread and
-            # its file-writing threads cost more than the writing itself on a busy machine.
-            done = _write_example_local(self.store._store.root / path, arrays, attrs)
-            if done is not None:
-                return done
-        return sync(self._write_example(path, arrays, attrs))
-
-    async def _write_example(self, path: str, arrays: list, attrs: dict) -> bool:
-        import asyncio
-
-        from zarr.core.buffer import default_buffer_prototype
-
-        store = self.store._store
-        proto = default_buffer_prototype()
-        raw = await store.get(f"{path}/zarr.json", prototype=proto)
-        if raw is not None and _is_committed_doc(raw.to_bytes()):
-            return False
-        # Anything at this path is the leftover of a killed run: remove it first.
-        await store.delete_dir(path)
-        encoded = await asyncio.to_thread(_encode_arrays, arrays)
-        if encoded is None:  # zarr's default codecs differ from the fast path's: let zarr encode
-            await self._write_arrays_with_zarr(path, arrays)
-        else:
-            await asyncio.gather(*(store.set(f"{path}/{key}", proto.buffer.from_bytes(data))
-                                   for key, data in encoded))
-        # The group document, with the commit marker, goes last: until it is there, readers
-        # ignore this example (an example directory without it is a leftover).
-        await store.set(f"{path}/zarr.json", proto.buffer.from_bytes(_group_doc(attrs)))
-        return True
-
-    async def _write_arrays_with_zarr(self, path: str, arrays: list) -> None:
-        import asyncio
-
-        from zarr.api import asynchronous as azarr
-
-        grp = await azarr.open_group(store=self.store._store, path=path, mode="w")
-
-        async def put(plan: _ArrayPlan):
-            data = np.ascontiguousarray(plan.data)
-            arr = await grp.create_array(plan.name, shape=data.shape, dtype=data.dtype,
-                                         chunks=plan.inner_chunks or data.shape,
-                                         shards=data.shape if plan.inner_chunks else None,
-                                         dimension_names=plan.dims, attributes=_jsonable(plan.attrs or {}),
-                                         chunk_key_encoding=CHUNK_KEY_ENCODING, compressors=_zstd_codec())
-            await arr.setitem(Ellipsis, data)
-
-        await asyncio.gather(*(put(a) for a in arrays))
+        """Write one example (see ``write``): its arrays, then its group document with ``committed``
+        (store/shard_writer.py: on local disk from this thread, elsewhere through zarr's event loop)."""
+        path = f"{self.path}/examples/{record.example_id}"
+        return write_example(self.store._store, path, _array_plans(record),
+                             _example_document(record, head_stats, group))
 
     def consolidate(self) -> int:
         """Rewrite index/ from the committed examples; returns how many it covers."""
@@ -648,245 +518,48 @@ class RunWriter(RunReader):
             data = np.stack(vals).astype(np.float32)
             self._array(idx, f"head_stats/{kind}", data, ("example", "stat", "layer", "head"),
                         attrs={"names": names_by_kind[kind]})
-        idx.attrs["examples"] = _jsonable(rows)
+        idx.attrs["examples"] = jsonable(rows)
         idx.attrs["written"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         return len(rows)
 
 
-# Example arrays keep their chunk file directly in the array's directory ("c.0.0.0.0"), not under
-# zarr's default nested "c/0/0/0/0": a nested key costs up to four directories, and creating
-# directories was most of a small model's store write. Readers (zarr, xarray) follow the encoding
-# named in each array's metadata, so stores written either way read.
-CHUNK_KEY_ENCODING = {"name": "default", "configuration": {"separator": "."}}
-
-# What the fast path writes; zarr's defaults must be these or the fast path steps aside.
-# zstd level -1 (zstd's fast mode): on the demo model's attention blocks a little under half the
-# time of zarr's default level (3) for files about a fifth larger, and hidden states (which barely
-# compress at any level) cost next to nothing. The store stays at about a third of the raw float32
-# size, well inside its goal (docs/scale.md has the figures).
-ZSTD_LEVEL = -1
-_ZSTD = {"name": "zstd", "configuration": {"level": ZSTD_LEVEL, "checksum": False}}
-_INDEX_CODECS = [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}]
-
-
-def _little_endian_zstd(codecs) -> bool:
-    """Whether a codec list is bytes (little-endian; no endianness for one-byte types) then zstd at ZSTD_LEVEL."""
-    codecs = [dict(c) for c in codecs or ()]
-    return (len(codecs) == 2 and codecs[0].get("name") == "bytes"
-            and codecs[0].get("configuration", {}).get("endian", "little") == "little" and codecs[1] == _ZSTD)
+def _array_plans(record: Record) -> list[ArrayPlan]:
+    """The example's arrays. Attention and hidden states: one shard per array, one inner chunk per
+    (layer, head) block or per layer. The image: one chunk."""
+    plans = [ArrayPlan("image", record.image, ("y", "x", "channel"), None, None)]
+    for kind, block in record.attention.items():
+        L, H, Q, K = block.values.shape
+        plans.append(ArrayPlan(f"attention/{kind}", block.values, AttentionBlock.DIMS, (1, 1, Q, K),
+                               {"query_index": block.query_index, "key_index": block.key_index}))
+    for stream, block in record.hidden.items():
+        L, T, D = block.values.shape
+        plans.append(ArrayPlan(f"hidden/{stream}", block.values, HiddenBlock.DIMS, (1, T, D),
+                               {"token_index": block.token_index}))
+    return plans
 
 
-_EMPTY = 2**64 - 1  # a shard index entry for a chunk that is not stored
-
-
-@functools.lru_cache(maxsize=32)
-def _metadata_template(dtype: str, ndim: int, sharded: bool) -> str | None:
-    """zarr's own metadata document for a dtype, rank and layout (JSON text), or None if the fast
-    path can't match it.
-
-    Made once per (dtype, rank, sharded) by zarr itself, creating the array in memory; the fast
-    path fills in shape, chunk shapes, dimension names and attributes, the only fields that differ
-    between our arrays.
-    """
-    from zarr.storage import MemoryStore
-
-    mem = MemoryStore()
-    ones = (1,) * ndim
-    zarr.create_array(store=mem, name="a", shape=ones, dtype=np.dtype(dtype), chunks=ones,
-                      shards=ones if sharded else None, dimension_names=("d",) * ndim,
-                      chunk_key_encoding=CHUNK_KEY_ENCODING, compressors=_zstd_codec())
-    doc = json.loads(sync(mem.get("a/zarr.json", prototype=_prototype())).to_bytes())
-    codecs = [dict(c) for c in doc["codecs"]]
-    if sharded:
-        if len(codecs) != 1 or codecs[0].get("name") != "sharding_indexed":
-            return None
-        conf = codecs[0]["configuration"]
-        if (not _little_endian_zstd(conf.get("codecs")) or conf.get("index_codecs") != _INDEX_CODECS
-                or conf.get("index_location") != "end"):
-            return None
-    elif not _little_endian_zstd(codecs):
-        return None
-    if doc.get("chunk_key_encoding") != CHUNK_KEY_ENCODING:
-        return None
-    return json.dumps(doc)
-
-
-def _zstd_codec():
-    from zarr.codecs import ZstdCodec
-
-    return ZstdCodec(level=ZSTD_LEVEL)
-
-
-def _prototype():
-    from zarr.core.buffer import default_buffer_prototype
-
-    return default_buffer_prototype()
-
-
-@functools.lru_cache(maxsize=64)
-def _shard_order(counts: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
-    """The order zarr lays chunks out in a shard (Morton order); any order reads the same, this
-    one makes the file byte-for-byte what zarr writes."""
-    try:
-        from zarr.core.indexing import morton_order_iter
-
-        return tuple(tuple(int(i) for i in c) for c in morton_order_iter(counts))
-    except ImportError:  # moved in a later zarr: C order is just as valid
-        return tuple(np.ndindex(*counts))
-
-
-def _encode_shard(data: np.ndarray, inner: tuple[int, ...], compress) -> bytes | None:
-    """One shard holding the whole array: the compressed inner chunks, then the index of their
-    (offset, length) as little-endian uint64 and the index's CRC32C (zarr's sharding_indexed format,
-    index at the end). None if the inner chunks do not tile the array."""
-    import google_crc32c
-
-    if any(s % c for s, c in zip(data.shape, inner)):
-        return None
-    counts = tuple(s // c for s, c in zip(data.shape, inner))
-    # (count_0, inner_0, count_1, inner_1, ...) -> (count_0, count_1, ..., inner_0, inner_1, ...):
-    # blocks[idx] is chunk idx, without slicing arithmetic per chunk.
-    split = [n for pair in zip(counts, inner) for n in pair]
-    ndim = data.ndim
-    blocks = data.reshape(split).transpose([*range(0, 2 * ndim, 2), *range(1, 2 * ndim, 2)])
-    order = _shard_order(counts)
-    encoded = [compress(np.ascontiguousarray(blocks[idx])) for idx in order]
-    lengths = np.fromiter((len(e) for e in encoded), dtype="<u8", count=len(encoded))
-    index = np.full(counts + (2,), _EMPTY, dtype="<u8")
-    where = tuple(np.array(order, dtype=np.intp).T)
-    index[where + (0,)] = np.cumsum(lengths) - lengths
-    index[where + (1,)] = lengths
-    raw = index.tobytes()
-    encoded.append(raw)
-    encoded.append(np.array([google_crc32c.value(raw)], dtype="<u4").tobytes())
-    return b"".join(encoded)
-
-
-def _encode_arrays(arrays: list[_ArrayPlan]) -> list[tuple[str, bytes]] | None:
-    """Metadata documents and encoded chunk / shard files of an example's arrays, keyed relative to
-    its group.
-
-    Zarr's own write path costs a few event-loop trips and thread hops per chunk, which for a
-    small model took longer than the forward pass. Here each metadata document is zarr's own
-    (``_metadata_template``) with the shape, chunks, names and attributes filled in, and each file
-    is what zarr's codecs produce: little-endian C-order bytes compressed with zstd, in one chunk
-    or in one shard with zarr's index. If zarr's defaults ever differ, returns None and the caller
-    falls back to zarr's writer, so the format cannot drift (a test compares both paths).
-    """
-    from numcodecs.zstd import compress as zstd_compress
-
-    def compress(block: np.ndarray) -> bytes:
-        return zstd_compress(block, ZSTD_LEVEL)
-
-    sep = CHUNK_KEY_ENCODING["configuration"]["separator"]
-    out: list[tuple[str, bytes]] = []
-    groups = set()
-    for plan in arrays:
-        data = np.ascontiguousarray(plan.data)
-        sharded = plan.inner_chunks is not None
-        template = _metadata_template(data.dtype.str, data.ndim, sharded)
-        if template is None or data.ndim == 0 or min(data.shape) < 1:
-            return None
-        little = data.astype(data.dtype.newbyteorder("<"), copy=False)
-        doc = json.loads(template)
-        doc["shape"] = list(data.shape)
-        doc["chunk_grid"]["configuration"]["chunk_shape"] = list(data.shape)  # one chunk / shard
-        doc["dimension_names"] = list(plan.dims)
-        doc["attributes"] = _jsonable(plan.attrs or {})
-        if sharded:
-            inner = tuple(int(c) for c in plan.inner_chunks)
-            doc["codecs"][0]["configuration"]["chunk_shape"] = list(inner)
-            payload = _encode_shard(little, inner, compress)
-            if payload is None:
-                return None
-        else:
-            payload = compress(little)
-        out.append((f"{plan.name}/zarr.json", json.dumps(doc).encode()))  # no indent: C encoder
-        out.append((f"{plan.name}/{sep.join(['c'] + ['0'] * data.ndim)}", payload))
-        if "/" in plan.name:
-            groups.add(plan.name.rsplit("/", 1)[0])
-    group_doc = json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {}}).encode()
-    out.extend((f"{g}/zarr.json", group_doc) for g in sorted(groups))
-    return out
-
-
-def _write_files(base: str, encoded: list[tuple[str, bytes]]) -> None:
-    """Write every file of an example under the existing directory ``base``.
-
-    Plain ``os`` calls on string paths: an example is a dozen small files, and pathlib objects and
-    buffered file objects cost more than the writes themselves.
-    """
-    made = set()
-    for key, data in encoded:
-        parent = key.rpartition("/")[0]
-        if parent and parent not in made:  # each directory once, parents first
-            parts = parent.split("/")
-            for k in range(1, len(parts) + 1):
-                sub = "/".join(parts[:k])
-                if sub not in made:
-                    try:
-                        os.mkdir(f"{base}/{sub}")
-                    except FileExistsError:
-                        pass
-                    made.add(sub)
-        _write_file(f"{base}/{key}", data)
-
-
-_CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
-
-
-def _write_file(path: str, data: bytes) -> None:
-    fd = os.open(path, _CREATE, 0o666)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-    finally:
-        os.close(fd)
-
-
-def _group_doc(attrs: dict) -> bytes:
-    """An example's group document with the commit marker: the last thing written for it."""
-    return json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {**attrs, "committed": True}}).encode()
-
-
-def _is_committed_doc(raw: bytes) -> bool:
-    """Whether an example's group document carries the commit marker (anything unreadable: no)."""
-    try:
-        doc = json.loads(raw)
-    except ValueError:  # half-written
-        return False
-    attrs = doc.get("attributes") if isinstance(doc, dict) else None
-    return isinstance(attrs, dict) and attrs.get("committed") is True
-
-
-def _write_example_local(root: Path, arrays: list, attrs: dict) -> bool | None:
-    """The commit protocol on a local directory; None when zarr must encode (codecs differ)."""
-    import shutil
-
-    encoded = _encode_arrays(arrays)
-    if encoded is None:
-        return None
-    base = str(root)
-    try:
-        os.mkdir(base)  # the usual case: a new example (the run's examples/ directory exists)
-    except FileNotFoundError:
-        os.makedirs(base)
-    except FileExistsError:
-        try:
-            with open(f"{base}/zarr.json", "rb") as f:
-                if _is_committed_doc(f.read()):
-                    return False
-        except OSError:  # no metadata: not committed
-            pass
-        shutil.rmtree(base)  # the leftover of a killed run
-        os.mkdir(base)
-    _write_files(base, encoded)
-    # The group document, with the commit marker, goes last and appears atomically.
-    tmp = f"{base}/.zarr.json.{os.getpid()}.partial"
-    _write_file(tmp, _group_doc(attrs))
-    os.replace(tmp, f"{base}/zarr.json")
-    return True
+def _example_document(record: Record, head_stats: dict | None, group: str | None) -> dict:
+    """The example's group attributes: everything small (tokens, coordinates, prediction, head
+    statistics, its summary row), as plain JSON."""
+    pred = record.prediction
+    summary = ExampleSummary(
+        example_id=record.example_id, question=record.question, label=record.label, answer=pred.top,
+        confidence=pred.confidence, answers=pred.answers, probabilities=pred.probabilities,
+        correct=record.correct, source_key=record.source_key, n_tokens=record.n_tokens, group=group,
+    )
+    attrs = jsonable({
+        "question": record.question, "tokens": list(record.tokens), "modality": list(record.modality),
+        "prediction": {"answers": list(pred.answers), "probabilities": list(pred.probabilities)},
+        "label": record.label, "source_key": record.source_key, "notices": list(record.notices),
+        "meta": dict(record.meta), "summary": summary.as_dict(),
+    })
+    # Small arrays, already plain JSON (kept out of jsonable's element-by-element walk).
+    for name in TOKEN_ARRAYS:
+        attrs[name] = array_to_json(getattr(record, name))
+    attrs["head_stats"] = {kind: {"names": list(hs.names), "dims": ["stat", "layer", "head"],
+                                  "values": array_to_json(np.asarray(hs.values, np.float32))}
+                           for kind, hs in (head_stats or {}).items()}
+    return attrs
 
 
 def open_store(location: str | Path, mode: str = "r") -> VLStore:

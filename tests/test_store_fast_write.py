@@ -22,19 +22,20 @@ def _docs_and_chunks(root: Path) -> tuple[dict, set]:
 
 
 def test_fast_writer_matches_zarr_writer(tmp_path, tiny_vilt, rgb_image, monkeypatch):
+    import store.shard_writer as sw
     import store.zarr_store as zs
     from analysis.head_stats import compute_head_stats
 
     rec = tiny_vilt.run(rgb_image, "what color is the shape?", label="red")
     stats = compute_head_stats(rec)
     used = []
-    encode = zs._encode_arrays
-    monkeypatch.setattr(zs, "_encode_arrays", lambda arrays: used.append(encode(arrays)) or used[-1])
+    encode = sw.encode_arrays
+    monkeypatch.setattr(sw, "encode_arrays", lambda arrays: used.append(encode(arrays)) or used[-1])
     fast = zs.VLStore(tmp_path / "fast.zarr", mode="a")
     assert fast.writer("r", {"model_id": "m"}).write(rec, stats) is True
     assert used and used[0] is not None  # the fast path wrote it (it steps aside when zarr's defaults differ)
     with monkeypatch.context() as m:  # force zarr's own encoder (the fallback path)
-        m.setattr(zs, "_encode_arrays", lambda arrays: None)
+        m.setattr(sw, "encode_arrays", lambda arrays: None)
         slow = zs.VLStore(tmp_path / "slow.zarr", mode="a")
         assert slow.writer("r", {"model_id": "m"}).write(rec, stats) is True
     fast_docs, fast_chunks = _docs_and_chunks(tmp_path / "fast.zarr")

@@ -1,0 +1,334 @@
+"""Write one example's files: the fast shard encoder and the commit protocol on disk and object stores.
+
+Zarr's own write path costs a few event-loop trips and thread hops per chunk, which for a small
+model took longer than the forward pass. This module encodes an example's arrays itself, into
+exactly the files zarr would write (metadata documents made by zarr once per dtype and rank, then
+filled in; zstd-compressed chunks; shards in zarr's ``sharding_indexed`` layout, chunks in Morton
+order, index and CRC32C at the end), and writes them:
+
+- ``write_example`` on a local directory: plain ``os`` calls from the calling thread;
+- elsewhere (an fsspec object store): one trip to zarr's event loop setting every key.
+
+If zarr's defaults ever differ from what the encoder produces, ``encode_arrays`` returns None and
+zarr itself writes the arrays, so the format cannot drift (tests/test_store_fast_write.py compares
+both paths byte for byte). Either way an example's group document, carrying ``committed``, is
+written after every array.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import zarr
+from zarr.core.sync import sync
+
+from store.json_values import jsonable
+
+
+class ArrayPlan(NamedTuple):
+    """One array of an example: where, what, dimension names, inner chunk shape, attributes.
+
+    ``inner_chunks`` None: one chunk holding the whole array. Otherwise the array is one shard
+    (one file) holding chunks of that shape, each readable on its own.
+    """
+
+    name: str
+    data: np.ndarray
+    dims: tuple[str, ...]
+    inner_chunks: tuple[int, ...] | None
+    attrs: dict | None
+
+
+# Example arrays keep their chunk file directly in the array's directory ("c.0.0.0.0"), not under
+# zarr's default nested "c/0/0/0/0": a nested key costs up to four directories, and creating
+# directories was most of a small model's store write. Readers (zarr, xarray) follow the encoding
+# named in each array's metadata, so stores written either way read.
+CHUNK_KEY_ENCODING = {"name": "default", "configuration": {"separator": "."}}
+
+# What the fast path writes; zarr's defaults must be these or the fast path steps aside.
+# zstd level -1 (zstd's fast mode): on the demo model's attention blocks a little under half the
+# time of zarr's default level (3) for files about a fifth larger, and hidden states (which barely
+# compress at any level) cost next to nothing. The store stays at about a third of the raw float32
+# size, well inside its goal (docs/scale.md has the figures).
+ZSTD_LEVEL = -1
+_ZSTD = {"name": "zstd", "configuration": {"level": ZSTD_LEVEL, "checksum": False}}
+_INDEX_CODECS = [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}]
+
+
+def _little_endian_zstd(codecs) -> bool:
+    """Whether a codec list is bytes (little-endian; no endianness for one-byte types) then zstd at ZSTD_LEVEL."""
+    codecs = [dict(c) for c in codecs or ()]
+    return (len(codecs) == 2 and codecs[0].get("name") == "bytes"
+            and codecs[0].get("configuration", {}).get("endian", "little") == "little" and codecs[1] == _ZSTD)
+
+
+_EMPTY = 2**64 - 1  # a shard index entry for a chunk that is not stored
+
+
+@functools.lru_cache(maxsize=32)
+def _metadata_template(dtype: str, ndim: int, sharded: bool) -> str | None:
+    """zarr's own metadata document for a dtype, rank and layout (JSON text), or None if the fast
+    path can't match it.
+
+    Made once per (dtype, rank, sharded) by zarr itself, creating the array in memory; the fast
+    path fills in shape, chunk shapes, dimension names and attributes, the only fields that differ
+    between our arrays.
+    """
+    from zarr.storage import MemoryStore
+
+    mem = MemoryStore()
+    ones = (1,) * ndim
+    zarr.create_array(store=mem, name="a", shape=ones, dtype=np.dtype(dtype), chunks=ones,
+                      shards=ones if sharded else None, dimension_names=("d",) * ndim,
+                      chunk_key_encoding=CHUNK_KEY_ENCODING, compressors=zstd_codec())
+    doc = json.loads(sync(mem.get("a/zarr.json", prototype=_prototype())).to_bytes())
+    codecs = [dict(c) for c in doc["codecs"]]
+    if sharded:
+        if len(codecs) != 1 or codecs[0].get("name") != "sharding_indexed":
+            return None
+        conf = codecs[0]["configuration"]
+        if (not _little_endian_zstd(conf.get("codecs")) or conf.get("index_codecs") != _INDEX_CODECS
+                or conf.get("index_location") != "end"):
+            return None
+    elif not _little_endian_zstd(codecs):
+        return None
+    if doc.get("chunk_key_encoding") != CHUNK_KEY_ENCODING:
+        return None
+    return json.dumps(doc)
+
+
+def zstd_codec():
+    from zarr.codecs import ZstdCodec
+
+    return ZstdCodec(level=ZSTD_LEVEL)
+
+
+def _prototype():
+    from zarr.core.buffer import default_buffer_prototype
+
+    return default_buffer_prototype()
+
+
+@functools.lru_cache(maxsize=64)
+def _shard_order(counts: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
+    """The order zarr lays chunks out in a shard (Morton order); any order reads the same, this
+    one makes the file byte-for-byte what zarr writes."""
+    try:
+        from zarr.core.indexing import morton_order_iter
+
+        return tuple(tuple(int(i) for i in c) for c in morton_order_iter(counts))
+    except ImportError:  # moved in a later zarr: C order is just as valid
+        return tuple(np.ndindex(*counts))
+
+
+def _encode_shard(data: np.ndarray, inner: tuple[int, ...], compress) -> bytes | None:
+    """One shard holding the whole array: the compressed inner chunks, then the index of their
+    (offset, length) as little-endian uint64 and the index's CRC32C (zarr's sharding_indexed format,
+    index at the end). None if the inner chunks do not tile the array."""
+    import google_crc32c
+
+    if any(s % c for s, c in zip(data.shape, inner)):
+        return None
+    counts = tuple(s // c for s, c in zip(data.shape, inner))
+    # (count_0, inner_0, count_1, inner_1, ...) -> (count_0, count_1, ..., inner_0, inner_1, ...):
+    # blocks[idx] is chunk idx, without slicing arithmetic per chunk.
+    split = [n for pair in zip(counts, inner) for n in pair]
+    ndim = data.ndim
+    blocks = data.reshape(split).transpose([*range(0, 2 * ndim, 2), *range(1, 2 * ndim, 2)])
+    order = _shard_order(counts)
+    encoded = [compress(np.ascontiguousarray(blocks[idx])) for idx in order]
+    lengths = np.fromiter((len(e) for e in encoded), dtype="<u8", count=len(encoded))
+    index = np.full(counts + (2,), _EMPTY, dtype="<u8")
+    where = tuple(np.array(order, dtype=np.intp).T)
+    index[where + (0,)] = np.cumsum(lengths) - lengths
+    index[where + (1,)] = lengths
+    raw = index.tobytes()
+    encoded.append(raw)
+    encoded.append(np.array([google_crc32c.value(raw)], dtype="<u4").tobytes())
+    return b"".join(encoded)
+
+
+def encode_arrays(arrays: list[ArrayPlan]) -> list[tuple[str, bytes]] | None:
+    """Metadata documents and encoded chunk / shard files of an example's arrays, keyed relative to
+    its group.
+
+    Zarr's own write path costs a few event-loop trips and thread hops per chunk, which for a
+    small model took longer than the forward pass. Here each metadata document is zarr's own
+    (``_metadata_template``) with the shape, chunks, names and attributes filled in, and each file
+    is what zarr's codecs produce: little-endian C-order bytes compressed with zstd, in one chunk
+    or in one shard with zarr's index. If zarr's defaults ever differ, returns None and the caller
+    falls back to zarr's writer, so the format cannot drift (a test compares both paths).
+    """
+    from numcodecs.zstd import compress as zstd_compress
+
+    def compress(block: np.ndarray) -> bytes:
+        return zstd_compress(block, ZSTD_LEVEL)
+
+    sep = CHUNK_KEY_ENCODING["configuration"]["separator"]
+    out: list[tuple[str, bytes]] = []
+    groups = set()
+    for plan in arrays:
+        data = np.ascontiguousarray(plan.data)
+        sharded = plan.inner_chunks is not None
+        template = _metadata_template(data.dtype.str, data.ndim, sharded)
+        if template is None or data.ndim == 0 or min(data.shape) < 1:
+            return None
+        little = data.astype(data.dtype.newbyteorder("<"), copy=False)
+        doc = json.loads(template)
+        doc["shape"] = list(data.shape)
+        doc["chunk_grid"]["configuration"]["chunk_shape"] = list(data.shape)  # one chunk / shard
+        doc["dimension_names"] = list(plan.dims)
+        doc["attributes"] = jsonable(plan.attrs or {})
+        if sharded:
+            inner = tuple(int(c) for c in plan.inner_chunks)
+            doc["codecs"][0]["configuration"]["chunk_shape"] = list(inner)
+            payload = _encode_shard(little, inner, compress)
+            if payload is None:
+                return None
+        else:
+            payload = compress(little)
+        out.append((f"{plan.name}/zarr.json", json.dumps(doc).encode()))  # no indent: C encoder
+        out.append((f"{plan.name}/{sep.join(['c'] + ['0'] * data.ndim)}", payload))
+        if "/" in plan.name:
+            groups.add(plan.name.rsplit("/", 1)[0])
+    group_doc = json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {}}).encode()
+    out.extend((f"{g}/zarr.json", group_doc) for g in sorted(groups))
+    return out
+
+
+def _write_files(base: str, encoded: list[tuple[str, bytes]]) -> None:
+    """Write every file of an example under the existing directory ``base``.
+
+    Plain ``os`` calls on string paths: an example is a dozen small files, and pathlib objects and
+    buffered file objects cost more than the writes themselves.
+    """
+    made = set()
+    for key, data in encoded:
+        parent = key.rpartition("/")[0]
+        if parent and parent not in made:  # each directory once, parents first
+            parts = parent.split("/")
+            for k in range(1, len(parts) + 1):
+                sub = "/".join(parts[:k])
+                if sub not in made:
+                    try:
+                        os.mkdir(f"{base}/{sub}")
+                    except FileExistsError:
+                        pass
+                    made.add(sub)
+        _write_file(f"{base}/{key}", data)
+
+
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
+
+
+def _write_file(path: str, data: bytes) -> None:
+    fd = os.open(path, _CREATE, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
+def group_doc(attrs: dict) -> bytes:
+    """An example's group document with the commit marker: the last thing written for it."""
+    return json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {**attrs, "committed": True}}).encode()
+
+
+def is_committed_doc(raw: bytes) -> bool:
+    """Whether an example's group document carries the commit marker (anything unreadable: no)."""
+    try:
+        doc = json.loads(raw)
+    except ValueError:  # half-written
+        return False
+    attrs = doc.get("attributes") if isinstance(doc, dict) else None
+    return isinstance(attrs, dict) and attrs.get("committed") is True
+
+
+def _write_example_local(root: Path, arrays: list, attrs: dict) -> bool | None:
+    """The commit protocol on a local directory; None when zarr must encode (codecs differ)."""
+    import shutil
+
+    encoded = encode_arrays(arrays)
+    if encoded is None:
+        return None
+    base = str(root)
+    try:
+        os.mkdir(base)  # the usual case: a new example (the run's examples/ directory exists)
+    except FileNotFoundError:
+        os.makedirs(base)
+    except FileExistsError:
+        try:
+            with open(f"{base}/zarr.json", "rb") as f:
+                if is_committed_doc(f.read()):
+                    return False
+        except OSError:  # no metadata: not committed
+            pass
+        shutil.rmtree(base)  # the leftover of a killed run
+        os.mkdir(base)
+    _write_files(base, encoded)
+    # The group document, with the commit marker, goes last and appears atomically.
+    tmp = f"{base}/.zarr.json.{os.getpid()}.partial"
+    _write_file(tmp, group_doc(attrs))
+    os.replace(tmp, f"{base}/zarr.json")
+    return True
+
+
+def write_example(store, path: str, arrays: list[ArrayPlan], attrs: dict) -> bool:
+    """Write one example at ``path`` of a zarr store: its arrays, then its group document with the
+    commit marker. False (nothing written) when it is already committed; a leftover of a killed
+    run at ``path`` is replaced."""
+    from zarr.storage import LocalStore
+
+    if isinstance(store, LocalStore):
+        # Local disk: write in this thread. Handing each example to zarr's event-loop thread and
+        # its file-writing threads cost more than the writing itself on a busy machine.
+        done = _write_example_local(store.root / path, arrays, attrs)
+        if done is not None:
+            return done
+    return sync(_write_example_async(store, path, arrays, attrs))
+
+
+async def _write_example_async(store, path: str, arrays: list[ArrayPlan], attrs: dict) -> bool:
+    import asyncio
+
+    proto = _prototype()
+    raw = await store.get(f"{path}/zarr.json", prototype=proto)
+    if raw is not None and is_committed_doc(raw.to_bytes()):
+        return False
+    # Anything at this path is the leftover of a killed run: remove it first.
+    await store.delete_dir(path)
+    encoded = await asyncio.to_thread(encode_arrays, arrays)
+    if encoded is None:  # zarr's default codecs differ from the fast path's: let zarr encode
+        await _write_arrays_with_zarr(store, path, arrays)
+    else:
+        await asyncio.gather(*(store.set(f"{path}/{key}", proto.buffer.from_bytes(data))
+                               for key, data in encoded))
+    # The group document, with the commit marker, goes last: until it is there, readers
+    # ignore this example (an example directory without it is a leftover).
+    await store.set(f"{path}/zarr.json", proto.buffer.from_bytes(group_doc(attrs)))
+    return True
+
+
+async def _write_arrays_with_zarr(store, path: str, arrays: list[ArrayPlan]) -> None:
+    import asyncio
+
+    from zarr.api import asynchronous as azarr
+
+    grp = await azarr.open_group(store=store, path=path, mode="w")
+
+    async def put(plan: ArrayPlan):
+        data = np.ascontiguousarray(plan.data)
+        arr = await grp.create_array(plan.name, shape=data.shape, dtype=data.dtype,
+                                     chunks=plan.inner_chunks or data.shape,
+                                     shards=data.shape if plan.inner_chunks else None,
+                                     dimension_names=plan.dims, attributes=jsonable(plan.attrs or {}),
+                                     chunk_key_encoding=CHUNK_KEY_ENCODING, compressors=zstd_codec())
+        await arr.setitem(Ellipsis, data)
+
+    await asyncio.gather(*(put(a) for a in arrays))
