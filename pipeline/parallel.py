@@ -28,8 +28,6 @@ from dataclasses import dataclass, field
 
 from pipeline.record import RecordResult
 
-log = logging.getLogger("vl_lens.pipeline.parallel")
-
 # Per-worker-process model cache: model spec -> adapter (each worker loads the model once).
 _ADAPTERS: dict = {}
 
@@ -67,32 +65,21 @@ def _examples(dataset_spec: str, split: str | None, start: int, stop: int):
 
 def record_chunk(model: str, dataset_spec: str, split: str | None, start: int, stop: int, out: str,
                  run_name: str, provenance: dict, top_k: int = 5) -> ChunkResult:
-    """Record examples [start, stop) of a data set into ``out``; runs on a worker process."""
-    from core.errors import InputError
-    from core.ids import example_id_of
-    from analysis.head_stats import compute_head_stats
-    from core.errors import SourceError
+    """Record examples [start, stop) of a data set into ``out``; runs on a worker process.
+
+    The same loop as one-process recording; committed examples are checked one by one (a listing
+    of a large shared run per chunk would cost more than the chunk), and the coordinator writes
+    the index once at the end.
+    """
+    from pipeline.record import RECOVERABLE, example_work
+    from pipeline.write_loop import write_records
     from store.zarr_store import VLStore
 
-    adapter = _adapter(model)
     writer = VLStore(out, mode="a").writer(run_name, provenance)
-    written = skipped = 0
-    failed = []
-    for ex in _examples(dataset_spec, split, start, stop):
-        try:
-            image = ex.image()
-            if writer.is_committed(example_id_of(image, ex.question)):
-                skipped += 1  # resume: committed by an earlier (or killed) run
-                continue
-            rec = adapter.run(image, ex.question, top_k=top_k, label=ex.label, source_key=ex.source_key)
-            if writer.write(rec, compute_head_stats(rec), group=ex.group):
-                written += 1
-            else:
-                skipped += 1
-        except (InputError, SourceError, OSError, ValueError) as e:
-            failed.append((ex.source_key, str(e)))
-            log.warning("skipped %s: %s", ex.source_key, e)
-    return ChunkResult(written=written, skipped=skipped, failed=tuple(failed))
+    counts = write_records(_examples(dataset_spec, split, start, stop), example_work(_adapter(model), top_k),
+                           writer, key_of=lambda ex: ex.source_key, recoverable=RECOVERABLE,
+                           list_committed=False, consolidate=False)
+    return ChunkResult(written=counts.written, skipped=counts.skipped, failed=tuple(counts.failed))
 
 
 def chunk_ranges(total: int, workers: int, chunk_size: int | None = None) -> list[tuple[int, int]]:
@@ -128,10 +115,7 @@ def record_parallel(model: str, dataset_spec: str, split: str | None, limit: int
     ``LocalCluster`` of ``workers`` single-threaded processes is started and stopped here.
     ``client``: an existing ``distributed.Client`` to use instead (left open).
     """
-    from distributed import Client, LocalCluster, as_completed
-
     from sources import open_source
-    from core.errors import StoreError
     from store.zarr_store import VLStore
 
     if workers < 1:
@@ -140,23 +124,8 @@ def record_parallel(model: str, dataset_spec: str, split: str | None, limit: int
     total = len(source) if limit is None else min(limit, len(source))
     store = VLStore(out, mode="a")  # fail fast on a bad store, before starting processes
     start = time.time()
-    cluster = None
     own_client = client is None
-    if client is not None:
-        n_workers = max(1, sum(client.nthreads().values()))
-    elif scheduler:
-        try:
-            client = Client(scheduler, timeout="30s")
-        except OSError as e:
-            raise StoreError(f"cannot reach the Dask scheduler at {scheduler}: {e}") from e
-        n_workers = max(1, sum(client.nthreads().values()))
-    else:
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None, silence_logs=logging.ERROR)
-        client = Client(cluster)
-        n_workers = workers
-    result = RecordResult(run=run_name)
-    bar = None
+    client, cluster, n_workers = _connect(client, scheduler, workers)
     try:
         client.run(_worker_setup)
         # The run group is created once, here, before any worker writes into it.
@@ -165,10 +134,46 @@ def record_parallel(model: str, dataset_spec: str, split: str | None, limit: int
         ranges = chunk_ranges(total, n_workers, chunk_size)
         futures = {client.submit(record_chunk, model, dataset_spec, split, a, b, out, run_name, provenance, top_k,
                                  pure=False, retries=1): (a, b) for a, b in ranges}
-        if progress:
-            from tqdm import tqdm
+        desc = f"record {run_name} ({n_workers} workers)" if progress else None
+        result = _gather(futures, RecordResult(run=run_name), desc, total)
+        writer.consolidate()
+    finally:
+        if own_client:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+    result.seconds = time.time() - start
+    return result
 
-            bar = tqdm(total=total, desc=f"record {run_name} ({n_workers} workers)", unit="ex", dynamic_ncols=True)
+
+def _connect(client, scheduler: str | None, workers: int):
+    """(client, the LocalCluster started here or None, worker threads): the given client, the
+    scheduler's, or a new LocalCluster of ``workers`` single-threaded processes."""
+    from distributed import Client, LocalCluster
+
+    from core.errors import StoreError
+
+    if client is not None:
+        return client, None, max(1, sum(client.nthreads().values()))
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout="30s")
+        except OSError as e:
+            raise StoreError(f"cannot reach the Dask scheduler at {scheduler}: {e}") from e
+        return client, None, max(1, sum(client.nthreads().values()))
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                           dashboard_address=None, silence_logs=logging.ERROR)
+    return Client(cluster), cluster, workers
+
+
+def _gather(futures: dict, result: RecordResult, desc: str | None, total: int) -> RecordResult:
+    """Add up the chunks' results as they finish; the progress bar advances a chunk at a time."""
+    from distributed import as_completed
+
+    from pipeline.write_loop import progress_bar
+
+    bar = progress_bar(desc, total)
+    try:
         for fut in as_completed(futures):
             a, b = futures[fut]
             chunk = fut.result()
@@ -177,13 +182,7 @@ def record_parallel(model: str, dataset_spec: str, split: str | None, limit: int
             result.failed.extend(chunk.failed)
             if bar is not None:
                 bar.update(b - a)
-        writer.consolidate()
     finally:
         if bar is not None:
             bar.close()
-        if own_client:
-            client.close()
-        if cluster is not None:
-            cluster.close()
-    result.seconds = time.time() - start
     return result

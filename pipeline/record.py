@@ -1,23 +1,25 @@
 """The one record pipeline: source -> adapter -> head statistics -> store.
 
-Used by ``cli.py record`` and by the app (to build the demo store on first start). Resumable:
-examples already committed in the run are skipped without running the model.
+Used by ``cli.py record`` and by the app (to build the demo store on first start); each Dask
+worker of parallel recording runs the same steps on its chunk. Resumable: examples already
+committed in the run are skipped without running the model (pipeline/write_loop.py).
 """
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from adapters.base import Adapter
-from core.errors import InputError
 from analysis.head_stats import compute_head_stats
+from core.errors import InputError, SourceError
+from pipeline.write_loop import Pending, write_records
 from sources.base import Example
-from core.errors import SourceError
 from store.zarr_store import VLStore
 
-log = logging.getLogger("vl_lens.record")
+# What fails one example without stopping the run: a bad image or question, an unreadable row, a
+# file-system hiccup on one write. A StoreError (read-only store, full disk) stops the run.
+RECOVERABLE = (InputError, SourceError, OSError, ValueError)
 
 
 @dataclass
@@ -29,48 +31,34 @@ class RecordResult:
     seconds: float = 0.0
 
 
+def example_work(adapter: Adapter, top_k: int = 5) -> Callable[[Example], Pending]:
+    """What one data set example becomes: its content hash now, the model's Record only if needed."""
+    from core.ids import example_id_of
+
+    def prepare(ex: Example) -> Pending:
+        image = ex.image()
+
+        def make():
+            rec = adapter.run(image, ex.question, top_k=top_k, label=ex.label, source_key=ex.source_key)
+            return rec, compute_head_stats(rec)
+
+        return Pending(example_id=example_id_of(image, ex.question), make=make, group=ex.group)
+
+    return prepare
+
+
 def record_examples(adapter: Adapter, examples: Iterable[Example], store: VLStore, run: str, *,
                     total: int | None = None, progress: bool = True, top_k: int = 5,
                     on_progress: Callable[[int, int | None], None] | None = None,
                     consolidate: bool = True) -> RecordResult:
     """Record examples with one adapter into ``store`` under run name ``run``."""
-    from core.ids import example_id_of
-
-    writer = store.writer(run, adapter.provenance())
-    done = writer.committed_ids()
-    result = RecordResult(run=run)
     start = time.time()
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, desc=f"record {run}", unit="ex", dynamic_ncols=True)
-    for i, ex in enumerate(examples):
-        try:
-            image = ex.image()
-            eid = example_id_of(image, ex.question)
-            if eid in done:
-                result.skipped += 1
-            else:
-                rec = adapter.run(image, ex.question, top_k=top_k, label=ex.label, source_key=ex.source_key)
-                if writer.write(rec, compute_head_stats(rec), group=ex.group):
-                    result.written += 1
-                    done.add(eid)
-                else:
-                    result.skipped += 1
-        except (InputError, SourceError, OSError, ValueError) as e:
-            result.failed.append((ex.source_key, str(e)))
-            log.warning("skipped %s: %s", ex.source_key, e)
-        if bar is not None:
-            bar.update(1)
-        if on_progress is not None:
-            on_progress(i + 1, total)
-    if bar is not None:
-        bar.close()
-    if consolidate:
-        writer.consolidate()
-    result.seconds = time.time() - start
-    return result
+    writer = store.writer(run, adapter.provenance())
+    counts = write_records(examples, example_work(adapter, top_k), writer, key_of=lambda ex: ex.source_key,
+                           recoverable=RECOVERABLE, progress=f"record {run}" if progress else None, total=total,
+                           on_progress=on_progress, consolidate=consolidate)
+    return RecordResult(run=run, written=counts.written, skipped=counts.skipped, failed=counts.failed,
+                        seconds=time.time() - start)
 
 
 def limited(examples: Iterable[Example], limit: int | None) -> Iterable[Example]:
