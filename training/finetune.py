@@ -251,43 +251,90 @@ def finetune(adapter, train: Iterable[Example], *, out: str | Path | None = None
     """
     start = time.time()
     gen = seed_everything(config.seed)
-    examples = _take(train, config.limit)
+    examples, eval_list = _split_eval(_take(train, config.limit), eval_examples, config)
+    added, usable = _learnable(adapter, examples, config)
+    params = _unfreeze(adapter, config.full)
+    groups, per_epoch, total = _step_plan(usable, config)
+    trainer = _Trainer(adapter, params, config, total)
+    run = _RunLog(total=total, progress=config.progress)
+    try:
+        for epoch in range(1, config.epochs + 1):
+            for indices in _batches(usable, config, gen, groups):
+                if run.step >= total:
+                    break
+                batch, images = _load_images([usable[i] for i in indices], run.cache, run.failed)
+                if batch:
+                    run.log_step(trainer.step(batch, images), epoch)
+                    if config.eval_every and run.step % config.eval_every == 0 and run.step % per_epoch != 0:
+                        run.evaluate(adapter, eval_list, epoch)
+            run.evaluate(adapter, eval_list, epoch)
+            if out is not None and config.checkpoint_every_epoch:
+                adapter.save(Path(out))
+            if run.step >= total:
+                break
+    finally:
+        run.close()
+        adapter.set_training(False)
+        for p in adapter.trainable_parameters(True):
+            p.requires_grad_(True)
+    result = FinetuneResult(
+        out=str(out) if out is not None else None, steps=run.step, train_examples=len(usable),
+        skipped_examples=len(examples) - len(usable), failed=tuple(dict.fromkeys(run.failed)), answers_added=added,
+        losses=tuple(run.losses), history=tuple(run.history), parameters_trained=sum(p.numel() for p in params),
+        wall_seconds=round(time.time() - start, 1), config={**asdict(config), "learning_rate": config.learning_rate},
+    )
+    if out is not None:
+        _save(Path(out), adapter, result, extra_result)
+    return result
+
+
+def _split_eval(examples: list[Example], eval_examples: Iterable[Example] | None,
+                config: FinetuneConfig) -> tuple[list[Example], list[Example]]:
+    """(training examples, evaluation examples): the given evaluation set, or a seeded 5% held out
+    of the training examples (at most ``eval_limit``; none below 20 examples)."""
     if not examples:
         raise SourceError("the training data set has no examples")
-    if eval_examples is None:
-        n_eval = min(config.eval_limit or 1000, max(1, len(examples) // 20)) if len(examples) >= 20 else 0
-        perm = torch.randperm(len(examples), generator=torch.Generator().manual_seed(config.seed + 1)).tolist()
-        held = set(perm[:n_eval])
-        eval_list = [examples[i] for i in sorted(held)]
-        examples = [ex for i, ex in enumerate(examples) if i not in held]
-    else:
-        eval_list = _take(eval_examples, config.eval_limit)
+    if eval_examples is not None:
+        return examples, _take(eval_examples, config.eval_limit)
+    n_eval = min(config.eval_limit or 1000, max(1, len(examples) // 20)) if len(examples) >= 20 else 0
+    perm = torch.randperm(len(examples), generator=torch.Generator().manual_seed(config.seed + 1)).tolist()
+    held = set(perm[:n_eval])
+    return [ex for i, ex in enumerate(examples) if i not in held], [examples[i] for i in sorted(held)]
 
+
+def _learnable(adapter, examples: list[Example], config: FinetuneConfig) -> tuple[tuple[str, ...], list[Example]]:
+    """(answers added to the classifier, the examples with an answer the model can learn).
+
+    ``new_answers="extend"``: the data set's answers the model lacks get classifier rows, most
+    frequent first; ``"ignore"``: they get no target."""
     known = set(adapter.answers())
     unseen = Counter(a for ex in examples for a in ex.answers if a not in known)
     added: tuple[str, ...] = ()
     if unseen and config.new_answers == "extend":
         added = tuple(a for a, _ in unseen.most_common())
         adapter.add_answers(list(added))
-    answers = adapter.answers()
-    answer_set = set(answers)
+    answer_set = set(adapter.answers())
     usable = [ex for ex in examples if any(a in answer_set for a in ex.answers)]
-    skipped = len(examples) - len(usable)
     if not usable:
         raise SourceError("no training example has an answer this model can learn (examples need an 'answer'; "
                           "with new_answers='ignore', one in the model's label set)")
+    return added, usable
 
-    params = adapter.trainable_parameters(config.full)
-    if not config.full:  # freeze the rest so that only the classifier learns (and backward is cheaper)
+
+def _unfreeze(adapter, full: bool) -> list:
+    """The parameters to train, with gradients on; the rest frozen (only the classifier learns, and
+    backward is cheaper) unless ``full``."""
+    params = adapter.trainable_parameters(full)
+    if not full:
         for p in adapter.trainable_parameters(True):
             p.requires_grad_(False)
-        for p in params:
-            p.requires_grad_(True)
-    else:
-        for p in params:
-            p.requires_grad_(True)
-    lr = config.learning_rate
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+def _step_plan(usable: list[Example], config: FinetuneConfig) -> tuple[list[list[int]] | None, int, int]:
+    """(question indices per image when batching by image, else None; steps per epoch; total steps)."""
     groups = None
     if config.images_per_batch:
         by_image: dict[str, list[int]] = {}
@@ -297,88 +344,86 @@ def finetune(adapter, train: Iterable[Example], *, out: str | Path | None = None
         per_epoch = (len(groups) + config.images_per_batch - 1) // config.images_per_batch
     else:
         per_epoch = (len(usable) + config.batch_size - 1) // config.batch_size
-    loss_fn = LOSSES[config.loss]
     total = per_epoch * config.epochs
-    if config.max_steps is not None:
-        total = min(total, config.max_steps)
-    sched = None
-    if config.schedule == "onecycle" and total > 1:
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=config.warmup)
+    return groups, per_epoch, total if config.max_steps is None else min(total, config.max_steps)
 
-    cache = _ImageCache()
-    failed: list[tuple[str, str]] = []
-    losses: list[float] = []
-    history: list[dict] = []
-    bar = None
-    if config.progress:
-        from tqdm import tqdm
 
-        bar = tqdm(total=total, desc="finetune", unit="step", dynamic_ncols=True)
+class _Trainer:
+    """One optimizer step on a batch: augment, forward, loss, backward, clip, step, schedule."""
 
-    def run_eval(epoch: int):
+    def __init__(self, adapter, params: list, config: FinetuneConfig, total: int):
+        self.adapter, self.params, self.config = adapter, params, config
+        self.answers = adapter.answers()
+        self.loss_fn = LOSSES[config.loss]
+        lr = config.learning_rate
+        self.opt = torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
+        self.sched = None
+        if config.schedule == "onecycle" and total > 1:
+            self.sched = torch.optim.lr_scheduler.OneCycleLR(self.opt, max_lr=lr, total_steps=total,
+                                                             pct_start=config.warmup)
+        self.aug_gen = torch.Generator().manual_seed(config.seed + 2)
+
+    def step(self, batch: list[Example], images: list) -> float:
+        """Train on one batch; returns its loss."""
+        if self.config.augment == "dihedral":
+            images = augment_dihedral(images, self.aug_gen)
+        self.adapter.set_training(True)
+        inputs = self.adapter.encode_batch(images, [ex.question for ex in batch])
+        loss = self.loss_fn(self.adapter.forward_logits(**inputs).float(), targets_for(batch, self.answers))
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.config.clip_grad_norm)
+        self.opt.step()
+        if self.sched is not None:
+            self.sched.step()
+        return float(loss.detach())
+
+
+class _RunLog:
+    """What a run has done so far: losses (one per step), evaluations, unreadable images, the bar."""
+
+    def __init__(self, *, total: int, progress: bool):
+        self.cache = _ImageCache()
+        self.failed: list[tuple[str, str]] = []
+        self.losses: list[float] = []
+        self.history: list[dict] = []
+        self.bar = None
+        if progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc="finetune", unit="step", dynamic_ncols=True)
+
+    @property
+    def step(self) -> int:
+        return len(self.losses)
+
+    def log_step(self, loss: float, epoch: int) -> None:
+        self.losses.append(loss)
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(epoch=epoch, loss=f"{loss:.3f}")
+
+    def evaluate(self, adapter, eval_list: list[Example], epoch: int) -> None:
         if not eval_list:
             return
-        res = evaluate(adapter, eval_list, cache=cache)
-        history.append({"step": len(losses), "epoch": epoch, **res})
-        msg = f"step {len(losses)} (epoch {epoch}): accuracy {res['accuracy']:.4f}, VQA score {res['vqa_score']:.4f} " \
-              f"on {res['examples']} examples"
-        if bar is not None:
-            bar.write(msg)
+        res = evaluate(adapter, eval_list, cache=self.cache)
+        self.history.append({"step": self.step, "epoch": epoch, **res})
+        if self.bar is not None:
+            self.bar.write(f"step {self.step} (epoch {epoch}): accuracy {res['accuracy']:.4f}, "
+                           f"VQA score {res['vqa_score']:.4f} on {res['examples']} examples")
 
-    aug_gen = torch.Generator().manual_seed(config.seed + 2)
-    step = 0
-    try:
-        for epoch in range(1, config.epochs + 1):
-            for indices in _batches(usable, config, gen, groups):
-                if step >= total:
-                    break
-                batch, images = _load_images([usable[i] for i in indices], cache, failed)
-                if not batch:
-                    continue
-                if config.augment == "dihedral":
-                    images = augment_dihedral(images, aug_gen)
-                adapter.set_training(True)
-                inputs = adapter.encode_batch(images, [ex.question for ex in batch])
-                loss = loss_fn(adapter.forward_logits(**inputs).float(), targets_for(batch, answers))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if config.clip_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(params, config.clip_grad_norm)
-                opt.step()
-                if sched is not None:
-                    sched.step()
-                step += 1
-                losses.append(float(loss.detach()))
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.3f}")
-                if config.eval_every and step % config.eval_every == 0 and step % per_epoch != 0:
-                    run_eval(epoch)
-            run_eval(epoch)
-            if out is not None and config.checkpoint_every_epoch:
-                adapter.save(Path(out))
-            if step >= total:
-                break
-    finally:
-        if bar is not None:
-            bar.close()
-        adapter.set_training(False)
-        for p in adapter.trainable_parameters(True):
-            p.requires_grad_(True)
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
-    result = FinetuneResult(
-        out=str(out) if out is not None else None, steps=step, train_examples=len(usable), skipped_examples=skipped,
-        failed=tuple(dict.fromkeys(failed)), answers_added=added, losses=tuple(losses), history=tuple(history),
-        parameters_trained=sum(p.numel() for p in params), wall_seconds=round(time.time() - start, 1),
-        config={**asdict(config), "learning_rate": lr},
-    )
-    if out is not None:
-        out = Path(out)
-        adapter.save(out)
-        payload = {**result.as_dict(), **(extra_result or {})}
-        payload["losses"] = payload["losses"][-1000:]
-        (out / "finetune_result.json").write_text(json.dumps(payload, indent=2, default=str))
-    return result
+
+def _save(out: Path, adapter, result: FinetuneResult, extra_result: dict | None) -> None:
+    """The checkpoint, and finetune_result.json beside it (the last 1000 losses)."""
+    adapter.save(out)
+    payload = {**result.as_dict(), **(extra_result or {})}
+    payload["losses"] = payload["losses"][-1000:]
+    (out / "finetune_result.json").write_text(json.dumps(payload, indent=2, default=str))
 
 
 def finetune_cycles(adapter, train: list[Example], configs: list[FinetuneConfig], *, out: str | Path | None = None,
