@@ -29,8 +29,7 @@ import numpy as np
 from PIL import Image
 
 from core.errors import AdapterError
-from core.ids import example_id_of
-from store.schema import AttentionBlock, HiddenBlock, Prediction, Record
+from store.schema import Prediction, Record
 
 # How answer logits become probabilities, named by the loss the answer head was trained with:
 # "softmax" (cross-entropy, one answer per question: the answers' probabilities sum to 1) or
@@ -81,38 +80,22 @@ def stack_layers(tensors) -> np.ndarray:
     return torch.stack([t[0] for t in tensors]).to(torch.float16).cpu().numpy()
 
 
-def single_stream_record(*, image: Image.Image, question: str, tokens: list[str], modality: list[str],
-                         text_spans: list, image_boxes: np.ndarray, image_grid: np.ndarray, attentions,
-                         hidden_states, prediction: Prediction, label: str | None, source_key: str | None,
-                         notices, meta: dict) -> Record:
-    """The Record of a single-stream model (ViLT, KD-VLP style): one ``self`` attention over the
-    joint sequence and one ``joint`` hidden stream.
+def token_geometry(n_tokens: int, text_spans, image_boxes: np.ndarray, image_grid: np.ndarray):
+    """Per-token geometry arrays of a Record whose first T tokens are the text side (``text_spans``,
+    T character spans) and whose last I tokens are the image ones (``image_boxes`` (I, 4),
+    ``image_grid`` (I, 2) row, col).
 
-    ``tokens`` / ``modality`` cover the whole sequence: the text tokens (``text_spans`` gives their
-    character spans, one per text-side position) first and the image tokens (``image_boxes``,
-    ``image_grid``) last. ``attentions`` / ``hidden_states`` are the model's per-layer outputs.
+    Returns (boxes (N, 4) NaN off the image, grid (N, 2) -1 off it, spans (N, 2) -1 off the text).
     """
-    n, n_img, n_text = len(tokens), len(image_boxes), len(text_spans)
-    boxes = np.full((n, 4), np.nan, np.float32)
-    grid = np.full((n, 2), -1, np.int32)
+    n_img, n_text = len(image_boxes), len(text_spans)
+    boxes = np.full((n_tokens, 4), np.nan, np.float32)
+    grid = np.full((n_tokens, 2), -1, np.int32)
     if n_img:
-        boxes[n - n_img:] = image_boxes
-        grid[n - n_img:] = image_grid
-    token_spans = np.full((n, 2), -1, np.int32)
-    token_spans[:n_text] = np.asarray(text_spans, np.int32).reshape(-1, 2)
-    attn = stack_layers(attentions)  # (L, H, N, N)
-    hidden = stack_layers(hidden_states)  # (L + 1, N, D)
-    if attn.shape[-1] != n:
-        raise AdapterError(f"internal: {attn.shape[-1]} attention positions for {n} tokens")
-    idx = np.arange(n)
-    return Record(
-        example_id=example_id_of(image, question), question=question, tokens=tuple(tokens),
-        modality=tuple(modality), token_boxes=boxes, token_grid=grid, token_spans=token_spans,
-        image=display_copy(image),
-        attention={"self": AttentionBlock(values=attn, query_index=idx, key_index=idx)},
-        hidden={"joint": HiddenBlock(values=hidden, token_index=idx)},
-        prediction=prediction, label=label, source_key=source_key, notices=tuple(notices), meta=meta,
-    )
+        boxes[n_tokens - n_img:] = image_boxes
+        grid[n_tokens - n_img:] = image_grid
+    spans = np.full((n_tokens, 2), -1, np.int32)
+    spans[:n_text] = np.asarray(text_spans, np.int32).reshape(-1, 2)
+    return boxes, grid, spans
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -248,9 +231,51 @@ class Adapter(ABC):
         raise NotImplementedError(f"{self.name} does not support fine-tuning yet")
 
     def add_answers(self, answers: list[str]) -> None:
-        """Append answers to the label set: new classifier rows, the old rows unchanged."""
+        """Append answers to the label set: new classifier rows, the old rows unchanged.
+
+        The answer layer (the last of ``answer_head()``) gets one new row per new answer, its
+        bias the old biases' mean: a new answer starts as likely as a typical old one (trained BCE
+        heads have negative biases). ``set_answer_names`` then records the longer label set.
+        """
+        known = set(self.answers())
+        new = [a for a in dict.fromkeys(answers) if a not in known]
+        if not new:
+            return
+        head = self.answer_head()
+        head[-1] = extended_linear(head[-1], len(new), init_std=self.new_answer_init_std())
+        self.set_answer_names(self.answers() + new)
+
+    def answer_head(self):
+        """The ``nn.Sequential`` whose last layer is the (answers, features) answer ``nn.Linear``."""
+        raise NotImplementedError(f"{self.name} cannot extend its answer set")
+
+    def new_answer_init_std(self) -> float | None:
+        """Std of the normal init of new answer rows; None keeps ``nn.Linear``'s default init."""
+        return None
+
+    def set_answer_names(self, answers: list[str]) -> None:
+        """Record a new label set (after ``add_answers``) in the adapter and its model's config."""
         raise NotImplementedError(f"{self.name} cannot extend its answer set")
 
     def save(self, directory: str | Path) -> None:
         """Write a checkpoint that ``load(directory)`` reads back (weights, tokenizer, processor)."""
         raise NotImplementedError(f"{self.name} cannot save checkpoints yet")
+
+
+def extended_linear(old, n_new: int, *, init_std: float | None):
+    """A copy of ``nn.Linear`` ``old`` with ``n_new`` more output rows appended; the old rows unchanged.
+
+    New rows: ``nn.Linear``'s default init, or normal(0, ``init_std``) weights; bias the mean of
+    the old biases.
+    """
+    import torch
+
+    n_old = old.out_features
+    layer = torch.nn.Linear(old.in_features, n_old + n_new, device=old.weight.device, dtype=old.weight.dtype)
+    with torch.no_grad():
+        layer.weight[:n_old] = old.weight
+        layer.bias[:n_old] = old.bias
+        if init_std is not None:
+            layer.weight[n_old:].normal_(0.0, init_std)
+        layer.bias[n_old:] = old.bias.mean()
+    return layer

@@ -19,7 +19,7 @@ Sequence layout (N = T + 1 + G*G):
 - one LayerNorm over the joint embeddings, then post-LN BERT layers with *eager* softmax attention
   (rows sum to 1 over the unmasked keys), then a pooler on [CLS] and an answer classifier.
 
-Images are resized (stretched) to image_size x image_size, so grid cell (r, c) covers exactly
+Images are resized (stretched, by adapters/pixels.py) to image_size x image_size, so grid cell (r, c) covers exactly
 x in [c/G, (c+1)/G), y in [r/G, (r+1)/G) of the source image. (Its CNN receptive field is wider.)
 Answer probabilities are the softmax of the logits (trained with cross-entropy).
 """
@@ -30,7 +30,6 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -244,26 +243,6 @@ class KdvlpModel(nn.Module):
         return KdvlpOutput(logits=self.classifier(pooled),
                            attentions=tuple(attentions) if output_attentions else None,
                            hidden_states=tuple(hidden) if output_hidden_states else None)
-
-
-# ---- preprocessing ----------------------------------------------------------------------------------
-def images_to_uint8(images, size: int) -> torch.Tensor:
-    """PIL images -> (B, 3, S, S) uint8, each resized (stretched) to S x S with bilinear filtering."""
-    from PIL import Image
-
-    out = []
-    for im in images:
-        rgb = im.convert("RGB")
-        if rgb.size != (size, size):
-            rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
-        out.append(torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1))
-    return torch.stack(out)
-
-
-def normalize_pixels(pixels_uint8: torch.Tensor, config: KdvlpConfig) -> torch.Tensor:
-    mean = torch.tensor(config.image_mean).view(1, 3, 1, 1)
-    std = torch.tensor(config.image_std).view(1, 3, 1, 1)
-    return (pixels_uint8.float() / 255.0 - mean) / std
 
 
 # ---- checkpoint IO ----------------------------------------------------------------------------------

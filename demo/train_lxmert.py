@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from adapters.lxmert import GridRegionExtractor
+from adapters.regions import GridRegionExtractor
 from sources.base import Example
 
 DEMO_IMAGE_SIZE = 64

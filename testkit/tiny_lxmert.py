@@ -14,7 +14,7 @@ def make_tiny_lxmert(path: Path, *, seed: int = 0, extractor: bool = True, hidde
     import torch
     from transformers import LxmertConfig, LxmertForQuestionAnswering
 
-    from adapters.lxmert import GridRegionExtractor
+    from adapters.regions import GridRegionExtractor
     from demo.train_vilt import build_tokenizer
 
     tok = build_tokenizer(QUESTIONS)

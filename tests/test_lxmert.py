@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from core.errors import AdapterError, InputError
-from adapters.lxmert import KINDS, LxmertAdapter, RegionFeatures, load_regions_npz
+from adapters.lxmert import KINDS, LxmertAdapter
+from adapters.regions import RegionFeatures, load_regions_npz
 from testkit.tiny_lxmert import TINY_FEAT_DIM, TINY_GRID, make_tiny_lxmert
 
 QUESTION = "what color is the shape?"

@@ -1,0 +1,174 @@
+"""What single-stream adapters share (ViLT, KD-VLP style): one transformer over the joint sequence
+
+    [CLS] words... [SEP]   [IMG]    image token 0 ... image token I-1
+    text-side positions    special  image (a grid of cells: patches or CNN cells, (row, col) order)
+
+A subclass says how to encode an input (``_encode``), run the model (``_outputs``), where its
+image tokens lie (``_image_tokens``) and how many pixels of ``pixel_values`` one cell spans
+(``_cell_pixels``); the Record, prediction, attribution spec, attention maps, layer scores and
+occlusion are built here, once.
+"""
+from __future__ import annotations
+
+from abc import abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+from PIL import Image
+
+from adapters.base import Adapter, AttributionSpec, display_copy, stack_layers, token_geometry
+from adapters.inputs import IMAGE_TOKEN, pad_words, text_layout
+from core.errors import AdapterError
+from core.ids import example_id_of
+from store.schema import AttentionBlock, HiddenBlock, Prediction, Record
+
+
+@dataclass(frozen=True, kw_only=True)
+class SequenceLayout:
+    """Record tokens of one encoded input: T text-side positions, the [IMG] separator, I image tokens."""
+
+    tokens: tuple[str, ...]  # (N,) N = T + 1 + I
+    modality: tuple[str, ...]  # (N,)
+    text_spans: tuple  # (T,) character spans in the question, (-1, -1) for special tokens
+    image_boxes: np.ndarray  # (I, 4) x0, y0, x1, y1 in 0..1 of the source image
+    image_grid: np.ndarray  # (I, 2) row, col of each image token's cell
+
+    @property
+    def n_text(self) -> int:
+        return len(self.text_spans)
+
+
+def single_stream_record(*, image: Image.Image, question: str, layout: SequenceLayout, attentions, hidden_states,
+                         prediction: Prediction, label: str | None, source_key: str | None, notices,
+                         meta: dict) -> Record:
+    """The Record of a single-stream model: one ``self`` attention over the joint sequence and one
+    ``joint`` hidden stream. ``attentions`` / ``hidden_states`` are the model's per-layer outputs."""
+    n = len(layout.tokens)
+    boxes, grid, token_spans = token_geometry(n, layout.text_spans, layout.image_boxes, layout.image_grid)
+    attn = stack_layers(attentions)  # (L, H, N, N)
+    hidden = stack_layers(hidden_states)  # (L + 1, N, D)
+    if attn.shape[-1] != n:
+        raise AdapterError(f"internal: {attn.shape[-1]} attention positions for {n} tokens")
+    idx = np.arange(n)
+    return Record(
+        example_id=example_id_of(image, question), question=question, tokens=layout.tokens,
+        modality=layout.modality, token_boxes=boxes, token_grid=grid, token_spans=token_spans,
+        image=display_copy(image),
+        attention={"self": AttentionBlock(values=attn, query_index=idx, key_index=idx)},
+        hidden={"joint": HiddenBlock(values=hidden, token_index=idx)},
+        prediction=prediction, label=label, source_key=source_key, notices=tuple(notices), meta=meta,
+    )
+
+
+class SingleStreamAdapter(Adapter):
+    """Base of adapters over [text..., IMG, image cells...]; see the module docstring."""
+
+    architecture = "single-stream"
+    image_token_name: ClassVar[str] = "cell"  # image tokens are named "<name> row,col"
+    # ViLT learns where its patches lie only from a forward (it reorders them inside the model)
+    layout_needs_forward: ClassVar[bool] = False
+
+    # ---- what a subclass provides ----------------------------------------------------------------
+    @abstractmethod
+    def _encode(self, image: Image.Image, question: str):
+        """(checked RGB image, checked question, model inputs (batch of 1), offsets, notices)."""
+
+    @abstractmethod
+    def _outputs(self, inputs: dict, **kwargs):
+        """The model's output (``logits``, ``attentions``, ``hidden_states``) for keyword ``inputs``."""
+
+    @abstractmethod
+    def _image_tokens(self, inputs: dict) -> tuple[np.ndarray, np.ndarray]:
+        """((I, 4) boxes in 0..1 of the source image, (I, 2) row, col) of the image tokens, in order."""
+
+    @abstractmethod
+    def _cell_pixels(self) -> int:
+        """Side in pixels of ``pixel_values`` of one image cell (cell (r, c) spans rows r*p..(r+1)*p)."""
+
+    @abstractmethod
+    def _patch_grid(self) -> list[int]:
+        """[rows, cols] of the image grid of the last input."""
+
+    # ---- layout ----------------------------------------------------------------------------------
+    def _layout(self, inputs: dict, offsets) -> SequenceLayout:
+        toks, modality, spans = text_layout(self.tokenizer, inputs["input_ids"], offsets)
+        boxes, grid = self._image_tokens(inputs)
+        names = [f"{self.image_token_name} {r},{c}" for r, c in grid.tolist()]
+        return SequenceLayout(tokens=tuple(toks + [IMAGE_TOKEN] + names),
+                              modality=tuple(modality + ["special"] + ["image"] * len(names)),
+                              text_spans=tuple(spans), image_boxes=boxes, image_grid=grid)
+
+    def _record_meta(self, rgb: Image.Image) -> dict:
+        return {"model_id": self.model_id, "adapter": self.name, "adapter_version": self.version,
+                "image_size": [rgb.width, rgb.height], "patch_grid": self._patch_grid()}
+
+    # ---- the contract ----------------------------------------------------------------------------
+    def forward_logits(self, **inputs) -> torch.Tensor:
+        return self._outputs(inputs).logits
+
+    @torch.no_grad()
+    def predict(self, image: Image.Image, question: str, *, top_k: int = 5) -> Prediction:
+        _, _, inputs, _, _ = self._encode(image, question)
+        return self.prediction_from_logits(self.forward_logits(**inputs), top_k)
+
+    @torch.no_grad()
+    def run(self, image: Image.Image, question: str, *, top_k: int = 5, label: str | None = None,
+            source_key: str | None = None) -> Record:
+        rgb, q, inputs, offsets, notices = self._encode(image, question)
+        out = self._outputs(inputs, output_attentions=True, output_hidden_states=True)
+        return single_stream_record(
+            image=rgb, question=q, layout=self._layout(inputs, offsets), attentions=out.attentions,
+            hidden_states=out.hidden_states, prediction=self.prediction_from_logits(out.logits, top_k),
+            label=label, source_key=source_key, notices=notices, meta=self._record_meta(rgb))
+
+    # ---- attribution -----------------------------------------------------------------------------
+    def attribution_spec(self, image: Image.Image, question: str) -> AttributionSpec:
+        """Baseline: a zero image and padding in place of the words (special tokens kept)."""
+        rgb, q, inputs, offsets, notices = self._encode(image, question)
+        if self.layout_needs_forward:
+            with torch.no_grad():
+                self._outputs(inputs)
+        layout = self._layout(inputs, offsets)
+        n_text = layout.n_text
+        is_special = np.array([m == "special" for m in layout.modality[:n_text]])
+        baselines = dict(inputs, input_ids=pad_words(inputs["input_ids"], ~is_special, self.tokenizer.pad_token_id),
+                         pixel_values=torch.zeros_like(inputs["pixel_values"]))
+        return AttributionSpec(
+            record_tokens=layout.tokens, record_modality=layout.modality, inputs=inputs, baselines=baselines,
+            word_token_index=np.arange(n_text), word_is_special=is_special, region_boxes=layout.image_boxes,
+            region_token_index=np.arange(n_text + 1, len(layout.tokens)), cls_token_index=0, notices=tuple(notices),
+            extra={"patch_index": layout.image_grid, "cell_pixels": self._cell_pixels(),
+                   "example_id": example_id_of(rgb, q)},
+        )
+
+    def layer_scores(self, name: str, attribution, spec: AttributionSpec) -> np.ndarray:
+        a = attribution.detach().float()
+        if name == "text":  # (B, T, D) -> (T,)
+            return a.sum(-1)[0].cpu().numpy()
+        if name == "image":  # (B, D, rows, cols) -> (R,) in the spec's region order
+            grid = a.sum(1)[0].cpu().numpy()
+            pi = spec.extra["patch_index"]
+            return grid[pi[:, 0], pi[:, 1]]
+        raise KeyError(name)
+
+    def attention_probs(self, inputs: dict):
+        out = self._outputs(inputs, output_attentions=True)
+        idx = np.arange(out.attentions[0].shape[-1])
+        return out.logits, {"self": list(out.attentions)}, {"self": (idx, idx)}
+
+    def occlude(self, inputs: dict, spec: AttributionSpec, *, region_mask=None, word_mask=None) -> dict:
+        """Regions: their cells' pixels replaced by the baseline's; words: replaced by padding."""
+        new = dict(inputs)
+        if region_mask is not None and np.any(region_mask):
+            pv = inputs["pixel_values"].clone()
+            base = spec.baselines["pixel_values"]
+            p = spec.extra["cell_pixels"]
+            for r, c in spec.extra["patch_index"][np.asarray(region_mask, bool)]:
+                pv[..., r * p:(r + 1) * p, c * p:(c + 1) * p] = base[..., r * p:(r + 1) * p, c * p:(c + 1) * p]
+            new["pixel_values"] = pv
+        if word_mask is not None and np.any(word_mask):
+            new["input_ids"] = pad_words(inputs["input_ids"], np.asarray(word_mask, bool) & ~spec.word_is_special,
+                                         self.tokenizer.pad_token_id)
+        return new
