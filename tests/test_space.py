@@ -243,3 +243,114 @@ def test_a_killed_build_is_started_over(tmp_path, monkeypatch):
     assert calls == [(False, {"limit": 2})]  # the stale folder was gone before the build began
     assert (loc / "zarr.json").is_file() and not stale.exists()
     assert build.ensure_demo_store(loc, limit=2) is False and len(calls) == 1  # built once
+
+
+# ---- concurrent sessions: the compute gate ----------------------------------------------------------
+def _run_threads(gate, keys, hold_s=0.05):
+    """Each thread holds ``gate`` for its key; returns the peak number inside at once, overall and per key."""
+    import threading
+    import time
+    from collections import Counter
+
+    inside, per_key, peak, peak_key = [0], Counter(), [0], Counter()
+    lock = threading.Lock()
+
+    def work(key):
+        with gate.hold(key):
+            with lock:
+                inside[0] += 1
+                per_key[key] += 1
+                peak[0] = max(peak[0], inside[0])
+                peak_key[key] = max(peak_key[key], per_key[key])
+            time.sleep(hold_s)
+            with lock:
+                inside[0] -= 1
+                per_key[key] -= 1
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in keys]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert not any(t.is_alive() for t in threads), "a thread is stuck in the gate"
+    return peak[0], max(peak_key.values())
+
+
+def test_gate_bounds_computations_across_sessions():
+    from ui.compute import ComputeGate
+
+    peak, _ = _run_threads(ComputeGate(2), [f"model-{i}" for i in range(8)])
+    assert peak == 2  # never more than the slots, and the slots are used
+    peak, peak_per_model = _run_threads(ComputeGate(3), ["one-model"] * 6)
+    assert peak == peak_per_model == 1  # one model: one computation at a time (its hooks are shared)
+
+
+def test_gate_is_reentrant_and_counts_the_queue():
+    import threading
+
+    from ui.compute import ComputeGate, queue_message
+
+    gate = ComputeGate(1)
+    with gate.hold("a"):
+        with gate.hold("a"), gate.hold("b"):  # nested in one thread: no deadlock
+            assert gate.running() == 1
+    assert gate.running() == 0 and queue_message(gate) is None
+    release, entered = threading.Event(), threading.Event()
+
+    def holder():
+        with gate.hold("a"):
+            entered.set()
+            release.wait(10)
+
+    def waiter():
+        with gate.hold("b"):
+            pass
+
+    threads = [threading.Thread(target=holder)]
+    threads[0].start()
+    entered.wait(10)
+    threads.append(threading.Thread(target=waiter))
+    threads[1].start()
+    for _ in range(200):
+        if gate.waiting() == 1:
+            break
+        threading.Event().wait(0.01)
+    assert gate.running() == 1 and gate.waiting() == 1 and gate.busy()
+    assert queue_message(gate).startswith("2 requests from other visitors are being computed (at most 1 at a time")
+    release.set()
+    for t in threads:
+        t.join(10)
+    assert gate.running() == gate.waiting() == 0 and not gate.busy()
+
+
+def test_gate_releases_after_an_error():
+    from ui.compute import ComputeGate
+
+    gate = ComputeGate(1)
+    with pytest.raises(ZeroDivisionError):
+        with gate.hold("m"):
+            1 / 0
+    assert _run_threads(gate, ["m", "m"]) == (1, 1)  # not left locked
+
+
+def test_slots_from_env():
+    from ui.compute import ComputeGate, slots_from_env
+
+    assert slots_from_env({}) == 2 and slots_from_env({"VL_LENS_COMPUTE_SLOTS": "4"}) == 4
+    assert slots_from_env({"VL_LENS_COMPUTE_SLOTS": "0"}) == 1 and slots_from_env({"VL_LENS_COMPUTE_SLOTS": "x"}) == 2
+    with pytest.raises(ValueError):
+        ComputeGate(0)
+
+
+def test_every_model_computation_of_ask_holds_the_gate():
+    """Each cached function of the Ask page that runs a model (calls get_adapter) does so inside GATE.hold."""
+    import ast
+
+    tree = ast.parse((ROOT / "views/ask.py").read_text())
+    computing = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name != "get_adapter"
+                 and any(isinstance(c, ast.Call) and getattr(c.func, "id", "") == "get_adapter" for c in ast.walk(n))]
+    assert {f.name for f in computing} >= {"get_spec", "top_answers", "forward_seconds", "run_method", "deletion"}
+    for fn in computing:
+        holds = [w for w in ast.walk(fn) if isinstance(w, ast.With)
+                 and any("GATE.hold" in ast.unparse(item.context_expr) for item in w.items)]
+        assert holds, f"{fn.name} runs the model outside GATE.hold"

@@ -26,6 +26,7 @@ from core.errors import AdapterError, InputError
 from analysis.attribution import METHODS, attribute, estimate_seconds, resolve_target, time_one_forward
 from analysis.faithfulness import deletion_curve, random_deletion_curve, rank_agreement
 from core.paths import REPO_ROOT
+from ui.compute import GATE, queue_notice
 
 MAX_SIDE = 512  # uploads are reduced to this before anything else (the models read 384 px or less)
 # methods estimated above this many seconds wait for a click (VL_LENS_ASK_LONG_SECONDS overrides it)
@@ -89,26 +90,30 @@ def image_hash(arr: np.ndarray) -> str:
 
 @st.cache_resource(show_spinner=False, max_entries=16)
 def get_spec(model: str, img_hash: str, question: str, _image: np.ndarray):
-    return get_adapter(model).attribution_spec(Image.fromarray(_image), question)
+    with GATE.hold(model):
+        return get_adapter(model).attribution_spec(Image.fromarray(_image), question)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def top_answers(model: str, img_hash: str, question: str, _image: np.ndarray, k: int = 5) -> pd.DataFrame:
-    pred = get_adapter(model).predict(Image.fromarray(_image), question, top_k=k)
+    with GATE.hold(model):
+        pred = get_adapter(model).predict(Image.fromarray(_image), question, top_k=k)
     return pd.DataFrame({"answer": list(pred.answers), "probability": list(pred.probabilities)})
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def forward_seconds(model: str, img_hash: str, question: str, _image: np.ndarray) -> float:
-    return time_one_forward(get_adapter(model), get_spec(model, img_hash, question, _image))
+    with GATE.hold(model):
+        return time_one_forward(get_adapter(model), get_spec(model, img_hash, question, _image))
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def run_method(model: str, img_hash: str, question: str, target: tuple, method: str, params: tuple,
                _image: np.ndarray):
     adapter = get_adapter(model)
-    spec = get_spec(model, img_hash, question, _image)
-    return attribute(adapter, spec, resolve_target(adapter, spec, _target_arg(target)), method, **dict(params))
+    with GATE.hold(model):  # one computation per model at a time: attribution hooks the shared model
+        spec = get_spec(model, img_hash, question, _image)
+        return attribute(adapter, spec, resolve_target(adapter, spec, _target_arg(target)), method, **dict(params))
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
@@ -117,10 +122,11 @@ def deletion(model: str, img_hash: str, question: str, target: tuple, method: st
     adapter = get_adapter(model)
     spec = get_spec(model, img_hash, question, _image)
     t = resolve_target(adapter, spec, _target_arg(target))
-    if method == "random":
-        return random_deletion_curve(adapter, spec, t)
-    res = run_method(model, img_hash, question, target, method, params, _image)
-    return deletion_curve(adapter, spec, t, res.region_scores, label=method)
+    with GATE.hold(model):
+        if method == "random":
+            return random_deletion_curve(adapter, spec, t)
+        res = run_method(model, img_hash, question, target, method, params, _image)
+        return deletion_curve(adapter, spec, t, res.region_scores, label=method)
 
 
 def _target_arg(target: tuple):
@@ -235,9 +241,10 @@ if not question.strip():
 
 img_hash = image_hash(image)
 try:
-    get_adapter(model)
-    answers_df = top_answers(model, img_hash, question, image)
-    spec = get_spec(model, img_hash, question, image)
+    with queue_notice():
+        get_adapter(model)
+        answers_df = top_answers(model, img_hash, question, image)
+        spec = get_spec(model, img_hash, question, image)
 except (AdapterError, InputError) as e:
     st.error(str(e))
     st.stop()
@@ -292,7 +299,7 @@ st.caption("Estimated cost: " + ", ".join(f"{m} ≈ {estimates[m]:.1f} s" for m 
            + ". Results are cached: changing the opacity or the layout recomputes nothing.")
 
 results = {}
-with st.spinner(f"Explaining '{target_label}'..."):
+with st.spinner(f"Explaining '{target_label}'..."), queue_notice():
     for m in ready:
         try:
             results[m] = run_method(model, img_hash, question, target, m, params_of[m], image)
@@ -349,8 +356,9 @@ if curve_cost > LONG_SECONDS and curves_key not in approved:
         approved.add(curves_key)
         st.rerun()
 else:
-    curves = {m: deletion(model, img_hash, question, target, m, params_of[m], image) for m in results}
-    curves["random"] = deletion(model, img_hash, question, target, "random", (), image)
+    with queue_notice():
+        curves = {m: deletion(model, img_hash, question, target, m, params_of[m], image) for m in results}
+        curves["random"] = deletion(model, img_hash, question, target, "random", (), image)
     cdf = pd.concat([pd.DataFrame({"removed": c.fractions, "probability": c.probabilities, "order": m})
                      for m, c in curves.items()])
     st.altair_chart(alt.Chart(cdf).mark_line(point=True).encode(
