@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run test install install-dev chromium bench demo clean-store
+.PHONY: run test install install-dev chromium bench demo clean-store space-check
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -37,3 +37,8 @@ bench: install
 
 demo: install
 	$(PY) -m demo.build_store
+
+# The Space image's pip steps and start command in a clean venv, then its first page in chromium
+# (no Docker here; bench/space_check.py says what it plays and what it checks).
+space-check: install-dev chromium
+	$(PY) -m bench.space_check

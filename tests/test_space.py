@@ -28,17 +28,91 @@ def front_matter() -> dict[str, str]:
     return out
 
 
-def test_front_matter_matches_requirements():
-    fm = front_matter()
-    pin = re.search(r"^streamlit==(\S+)$", (ROOT / "requirements.txt").read_text(), re.M)
-    assert pin, "requirements.txt does not pin streamlit"
-    assert fm["sdk"] == "streamlit"
-    assert fm["sdk_version"] == pin.group(1)
-    assert fm["python_version"] == "3.11"
-    assert (ROOT / fm["app_file"]).is_file() and fm["app_file"] == "streamlit_app.py"
-    import streamlit
+def test_front_matter_is_a_docker_space_on_the_image_port():
+    from bench.space_check import parse_dockerfile
 
-    assert streamlit.__version__ == fm["sdk_version"]  # what the tests ran against
+    fm = front_matter()
+    df = parse_dockerfile((ROOT / "Dockerfile").read_text())
+    assert fm["sdk"] == "docker"  # the built-in Streamlit SDK is deprecated on the Hub
+    assert int(fm["app_port"]) == df.exposed_port == 7860
+    assert "--server.port 7860" in " ".join(df.cmd) and "--server.address 0.0.0.0" in " ".join(df.cmd)
+    assert "sdk_version" not in fm and "app_file" not in fm  # streamlit-SDK keys a Docker Space ignores
+
+
+# ---- the Dockerfile -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def dockerfile():
+    from bench.space_check import parse_dockerfile
+
+    return parse_dockerfile((ROOT / "Dockerfile").read_text())
+
+
+def test_image_installs_exactly_the_runtime_pins(dockerfile):
+    """The pip steps install requirements.txt at its pins, torch from the CPU index, and no test tool."""
+    from bench.space_check import read_pins, requirement_pins
+
+    req, dev = read_pins(ROOT / "requirements.txt"), read_pins(ROOT / "requirements-dev.txt")
+    files, explicit, torch_indexes = [], {}, []
+    for argv in dockerfile.pip_commands:
+        f, specs, indexes = requirement_pins(argv)
+        files += f
+        for spec in specs:
+            name, _, version = spec.partition("==")
+            assert version, f"unpinned pip install in the Dockerfile: {spec}"
+            explicit[name.lower()] = version
+            if name.lower() == "torch":
+                torch_indexes += indexes
+    assert files == ["requirements.txt"]  # never requirements-dev.txt
+    assert all(req.get(n) == v for n, v in explicit.items()), (explicit, req)  # the same pins
+    assert explicit.get("torch") == req["torch"] and torch_indexes == ["https://download.pytorch.org/whl/cpu"]
+    test_tools = set(dev) - set(req)
+    assert test_tools >= {"pytest", "playwright", "hypothesis"}
+    assert not test_tools & set(explicit)
+    assert dockerfile.pip_commands[0] and "torch==" in " ".join(dockerfile.pip_commands[0])  # CPU torch first
+
+
+def test_image_runs_as_user_1000_in_public_mode(dockerfile):
+    text = (ROOT / "Dockerfile").read_text()
+    assert dockerfile.base == "python:3.11-slim"
+    assert re.search(r"useradd[^\n]*--uid 1000 user", text) and dockerfile.user == "user"
+    assert dockerfile.env["VL_LENS_PUBLIC"] == "1"
+    assert dockerfile.env["STREAMLIT_SERVER_FILE_WATCHER_TYPE"] == "none"
+    assert dockerfile.env["STREAMLIT_BROWSER_GATHER_USAGE_STATS"] == "false"
+    assert dockerfile.env["HOME"] == "/home/user"
+
+
+def test_build_context_leaves_out_tests_and_local_state_but_keeps_the_app():
+    from bench.space_check import context_files
+
+    files = set(context_files(ROOT))
+    assert "streamlit_app.py" in files and "requirements.txt" in files and ".streamlit/config.toml" in files
+    assert {"demo/models/vilt-easyvqa/model.safetensors", "demo/models/vilt-easyvqa/config.json"} <= files
+    assert not any(f.startswith(("tests/", ".venv/", ".git/")) for f in files)
+    assert "requirements-dev.txt" not in files and not any(".zarr/" in f for f in files)
+
+
+def test_dockerignore_matching():
+    from bench.space_check import ignored
+
+    pats = ["tests", "**/__pycache__", "**/*.zarr", ".venv"]
+    assert ignored("tests/test_x.py", pats) and ignored("a/b/__pycache__/m.pyc", pats)
+    assert ignored("out/s.zarr/zarr.json", pats) and ignored(".venv/bin/python", pats)
+    assert not ignored("testkit/tiny_vilt.py", pats) and not ignored("views/tests_page.py", pats)
+
+
+def test_every_committed_binary_goes_through_lfs():
+    """The Hub refuses binaries pushed outside LFS/Xet: every tracked file with a NUL byte is LFS-routed."""
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    binaries = [f for f in files if (ROOT / f).is_file() and b"\0" in (ROOT / f).read_bytes()[:8000]]
+    assert any(f.endswith(".safetensors") for f in binaries) and any(f.endswith(".png") for f in binaries)
+    attrs = subprocess.run(["git", "check-attr", "filter", "--", *binaries, "README.md", "streamlit_app.py",
+                            "x.zarr/zarr.json", "x.zarr/runs/r/zarr.json", "x.zarr/runs/r/examples/e/image/c/0/0/0"],
+                           cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    got = dict(line.rsplit(": filter: ", 1) for line in attrs.splitlines())
+    assert all(got[f] == "lfs" for f in binaries), {f: got[f] for f in binaries if got[f] != "lfs"}
+    assert got["README.md"] == got["streamlit_app.py"] == "unspecified"
+    assert got["x.zarr/zarr.json"] == got["x.zarr/runs/r/zarr.json"] == "unset"  # a store's JSON metadata stays plain text
+    assert got["x.zarr/runs/r/examples/e/image/c/0/0/0"] == "lfs"  # a store's chunks
 
 
 # ---- models offered -------------------------------------------------------------------------------
