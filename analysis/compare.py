@@ -3,21 +3,18 @@
 Two runs join on the content-hash ``example_id`` (image pixels + question), so two models'
 records of the same example meet whatever order or subset each run recorded.
 
-Depth: models differ in depth, so layers are compared on *relative depth*
-``layer / (L - 1)`` with ``L`` the number of layers of that model (or of that attention kind):
-the first layer sits at 0, the last at 1, and a 6-layer and a 12-layer model line up.
-A model with a single layer puts it at 1.0: its only layer is also its last, the one that
-feeds the answer.
+Depth: models differ in depth, so layers are compared on *relative depth* in the network
+(analysis/depth.py): position / (positions - 1), 0 for the first layer, 1 for the last, so a
+6-layer and a 12-layer model line up. A dual-stream model's positions follow its stages: the
+language and vision encoders side by side from 0, then the cross-modality layers.
 
 Several attention kinds (dual-stream models): a model with several kinds (LXMERT:
-``lang_self``, ``vision_self``, ``cross_l2v``, ...) is summarised per statistic by the
-NaN-aware mean over *its kinds where that statistic is defined* (a statistic is undefined,
-NaN, in a kind that lacks its source queries or target keys, e.g. ``text_to_image`` in
-``vision_self``). Kinds may have different depths, so each kind's per-head values are put on
-the relative-depth grid of the model's deepest kind (linear interpolation in relative depth)
-before pooling; a model with one kind (ViLT's ``self``) keeps its own layers exactly. The mean
-and spread are then taken over every head of every kind that defines the statistic.
-A statistic that is NaN in every kind of a model "does not exist" for that model.
+``lang_self``, ``vision_self``, ``cross_l2v``, ...) is summarised per statistic over *its kinds
+where that statistic applies* (analysis/head_stats.not_applicable: a kind that lacks the tokens a
+statistic needs, or whose keys are all target keys so the statistic is constant, is left out; so
+is a kind whose values are all NaN). At each network position the mean and spread are taken over
+every head of every such kind with a layer there. A statistic that applies to no kind of a model
+"does not exist" for that model.
 """
 from __future__ import annotations
 
@@ -25,6 +22,9 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
+
+from analysis.depth import layer_at, network_positions, relative_depth, relative_depth_bins  # noqa: F401 (API)
+from analysis.head_stats import not_applicable
 
 # The attention kind whose rows go from text tokens to image tokens, by architecture.
 OVERLAY_KINDS = ("cross_l2v", "self")
@@ -128,49 +128,19 @@ def disagreements(a: Iterable, b: Iterable, shared_ids: Sequence[str] | None = N
     return out
 
 
-# ---- relative depth ------------------------------------------------------------------------------
-def relative_depth(n_layers: int) -> np.ndarray:
-    """(n_layers,) relative depth of each layer: layer / (L - 1); a single layer sits at 1.0."""
-    if n_layers < 1:
-        raise ValueError(f"a model needs at least one layer, got {n_layers}")
-    if n_layers == 1:
-        return np.ones(1)
-    return np.arange(n_layers) / (n_layers - 1)
-
-
-def relative_depth_bins(n_layers: int) -> tuple[np.ndarray, np.ndarray]:
-    """(start, end) of each layer's heatmap cell on the 0..1 axis.
-
-    Cells are centred on the layer's relative depth and cut at 0 and 1, so two models' heatmaps
-    share one axis: the first and last layers get half cells, a single layer the whole axis.
-    """
-    if n_layers == 1:
-        return np.zeros(1), np.ones(1)
-    d = relative_depth(n_layers)
-    half = 0.5 / (n_layers - 1)
-    return np.clip(d - half, 0, 1), np.clip(d + half, 0, 1)
-
-
-def layer_at(rel: float, n_layers: int) -> int:
-    """The layer of an n_layers-deep model nearest to relative depth ``rel`` (0..1); ties go deeper."""
-    if n_layers == 1:
-        return 0
-    return int(np.clip(np.floor(float(rel) * (n_layers - 1) + 0.5), 0, n_layers - 1))
-
-
 # ---- head statistics per relative depth ----------------------------------------------------------
 @dataclass(frozen=True, kw_only=True)
 class DepthProfile:
-    """One model's head statistics per relative depth: mean and spread (std) over heads.
+    """One model's head statistics per network position: mean and spread (std) over heads.
 
-    ``kinds[s]`` lists the attention kinds that define statistic s (empty: it does not exist for
+    ``kinds[s]`` lists the attention kinds where statistic s applies (empty: it does not exist for
     this model, and its row of ``mean`` / ``spread`` is NaN).
     """
 
     DIMS = ("stat", "depth")
     stat_names: tuple[str, ...]
-    relative_depth: np.ndarray  # (depth,)
-    layer: np.ndarray  # (depth,) layer index on the grid's own kind
+    relative_depth: np.ndarray  # (depth,) of each position in the network
+    layer: np.ndarray  # (depth,) the position in the network, 0 = first layer (a single-stream model's layer)
     mean: np.ndarray  # (stat, depth)
     spread: np.ndarray  # (stat, depth) std over heads (and kinds)
     n_heads: np.ndarray  # (stat, depth) heads that entered the mean
@@ -205,63 +175,53 @@ class _quiet:
         return self._w.__exit__(*exc)
 
 
-def _resample(per_head: np.ndarray, grid: np.ndarray) -> np.ndarray:
-    """(layer, head) on its own relative depth -> (len(grid), head) by linear interpolation."""
-    L = per_head.shape[0]
-    src = relative_depth(L)
-    if L == len(grid) and np.allclose(src, grid):
-        return per_head
-    if L == 1:
-        return np.repeat(per_head, len(grid), axis=0)
-    out = np.empty((len(grid), per_head.shape[1]))
-    for h in range(per_head.shape[1]):
-        out[:, h] = np.interp(grid, src, per_head[:, h])
-    return out
-
-
 def depth_profile(stats_by_kind: Mapping[str, tuple[Sequence[str], np.ndarray]],
-                  stat_names: Sequence[str] | None = None) -> DepthProfile:
-    """Per-statistic, per-relative-depth mean and spread over heads of one model.
+                  stat_names: Sequence[str] | None = None,
+                  layers_per_kind: Mapping[str, int] | None = None) -> DepthProfile:
+    """Per-statistic, per-network-position mean and spread over heads of one model.
 
     ``stats_by_kind``: kind -> (stat names, values (example, stat, layer, head)), as read by
     ``RunReader.head_stats_all``. Pass one kind to profile that kind; pass all kinds to get the
-    model-level profile (NaN-aware mean over the kinds where each statistic is defined; see the
-    module docstring).
+    model-level profile (see the module docstring). ``layers_per_kind``: the layers of every kind
+    of the model, which place the given kinds in the network (default: the given kinds only; a
+    profile of ``cross_l2v`` alone needs the model's other kinds to sit after its encoders).
     """
     if not stats_by_kind:
         raise ValueError("no head statistics to profile")
     per_kind = {k: (list(n), _per_head(v)) for k, (n, v) in stats_by_kind.items()}
     if stat_names is None:
         stat_names = list(dict.fromkeys(s for names, _ in per_kind.values() for s in names))
-    grid_kind = max(per_kind, key=lambda k: (per_kind[k][1].shape[1], k))
-    L = per_kind[grid_kind][1].shape[1]
-    grid = relative_depth(L)
+    layers = {k: ph.shape[1] for k, (_, ph) in per_kind.items()}
+    positions, total = network_positions({**layers, **(layers_per_kind or {})})
     S = len(stat_names)
-    mean = np.full((S, L), np.nan)
-    spread = np.full((S, L), np.nan)
-    count = np.zeros((S, L), dtype=np.int64)
+    mean = np.full((S, total), np.nan)
+    spread = np.full((S, total), np.nan)
+    count = np.zeros((S, total), dtype=np.int64)
     kinds: dict[str, tuple[str, ...]] = {}
     for si, stat in enumerate(stat_names):
-        pooled, used = [], []
+        at_position: list[list[np.ndarray]] = [[] for _ in range(total)]
+        used = []
         for kind in sorted(per_kind):
             names, ph = per_kind[kind]
-            if stat not in names:
+            if stat not in names or not_applicable(kind, stat) is not None:
                 continue
             vals = ph[names.index(stat)]  # (layer, head)
             if np.isnan(vals).all():
-                continue  # undefined in this kind
-            pooled.append(_resample(vals, grid))
+                continue  # no value in these examples
+            for layer, pos in enumerate(positions[kind][:len(vals)]):
+                at_position[pos].append(vals[layer])
             used.append(kind)
         kinds[stat] = tuple(used)
-        if not pooled:
-            continue
-        allh = np.concatenate(pooled, axis=1)  # (depth, heads over kinds)
-        with _quiet():
-            mean[si] = np.nanmean(allh, axis=1)
-            spread[si] = np.nanstd(allh, axis=1)
-        count[si] = np.isfinite(allh).sum(axis=1)
-    return DepthProfile(stat_names=tuple(stat_names), relative_depth=grid, layer=np.arange(L), mean=mean,
-                        spread=spread, n_heads=count, kinds=kinds)
+        for pos, heads in enumerate(at_position):
+            if not heads:
+                continue
+            allh = np.concatenate(heads)  # heads over kinds at this position
+            with _quiet():
+                mean[si, pos] = np.nanmean(allh)
+                spread[si, pos] = np.nanstd(allh)
+            count[si, pos] = np.isfinite(allh).sum()
+    return DepthProfile(stat_names=tuple(stat_names), relative_depth=relative_depth(total), layer=np.arange(total),
+                        mean=mean, spread=spread, n_heads=count, kinds=kinds)
 
 
 def profile_rows(profile: DepthProfile, model: str, kind: str) -> list[dict]:
@@ -321,8 +281,9 @@ def missing_statistics(profile_a: DepthProfile, profile_b: DepthProfile, name_a:
             out.append(f"{stat} does not exist for either model.")
         else:
             missing, has = (name_b, name_a) if in_a else (name_a, name_b)
-            out.append(f"{stat} does not exist for {missing} (no attention kind of it has the tokens it needs); "
-                       f"only {has} is shown.")
+            out.append(f"{stat} does not exist for {missing} (it applies to none of its attention kinds: they lack "
+                       f"the tokens it needs, or their keys are all target tokens so it is constant); only {has} "
+                       "is shown.")
     return out
 
 

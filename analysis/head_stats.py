@@ -11,18 +11,32 @@ Modality comes from the Record's ``modality`` coordinate, never from position.
 Fixes against VL-InterpreT: intra-modal covers both image->image and text->text; z-scoring
 (see ``zscore_across_heads``) runs across all heads of the model, not per head.
 
-A statistic is NaN when it has no source queries or no target keys in that attention kind
-(e.g. ``text_to_image`` of LXMERT's vision self-attention).
+Cross-modal and intra-modal are the *unweighted* mean of their two directions (cross-modal:
+text->image and image->text; intra-modal: image->image and text->text), as VL-InterpreT does: a
+direction counts the same however many queries it has (ViLT has 64 image queries against about 7
+text queries; weighting by query count gave image->text a weight of 0.9).
+
+Not applicable (NaN, with a reason from ``not_applicable``): a statistic that an attention kind
+cannot vary by construction, derived from the streams its queries and keys come from
+(core/kinds.py). Either the kind lacks its source queries or target keys (``text_to_image`` of
+LXMERT's ``vision_self``: undefined), or every key of the kind is a target key, so each row sends
+100% there (``text_to_image`` of ``cross_l2v``, ``image_to_image`` of ``vision_self``: always 1.0).
+Such values are NaN, never 0 or 1, so no view shows them as findings and no pooled profile counts
+them. A pooled statistic averages only its directions that apply to the kind.
+
+Stores written before these rules hold query-weighted pooled values and 1.0 for the constant
+statistics: ``as_defined`` recomputes both from the stored directions when a view reads them.
 
 Custom statistics: add a function to ``HEAD_STATS`` (name -> fn(StatInput) -> (layer, head)).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 
+from core.kinds import STREAM_MODALITIES, streams
 from store.schema import AttentionBlock, Record, as_float32
 
 
@@ -37,6 +51,7 @@ class StatInput:
     key_token: np.ndarray  # (key,) token index
     query_grid: np.ndarray  # (query, 2) (row, col) or -1
     key_grid: np.ndarray  # (key, 2)
+    kind: str = "self"  # the attention kind's name (core/kinds.py): which directions apply to it
     _key_mass: dict = field(default_factory=dict, repr=False, compare=False)
 
     def key_mass(self, modality: str) -> np.ndarray:
@@ -109,30 +124,30 @@ def image_to_image_nonlocal(inp: StatInput) -> np.ndarray:
     return _mass(inp, inp.query_modality == "image", km)
 
 
-def _pooled(inp: StatInput, same: bool) -> np.ndarray:
-    """Mass on the other (same=False) or own (same=True) modality, over text and image queries."""
-    parts, weights = [], []
-    for src, other in (("text", "image"), ("image", "text")):
-        q = inp.query_modality == src
-        if not q.any():
-            continue
-        target = src if same else other
-        if not (inp.key_modality == target).any():
-            continue
-        parts.append(_modality_mass(inp, src, target))
-        weights.append(q.sum())
+def mean_of_directions(parts: list[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+    """Unweighted, NaN-aware mean of a pooled statistic's directions; all NaN when none is defined."""
     if not parts:
-        return _undefined(inp)
-    w = np.asarray(weights, dtype=np.float32)
-    return (np.stack(parts) * w[:, None, None]).sum(0) / w.sum()
+        return np.full(shape, np.nan, dtype=np.float32)
+    stacked = np.stack([np.asarray(p, dtype=np.float32) for p in parts])
+    finite = np.isfinite(stacked)
+    count = finite.sum(0)
+    total = np.where(finite, stacked, 0.0).sum(0)
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan).astype(np.float32)
+
+
+def _pooled(inp: StatInput, stat: str) -> np.ndarray:
+    parts = [HEAD_STATS[d](inp) for d in applicable_directions(inp.kind, stat)]
+    return mean_of_directions(parts, inp.values.shape[:2])
 
 
 def cross_modal(inp: StatInput) -> np.ndarray:
-    return _pooled(inp, same=False)
+    """Unweighted mean of text->image and image->text (those that apply to the kind)."""
+    return _pooled(inp, "cross_modal")
 
 
 def intra_modal(inp: StatInput) -> np.ndarray:
-    return _pooled(inp, same=True)
+    """Unweighted mean of image->image and text->text (those that apply to the kind)."""
+    return _pooled(inp, "intra_modal")
 
 
 StatFn = Callable[[StatInput], np.ndarray]
@@ -159,6 +174,87 @@ STAT_LABELS = {
 }
 
 
+# ---- which statistics a kind can vary ----------------------------------------------------------
+# Built-in directions: (query modality, key modality, leaves the query token and its neighbours out).
+DIRECTIONS: dict[str, tuple[str, str, bool]] = {
+    "text_to_image": ("text", "image", False),
+    "image_to_text": ("image", "text", False),
+    "image_to_image": ("image", "image", False),
+    "image_to_image_nonlocal": ("image", "image", True),
+    "text_to_text": ("text", "text", False),
+}
+# Pooled statistics: the unweighted mean of these directions.
+POOLED: dict[str, tuple[str, str]] = {
+    "cross_modal": ("text_to_image", "image_to_text"),
+    "intra_modal": ("image_to_image", "text_to_text"),
+}
+_MODALITY_WORDS = {"text": "words", "image": "image tokens", "special": "special tokens"}
+
+
+def _describe(modalities) -> str:
+    return " and ".join(_MODALITY_WORDS[m] for m in ("text", "image", "special") if m in modalities)
+
+
+def _direction_reason(kind: str, stat: str) -> str | None:
+    source, target, leaves_self_out = DIRECTIONS[stat]
+    query_stream, key_stream = streams(kind)
+    queries, keys = STREAM_MODALITIES[query_stream], STREAM_MODALITIES[key_stream]
+    if source not in queries:
+        return f"its queries are {_describe(queries)} only"
+    if target not in keys:
+        return f"its keys are {_describe(keys)} only"
+    # Leaving the query's own token out only changes anything when queries are among the keys.
+    if keys == {target} and not (leaves_self_out and query_stream == key_stream):
+        return f"its keys are all {_MODALITY_WORDS[target]}, so every row sends 100% of its attention to them"
+    return None
+
+
+def applicable_directions(kind: str, stat: str) -> tuple[str, ...]:
+    """The directions of pooled statistic ``stat`` that kind ``kind`` can vary."""
+    return tuple(d for d in POOLED[stat] if _direction_reason(kind, d) is None)
+
+
+def not_applicable(kind: str, stat: str) -> str | None:
+    """Why attention kind ``kind`` cannot vary statistic ``stat`` (one line), or None when it can.
+
+    Derived from the streams of the kind's queries and keys (core/kinds.py); custom statistics
+    and kinds from other tools' databases (joint streams) always apply.
+    """
+    if stat in DIRECTIONS:
+        return _direction_reason(kind, stat)
+    if stat in POOLED:
+        if applicable_directions(kind, stat):
+            return None
+        first, second = (STAT_LABELS[d] for d in POOLED[stat])
+        return f"neither of its directions ({first}, {second}) applies to this kind"
+    return None
+
+
+def not_applicable_message(kind: str, stat: str) -> str | None:
+    """The one line a view shows for a statistic kind ``kind`` cannot vary, or None."""
+    reason = not_applicable(kind, stat)
+    return None if reason is None else f"{STAT_LABELS.get(stat, stat)} is not applicable for kind {kind}: {reason}."
+
+
+def as_defined(kind: str, names, values: np.ndarray) -> np.ndarray:
+    """Stored statistics (..., stat, layer, head) of one kind, as defined by this module.
+
+    NaN where ``kind`` cannot vary a statistic; pooled statistics recomputed as the unweighted
+    mean of their stored directions. Stores written before these rules (query-weighted pooling,
+    1.0 for constant statistics) read the same as new ones; on new ones this changes nothing.
+    """
+    names = list(names)
+    out = np.array(values, dtype=np.float32, copy=True)
+    for i, stat in enumerate(names):
+        if not_applicable(kind, stat) is not None:
+            out[..., i, :, :] = np.nan
+    for stat, dirs in POOLED.items():
+        if stat in names and all(d in names for d in dirs) and not_applicable(kind, stat) is None:
+            parts = [out[..., names.index(d), :, :] for d in applicable_directions(kind, stat)]
+            out[..., names.index(stat), :, :] = mean_of_directions(parts, out.shape[:-3] + out.shape[-2:])
+    return out
+
+
 def stat_input(record: Record, kind: str) -> StatInput:
     block: AttentionBlock = record.attention[kind]
     modality = np.asarray(record.modality)
@@ -170,16 +266,21 @@ def stat_input(record: Record, kind: str) -> StatInput:
         key_token=block.key_index,
         query_grid=record.token_grid[block.query_index],
         key_grid=record.token_grid[block.key_index],
+        kind=kind,
     )
 
 
 @dataclass(frozen=True, kw_only=True)
 class HeadStats:
-    """Statistics of one attention kind: values (stat, layer, head)."""
+    """Statistics of one attention kind: values (stat, layer, head).
+
+    ``not_applicable``: statistic -> why this kind cannot vary it (its values are NaN).
+    """
 
     DIMS = ("stat", "layer", "head")
     names: tuple[str, ...]
     values: np.ndarray
+    not_applicable: Mapping[str, str] = field(default_factory=dict)
 
 
 def compute_head_stats(record: Record, stats: dict[str, StatFn] | None = None) -> dict[str, HeadStats]:
@@ -189,7 +290,10 @@ def compute_head_stats(record: Record, stats: dict[str, StatFn] | None = None) -
     for kind in record.attention:
         inp = stat_input(record, kind)
         vals = np.stack([np.asarray(fn(inp), dtype=np.float32) for fn in stats.values()])
-        out[kind] = HeadStats(names=tuple(stats), values=vals)
+        reasons = {s: r for s in stats if (r := not_applicable(kind, s)) is not None}
+        for stat in reasons:
+            vals[list(stats).index(stat)] = np.nan
+        out[kind] = HeadStats(names=tuple(stats), values=vals, not_applicable=reasons)
     return out
 
 

@@ -14,6 +14,15 @@ from dataclasses import dataclass
 
 JOINT, LANG, VISION = "joint", "lang", "vision"
 
+# The token modalities each stream can hold (the Record's ``modality`` values). A dual-stream
+# language stream is words plus [CLS] / [SEP]; its vision stream is image regions only. Head
+# statistics read this to tell which of them a kind cannot vary (analysis/head_stats.py).
+STREAM_MODALITIES: dict[str, frozenset[str]] = {
+    JOINT: frozenset({"text", "image", "special"}),
+    LANG: frozenset({"text", "special"}),
+    VISION: frozenset({"image"}),
+}
+
 
 @dataclass(frozen=True)
 class AttentionKind:

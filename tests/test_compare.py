@@ -73,6 +73,34 @@ def test_relative_depth_lines_up_models_of_different_depth():
     assert (lo[0], hi[0]) == (0, 1)
 
 
+def test_network_depth_of_the_demo_lxmert():
+    """LXMERT's 2 language + 2 vision + 2 cross layers (the demo model's config): the encoders side by side
+    at positions 0 and 1, the cross layers after them at 2 and 3, on 4 positions."""
+    from analysis.depth import depth_bins, kind_depths, nearest_layer, network_depth
+    from core.kinds import DUAL_STREAM_KINDS
+
+    cfg = json.loads((ROOT / "demo" / "models" / "lxmert-easyvqa" / "config.json").read_text())
+    assert (cfg["l_layers"], cfg["r_layers"], cfg["x_layers"]) == (2, 2, 2)
+    layers = {"lang_self": cfg["l_layers"], "vision_self": cfg["r_layers"],
+              **{k: cfg["x_layers"] for k in DUAL_STREAM_KINDS if k.startswith("cross")}}
+    expected = {"lang_self": [0, 1 / 3], "vision_self": [0, 1 / 3], "cross_l2v": [2 / 3, 1], "cross_v2l": [2 / 3, 1],
+                "cross_lang_self": [2 / 3, 1], "cross_vision_self": [2 / 3, 1]}
+    for kind, depths in expected.items():
+        np.testing.assert_allclose(kind_depths(kind, layers), depths)
+    assert network_depth("cross_lang_self", 0, layers) == pytest.approx(2 / 3)  # not 0, beside lang_self 0
+    lo, hi = depth_bins("cross_l2v", layers)
+    np.testing.assert_allclose(lo, [.5, 5 / 6])
+    np.testing.assert_allclose(hi, [5 / 6, 1])
+    assert nearest_layer(0.0, "cross_l2v", layers) == 0 and nearest_layer(0.9, "cross_l2v", layers) == 1
+    assert nearest_layer(0.5, "lang_self", layers) == 1
+    # a deeper language encoder (LXMERT-base: 9 + 5 + 5): vision counted from the input, cross after 9
+    base = {"lang_self": 9, "vision_self": 5, "cross_l2v": 5}
+    np.testing.assert_allclose(kind_depths("vision_self", base), np.arange(5) / 13)
+    np.testing.assert_allclose(kind_depths("cross_l2v", base), np.arange(9, 14) / 13)
+    with pytest.raises(ValueError):
+        network_depth("lang_self", 2, layers)
+
+
 def test_depth_profile_mean_and_spread_over_heads():
     # 2 examples, 1 stat, 3 layers, 2 heads; mean over examples first, then over heads
     v = np.zeros((2, 1, 3, 2))
@@ -90,21 +118,36 @@ def test_depth_profile_mean_and_spread_over_heads():
     assert rows[2]["low"] == pytest.approx(0.0) and rows[2]["high"] == pytest.approx(1.0)
 
 
-def test_depth_profile_pools_kinds_where_defined():
-    """Dual-stream: the stat is the NaN-aware mean over kinds that define it, on the deepest kind's grid."""
+def test_depth_profile_pools_kinds_where_they_apply_at_their_network_position():
+    """Dual-stream: each kind's layers sit at their position in the network; a statistic is pooled over
+    the heads of the kinds it applies to at each position (constants and NaN-only kinds left out)."""
     nan = np.nan
-    # kind "lang" (3 layers, 1 head) defines s0 only; kind "cross" (2 layers, 1 head) defines s0 and s1
-    lang = np.array([[[[0.0], [0.5], [1.0]], [[nan], [nan], [nan]]]])  # (1, 2, 3, 1)
+    # lang_self 3 layers (stage 0), cross_lang_self and cross_l2v 2 layers (stage 1): 5 positions
+    lang = np.array([[[[0.0], [0.5], [1.0]], [[nan], [nan], [nan]]]])  # (1 example, 2 stats, 3 layers, 1 head)
     cross = np.array([[[[1.0], [0.0]], [[0.2], [0.4]]]])  # (1, 2, 2, 1)
-    p = cmp.depth_profile({"lang": (["s0", "s1"], lang), "cross": (["s0", "s1"], cross)})
-    np.testing.assert_allclose(p.relative_depth, [0, .5, 1])
-    # s0: lang [0, .5, 1]; cross resampled to [1, .5, 0] -> mean [.5, .5, .5], std [.5, 0, .5]
-    np.testing.assert_allclose(p.mean[0], [.5, .5, .5])
-    np.testing.assert_allclose(p.spread[0], [.5, 0, .5])
-    # s1: only cross defines it -> [.2, .3, .4], spread 0
-    np.testing.assert_allclose(p.mean[1], [.2, .3, .4])
-    assert p.kinds == {"s0": ("cross", "lang"), "s1": ("cross",)}
-    np.testing.assert_array_equal(p.n_heads, [[2, 2, 2], [1, 1, 1]])
+    p = cmp.depth_profile({"lang_self": (["s0", "s1"], lang), "cross_lang_self": (["s0", "s1"], cross)})
+    np.testing.assert_allclose(p.relative_depth, [0, .25, .5, .75, 1])
+    np.testing.assert_array_equal(p.layer, [0, 1, 2, 3, 4])
+    # s0: lang_self at positions 0..2, cross_lang_self after them at 3..4
+    np.testing.assert_allclose(p.mean[0], [0, .5, 1, 1, 0])
+    np.testing.assert_allclose(p.spread[0], 0)
+    # s1: NaN everywhere in lang_self, so only cross_lang_self's positions
+    np.testing.assert_allclose(p.mean[1], [nan, nan, nan, .2, .4])
+    assert p.kinds == {"s0": ("cross_lang_self", "lang_self"), "s1": ("cross_lang_self",)}
+    np.testing.assert_array_equal(p.n_heads, [[1, 1, 1, 1, 1], [0, 0, 0, 1, 1]])
+    # a statistic constant by construction is left out of the pool: text -> image of cross_l2v is 1.0
+    names = ["text_to_image", "text_to_text"]
+    l2v = np.ones((1, 2, 2, 1))
+    ls = np.full((1, 2, 3, 1), 0.3)
+    ls[:, 0] = nan
+    q = cmp.depth_profile({"cross_l2v": (names, l2v), "lang_self": (names, ls)})
+    assert not q.exists("text_to_image") and q.kinds["text_to_image"] == ()
+    assert np.isnan(q.mean[0]).all()
+    assert q.kinds["text_to_text"] == ("lang_self",)  # cross_l2v's keys hold no text
+    # one kind profiled alone still sits after the encoders when told the model's layers
+    alone = cmp.depth_profile({"cross_lang_self": (["s0"], cross[:, :1])},
+                              layers_per_kind={"lang_self": 3, "cross_lang_self": 2})
+    np.testing.assert_allclose(alone.mean[0], [nan, nan, nan, 1, 0])
 
 
 def test_missing_statistic_is_stated_plainly():
@@ -113,7 +156,8 @@ def test_missing_statistic_is_stated_plainly():
     v[:, 0] = np.nan
     b = cmp.depth_profile({"vision_self": (["t2i", "i2i"], v)})
     msgs = cmp.missing_statistics(a, b, "A", "B")
-    assert msgs == ["t2i does not exist for B (no attention kind of it has the tokens it needs); only A is shown."]
+    assert len(msgs) == 1 and msgs[0].startswith("t2i does not exist for B (it applies to none of its attention kinds")
+    assert msgs[0].endswith("only A is shown.")
     assert not b.exists("t2i") and b.exists("i2i")
     assert np.isnan(b.mean[0]).all()
     assert cmp.profile_rows(b, "B", "k")[0]["stat"] == "i2i"

@@ -4,8 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from analysis.head_stats import HEAD_STATS, compute_head_stats, zscore_across_heads
+from analysis.head_stats import (DIRECTIONS, HEAD_STATS, POOLED, as_defined, compute_head_stats, not_applicable,
+                                 not_applicable_message, stat_input, zscore_across_heads)
+from core.kinds import DUAL_STREAM_KINDS
 from tests.records import grid_record
+from tests.view_records import dual_stream_record, single_stream_record
 
 # tokens: 0 [CLS], 1 what, 2 color, 3 [SEP], 4 [IMG], 5..8 patches (0,0) (0,1) (1,0) (1,1)
 CLS, W1, W2, SEP, IMG, P00, P01, P10, P11 = range(9)
@@ -42,9 +45,10 @@ def test_text_to_image_and_back_known_values():
     assert s["image_to_image"][0, 0] == pytest.approx(0.75)
     # self excluded, and every other patch of a 2x2 grid is a neighbour: no non-local keys -> undefined
     assert np.isnan(s["image_to_image_nonlocal"][0, 0])
-    # cross-modal pools both directions weighted by query count: (2*0.75 + 4*0.25) / 6
-    assert s["cross_modal"][0, 0] == pytest.approx((2 * 0.75 + 4 * 0.25) / 6)
-    assert s["intra_modal"][0, 0] == pytest.approx((2 * 0.0 + 4 * 0.75) / 6)
+    # cross-modal: the unweighted mean of the two directions, (0.75 + 0.25) / 2, as VL-InterpreT.
+    # Weighting by query count (2 text, 4 image queries) would give (2*0.75 + 4*0.25) / 6 = 0.417.
+    assert s["cross_modal"][0, 0] == pytest.approx(0.5)
+    assert s["intra_modal"][0, 0] == pytest.approx((0.0 + 0.75) / 2)
 
 
 def test_nonlocal_keeps_far_patches_only():
@@ -110,3 +114,86 @@ def test_zscore_is_across_all_heads():
     z = zscore_across_heads(v)
     assert z.mean() == pytest.approx(0.0) and z.std() == pytest.approx(1.0)
     assert z[0, 0] < z[0, 1] < z[1, 0] < z[1, 1]  # order kept: not per-head normalised
+
+
+# ---- statistics a kind cannot vary -----------------------------------------------------------------
+def _raw_direction(rec, kind, stat):
+    """The direction's value computed from the attention alone, before any not-applicable rule."""
+    return HEAD_STATS[stat](stat_input(rec, kind))
+
+
+def _varies(values) -> bool:
+    v = np.asarray(values)
+    return bool(np.isfinite(v).all() and np.ptp(v) > 1e-3)
+
+
+@pytest.mark.parametrize("kind", DUAL_STREAM_KINDS)
+def test_every_lxmert_kind_applies_a_statistic_iff_it_can_vary(kind):
+    """On hand-built LXMERT-like records (random softmax rows): a direction can vary iff its raw values
+    differ over heads, layers and two records; a pooled statistic iff one of its directions can."""
+    recs = [dual_stream_record(seed=0), dual_stream_record(seed=1)]
+    can_vary = {d: _varies(np.concatenate([_raw_direction(r, kind, d).ravel() for r in recs])) for d in DIRECTIONS}
+    can_vary.update({p: any(can_vary[d] for d in dirs) for p, dirs in POOLED.items()})
+    assert set(can_vary) == set(HEAD_STATS)
+    stored = compute_head_stats(recs[0])[kind]
+    for i, stat in enumerate(stored.names):
+        applicable = not_applicable(kind, stat) is None
+        assert applicable == can_vary[stat], (kind, stat, not_applicable(kind, stat))
+        # not applicable: NaN and flagged with its reason, never a 0 or a 1
+        assert np.isnan(stored.values[i]).all() == (not applicable), (kind, stat)
+        assert (stat in stored.not_applicable) == (not applicable)
+
+
+def test_constant_statistics_and_their_reasons():
+    rec = dual_stream_record()
+    # the constants by construction: every row of these kinds sends all its mass to the target keys
+    for kind, stat in (("cross_l2v", "text_to_image"), ("vision_self", "image_to_image"),
+                       ("cross_vision_self", "image_to_image")):
+        np.testing.assert_allclose(_raw_direction(rec, kind, stat), 1.0, atol=1e-3)  # float16 rows
+        assert "its keys are all image tokens" in not_applicable(kind, stat)
+    assert not_applicable_message("vision_self", "text_to_text") == (
+        "text → text is not applicable for kind vision_self: its queries are image tokens only.")
+    assert not_applicable("lang_self", "text_to_image") == "its keys are words and special tokens only"
+    assert "neither of its directions" in not_applicable("cross_l2v", "cross_modal")
+    # the joint sequence of a single-stream model (and an unknown imported kind) varies everything
+    assert all(not_applicable(k, s) is None for k in ("self", "imported") for s in HEAD_STATS)
+    assert not_applicable("vision_self", "custom:my_metric") is None
+
+
+def test_pooled_statistics_average_only_directions_that_apply():
+    rec = dual_stream_record()
+    hs = {k: dict(zip(v.names, v.values)) for k, v in compute_head_stats(rec).items()}
+    # cross_v2l: image -> text varies, text -> image has no queries: cross-modal is image -> text alone
+    np.testing.assert_allclose(hs["cross_v2l"]["cross_modal"], hs["cross_v2l"]["image_to_text"])
+    # lang_self: intra-modal is text -> text alone
+    np.testing.assert_allclose(hs["lang_self"]["intra_modal"], hs["lang_self"]["text_to_text"])
+    # cross_l2v: text -> image is the constant 1.0: no pooled statistic is left
+    assert np.isnan(hs["cross_l2v"]["cross_modal"]).all() and np.isnan(hs["cross_l2v"]["intra_modal"]).all()
+
+
+def test_stores_written_before_the_rules_read_as_defined_now():
+    """Old stores hold query-weighted pooled values and 1.0 for constants: readers recompute both."""
+    names = list(HEAD_STATS)
+    old = np.zeros((len(names), 1, 1), np.float32)
+    old[names.index("text_to_image")] = 0.75
+    old[names.index("image_to_text")] = 0.25
+    old[names.index("image_to_image")] = 0.75
+    old[names.index("text_to_text")] = 0.0
+    old[names.index("cross_modal")] = (2 * 0.75 + 4 * 0.25) / 6  # weighted by 2 text and 4 image queries
+    old[names.index("intra_modal")] = (2 * 0.0 + 4 * 0.75) / 6
+    new = as_defined("self", names, old)
+    assert new[names.index("cross_modal"), 0, 0] == pytest.approx(0.5)
+    assert new[names.index("intra_modal"), 0, 0] == pytest.approx(0.375)
+    assert old[names.index("cross_modal"), 0, 0] == pytest.approx(5 / 12)  # the input is not changed
+    # a set of examples (example, stat, layer, head), and a dual-stream kind's stored constant 1.0
+    l2v = np.ones((3, len(names), 2, 2), np.float32)
+    got = as_defined("cross_l2v", names, l2v)
+    assert np.isnan(got).all()
+    v2l = np.random.default_rng(0).random((3, len(names), 2, 2)).astype(np.float32)
+    got = as_defined("cross_v2l", names, v2l)
+    np.testing.assert_allclose(got[:, names.index("cross_modal")], v2l[:, names.index("image_to_text")])
+    assert np.isnan(got[:, names.index("text_to_image")]).all()
+    # records computed now are unchanged by it
+    for rec in (single_stream_record(), dual_stream_record()):
+        for kind, hs in compute_head_stats(rec).items():
+            np.testing.assert_allclose(as_defined(kind, hs.names, hs.values), hs.values, rtol=1e-6)

@@ -107,12 +107,56 @@ def test_dual_stream_record_renders_every_kind(hand_store, monkeypatch):
     kinds = at.selectbox(key="hs_kind").options
     assert set(kinds) == {"lang_self", "vision_self", "cross_l2v", "cross_v2l", "cross_lang_self",
                           "cross_vision_self"}
-    at.selectbox(key="hs_kind").select("cross_l2v").run()
+    at.selectbox(key="hs_kind").select("cross_v2l").run()
     assert not at.exception
     data = find_frame(at, "layer", "head", "value")
     assert len(data) == 2 * (2 + 1)  # 2 layers x (2 heads + mean)
-    at.selectbox(key="hs_kind").select("vision_self").run()
+    # every statistic of cross_l2v is constant (text -> image: its keys are all regions) or undefined
+    at.selectbox(key="hs_kind").select("cross_l2v").run()
     assert not at.exception
+    info = " ".join(i.value for i in at.info)
+    assert "No head statistic varies in kind cross_l2v" in info
+    assert "text → image, cross-modal (its keys are all image tokens" not in info  # grouped by reason, not merged
+    assert "text → image (its keys are all image tokens, so every row sends 100% of its attention to them)" in info
+    assert not at.get("vega_lite_chart")
+    # on to vision_self with image -> text still in the URL (from cross_v2l): said once, then a real statistic
+    at.selectbox(key="hs_kind").select("vision_self").run()
+    assert not at.exception, at.exception
+    assert [i.value for i in at.info] == [
+        "image → text is not applicable for kind vision_self: its keys are image tokens only."]
+    assert find_frame(at, "layer", "head", "value")["value"].notna().all()
+
+
+@pytest.mark.parametrize("kind, offered", [
+    ("vision_self", ["image_to_image_nonlocal"]),
+    ("lang_self", ["text_to_text", "intra_modal"]),
+    ("cross_v2l", ["image_to_text", "cross_modal"]),
+])
+def test_picker_offers_only_what_the_kind_can_vary(hand_store, monkeypatch, kind, offered):
+    at = open_page(monkeypatch, hand_store, PAGE, run="dual", ex="dual0", kind=kind)
+    at.run()
+    assert not at.exception, at.exception
+    from analysis.head_stats import STAT_LABELS
+
+    assert list(at.selectbox(key="hs_stat").options) == [STAT_LABELS[s] for s in offered]
+    assert f"Not applicable for kind {kind}: " in " ".join(c.value for c in at.caption)
+    assert "unweighted mean" in at.selectbox(key="hs_stat").help
+
+
+def test_a_statistic_the_kind_lacks_gets_a_message_not_an_empty_chart(hand_store, monkeypatch):
+    """LXMERT vision_self, text -> text (from a link): a one-line message, then a statistic that exists."""
+    at = open_page(monkeypatch, hand_store, PAGE, run="dual", ex="dual0", kind="vision_self", stat="text_to_text")
+    at.run()
+    assert not at.exception, at.exception
+    assert [i.value for i in at.info] == [
+        "text → text is not applicable for kind vision_self: its queries are image tokens only."]
+    assert at.selectbox(key="hs_stat").value == "image_to_image_nonlocal"
+    data = find_frame(at, "layer", "head", "value")
+    assert data["value"].notna().all()  # no NaN cell, so no "NaN" legend entry
+    # image -> image on vision_self is the constant 1.0 by construction: a message, not a chart of 1.0
+    at = open_page(monkeypatch, hand_store, PAGE, run="dual", ex="dual0", kind="vision_self", stat="image_to_image")
+    at.run()
+    assert "image → image is not applicable for kind vision_self: its keys are all image tokens" in at.info[0].value
 
 
 def test_tiny_vilt_store(tiny_store, monkeypatch):

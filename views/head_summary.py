@@ -10,19 +10,40 @@ import numpy as np
 import streamlit as st
 
 from analysis.attention_views import MEAN_COLUMN, head_summary, head_summary_rows, select_examples
-from analysis.head_stats import STAT_LABELS
+from analysis.head_stats import STAT_LABELS, as_defined, not_applicable, not_applicable_message
 from ui.charts import export_buttons, frame, heatmap, selected_points
 from ui.state import freshness, open_store, pick_example, qp_get, qp_set, sidebar, summaries_table
 
 
+# Stored statistics are read through as_defined: constants are NaN, pooled ones unweighted, in old stores too.
 @st.cache_data(show_spinner=False, max_entries=64)
 def example_stats(location: str, run: str, eid: str) -> dict:
-    return open_store(location).run(run).head_stats(eid)
+    stored = open_store(location).run(run).head_stats(eid)
+    return {kind: (names, as_defined(kind, names, values)) for kind, (names, values) in stored.items()}
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def set_stats(location: str, run: str, kind: str, ids: tuple[str, ...], _fresh: int):
-    return open_store(location).run(run).head_stats_all(kind, ids)
+    got, names, values = open_store(location).run(run).head_stats_all(kind, ids)
+    return got, names, as_defined(kind, names, values)
+
+
+STAT_HELP = ("Mean attention mass that queries of one modality put on keys of another. Cross-modal is the "
+             "unweighted mean of text → image and image → text, intra-modal of image → image and text → text "
+             "(as VL-InterpreT): each direction counts the same however many queries it has. Statistics this "
+             "kind cannot vary (constant or undefined by construction) are not offered.")
+
+
+def not_applicable_line(kind: str, names) -> str | None:
+    """One line naming the statistics kind ``kind`` cannot vary, grouped by reason."""
+    by_reason: dict[str, list[str]] = {}
+    for n in names:
+        reason = not_applicable(kind, n)
+        if reason is not None:
+            by_reason.setdefault(reason, []).append(STAT_LABELS.get(n, n))
+    if not by_reason:
+        return None
+    return f"Not applicable for kind {kind}: " + "; ".join(f"{', '.join(s)} ({r})" for r, s in by_reason.items())
 
 
 store, reader = sidebar()
@@ -90,12 +111,22 @@ else:
         st.warning(f"No stored statistics of kind {kind!r} for these examples.")
         st.stop()
 
-# Default to the first statistic defined for this kind (e.g. text -> image is undefined for vision self).
-defined = [n for i, n in enumerate(names) if np.isfinite(np.asarray(values)[..., i, :, :]).any()] or list(names)
-stat = qp_get("stat", defined[0])
-stat = stat if stat in names else defined[0]
-stat = c2.selectbox("Statistic", names, index=names.index(stat), format_func=lambda s: STAT_LABELS.get(s, s),
-                    key="hs_stat")
+# Offer the statistics this kind can vary and that have values here (no all-NaN chart with a "NaN" legend).
+vals = np.asarray(values)
+offered = [n for i, n in enumerate(names) if not_applicable(kind, n) is None and np.isfinite(vals[..., i, :, :]).any()]
+asked = qp_get("stat")
+if asked in names and asked not in offered:
+    st.info(not_applicable_message(kind, asked) or f"{STAT_LABELS.get(asked, asked)} has no value for kind {kind} "
+            "in these examples (it lacks the query or key tokens it needs).")
+if not offered:
+    st.info(f"No head statistic varies in kind {kind}: each is constant or undefined by construction. "
+            + (not_applicable_line(kind, names) or ""))
+    st.stop()
+stat = asked if asked in offered else offered[0]
+stat = c2.selectbox("Statistic", offered, index=offered.index(stat), format_func=lambda s: STAT_LABELS.get(s, s),
+                    key="hs_stat", help=STAT_HELP)
+if (line := not_applicable_line(kind, names)) is not None:
+    st.caption(line)
 zscore = c3.toggle("z-score across all heads", value=qp_get("z", "0") == "1", key="hs_z",
                    help="Standardize over every head of the model together (not per head).")
 qp_set(kind=kind, stat=stat, z="1" if zscore else None)
