@@ -353,17 +353,22 @@ def test_page_follows_ex_and_reports_answers(pair_store, monkeypatch):
     def overlay_captions():
         return [img.caption for el in at.get("image") for img in el.proto.imgs]
 
-    caps = overlay_captions()  # default: the last layer of each model
-    assert any("a · self · layer 1 of 1 (relative 1.00)" in c for c in caps), caps
-    assert any("b · self · layer 2 of 2 (relative 1.00)" in c for c in caps), caps
+    caps = overlay_captions()  # default: the last layer of each model, counted from 0 (b has 3 layers: 0-2)
+    assert any("a · self · layer 1 (0–1), relative depth 1.00" in c for c in caps), caps
+    assert any("b · self · layer 2 (0–2), relative depth 1.00" in c for c in caps), caps
+    assert not any(" of 2 " in c or " of 1 " in c for c in caps), caps  # not "layer 2 of 2" for 3 layers
+    assert all("% of its attention to the image" in c for c in caps)  # ViLT's joint keys: a real share
     at.slider(key="compare_depth").set_value(0.5).run()
     assert not at.exception, at.exception
     caps = overlay_captions()  # 0.5 -> layer 1 of b (exact); a has layers at 0 and 1, the tie goes deeper
-    assert any("b · self · layer 1 of 2 (relative 0.50)" in c for c in caps), caps
-    assert any("a · self · layer 1 of 1 (relative 1.00)" in c for c in caps), caps
+    assert any("b · self · layer 1 (0–2), relative depth 0.50" in c for c in caps), caps
+    assert any("a · self · layer 1 (0–1), relative depth 1.00" in c for c in caps), caps
     at.slider(key="compare_depth").set_value(0.2).run()
     caps = overlay_captions()
-    assert any("b · self · layer 0 of 2" in c for c in caps) and any("a · self · layer 0 of 1" in c for c in caps)
+    assert any("b · self · layer 0 (0–2)" in c for c in caps) and any("a · self · layer 0 (0–1)" in c for c in caps)
+    pca = [json.loads(n.proto.spec).get("title", {}) for n in at.get("vega_lite_chart")
+           if json.loads(n.proto.spec).get("usermeta", {}).get("chart") == "compare_pca_B"]
+    assert pca and "joint 1 (0–3)" in str(pca[0])  # 0.2 is nearest 1/3  # b's hidden states: embeddings + 3 layers
 
 
 def test_page_shows_only_shared_examples_with_count_of_rest(partial_store, monkeypatch):
@@ -481,24 +486,47 @@ def test_single_vs_dual_stream_compares_what_exists_in_both(mixed_store, monkeyp
     info = " ".join(i.value for i in at.info)
     assert "share no attention kind" in info and "Only in single: self" in info
     # no shared kind: the kind picker offers only the pooled rule
-    assert list(at.selectbox(key="compare_kind").options) == ["all kinds (mean where defined)"]
-    # image_to_text needs image queries with text keys: without cross_v2l no dual kind has them
+    assert list(at.selectbox(key="compare_kind").options) == ["all kinds (mean where it applies)"]
+    # image_to_text needs image queries with text keys: without cross_v2l no dual kind has them; text_to_image
+    # exists only in cross_l2v, whose keys are all regions, so it is 1.0 by construction: not applicable either
     warnings = [w.value for w in at.warning]
-    assert any(w.startswith("image_to_text does not exist for B (dual)") for w in warnings), warnings
-    assert not any(w.startswith("text_to_image does not exist") for w in warnings)
+    for stat in ("image_to_text", "text_to_image", "image_to_image", "cross_modal"):
+        assert any(w.startswith(f"{stat} does not exist for B (dual)") for w in warnings), (stat, warnings)
     depth = _frame(at, "relative_depth", "spread")
     dual = depth[depth["model"] == "B: dual"]
-    assert set(dual["stat"]) == {"text_to_image", "image_to_image", "image_to_image_nonlocal", "text_to_text",
-                                 "cross_modal", "intra_modal"}
-    # the dual model is put on its deepest kind's grid (lang_self, 3 layers)
-    np.testing.assert_allclose(sorted(dual[dual["stat"] == "text_to_text"]["relative_depth"]), [0, .5, 1])
-    # text_to_image is defined only in cross_l2v: 2 heads at every depth
-    assert (dual[dual["stat"] == "text_to_image"]["heads"] == 2).all()
-    # text_to_text is defined in lang_self and cross_lang_self: 4 heads pooled
-    assert (dual[dual["stat"] == "text_to_text"]["heads"] == 4).all()
+    assert set(dual["stat"]) == {"image_to_image_nonlocal", "text_to_text", "intra_modal"}
+    assert not (dual["mean"] > 0.999).all()  # no constant 1.0 pooled into the profile
+    # network positions: lang_self 3 layers, then the 2 cross layers: 5 positions
+    t2t = dual[dual["stat"] == "text_to_text"].sort_values("relative_depth")
+    np.testing.assert_allclose(t2t["relative_depth"], [0, .25, .5, .75, 1])
+    assert list(t2t["layer"]) == [0, 1, 2, 3, 4]
+    assert (t2t["heads"] == 2).all()  # lang_self at 0..2, cross_lang_self at 3..4: one kind (2 heads) each
+    # the vision encoder (2 layers) sits beside the language encoder from 0, cross_vision_self after it
+    nonlocal_ = dual[dual["stat"] == "image_to_image_nonlocal"]
+    np.testing.assert_allclose(sorted(nonlocal_["relative_depth"]), [0, .25, .75, 1])
+    # intra-modal of the dual model is text -> text alone (image -> image is constant in every vision kind)
+    np.testing.assert_allclose(dual[dual["stat"] == "intra_modal"].sort_values("relative_depth")["mean"],
+                               t2t["mean"], rtol=1e-6)
+    # the per-example head summary: text -> image varies in A's self; in B it is a message, not a chart of 1.0
+    assert at.selectbox(key="compare_stat").value == "text_to_image"
+    assert at.selectbox(key="compare_hkind_B").value == "cross_l2v"
+    assert any(i.value.startswith("text → image is not applicable for kind cross_l2v: its keys are all image tokens")
+               for i in at.info), [i.value for i in at.info]
+    assert "compare_heat_B" not in {json.loads(n.proto.spec).get("usermeta", {}).get("chart")
+                                    for n in at.get("vega_lite_chart")}
+    # a statistic that varies in B: B's picker opens a kind that has it
+    at.selectbox(key="compare_stat").set_value("text_to_text").run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="compare_hkind_B").value in ("lang_self", "cross_lang_self")
+    heat_b = _chart_data(at, "compare_heat_B")
+    assert {r["value"] for r in heat_b} != {1.0}
     # the same word's overlay from both models (self vs cross_l2v), and both projections
     captions = [img.caption for el in at.get("image") for img in el.proto.imgs]
     assert any("single · self" in c for c in captions) and any("dual · cross_l2v" in c for c in captions)
+    # cross_l2v's keys are all regions: no "'word' sends 100% of its attention to the image"
+    dual_cap = next(c for c in captions if "dual · cross_l2v" in c)
+    assert "sends" not in dual_cap and "keys are all image tokens" in dual_cap, dual_cap
+    assert "relative depth 1.00" in dual_cap  # its last cross layer is the network's last position
     # PCA of the dual model pools both hidden streams: every token of the example is a point
     from store.zarr_store import VLStore
 
@@ -507,3 +535,83 @@ def test_single_vs_dual_stream_compares_what_exists_in_both(mixed_store, monkeyp
     points = _chart_data(at, "compare_pca_B")
     assert len(points) == n_tokens
     assert {p["modality"] for p in points} == {"text", "image", "special"}
+
+
+def test_kind_picked_by_hand_stays_with_a_message(mixed_store, monkeypatch):
+    """Picking a kind where the statistic is not applicable keeps that kind and says why."""
+    at = _app(mixed_store, monkeypatch, run="single", run2="dual")
+    at.selectbox(key="compare_stat").set_value("text_to_text").run()
+    at.selectbox(key="compare_hkind_B").set_value("vision_self").run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="compare_hkind_B").value == "vision_self"
+    assert "text → text is not applicable for kind vision_self: its queries are image tokens only." in [
+        i.value for i in at.info]
+
+
+# ---- what a person sees on the Data set tab ---------------------------------------------------------
+def _spec(at, name):
+    for node in at.get("vega_lite_chart"):
+        spec = json.loads(node.proto.spec)
+        if spec.get("usermeta", {}).get("chart") == name:
+            return spec
+    raise AssertionError(f"no chart {name!r}")
+
+
+def _encodings(spec, channel):
+    """Every encoding of ``channel`` in a (layered, faceted) Vega-Lite spec."""
+    found = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            enc = node.get("encoding")
+            if isinstance(enc, dict) and channel in enc:
+                found.append(enc[channel])
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(spec)
+    return found
+
+
+def test_depth_curves_have_one_colour_per_model_and_a_legend(pair_store, monkeypatch):
+    at = _app(pair_store, monkeypatch, run="a", run2="b")
+    spec = _spec(at, "depth_chart")
+    colors = _encodings(spec, "color")
+    assert len(colors) == 2  # band and line
+    for c in colors:
+        assert c["field"] == "model" and c.get("legend", {}) is not None
+        assert c["scale"]["domain"] == ["A: a", "B: b"]
+        assert len(set(c["scale"]["range"])) == 2  # two different colours, the same in band and line
+    assert colors[0]["scale"] == colors[1]["scale"]
+
+
+def test_accuracy_has_one_format_on_the_tab(pair_store, monkeypatch):
+    from store.zarr_store import VLStore
+
+    at = _app(pair_store, monkeypatch, run="a", run2="b")
+    sa = VLStore(pair_store).run("a").summaries()
+    overall = sum(s.correct for s in sa) / len(sa)
+    metric = next(m for m in at.metric if m.label.startswith("Accuracy of A"))
+    assert metric.value == f"{100 * overall:.1f}%"
+    table = next(d for d in at.dataframe if "accuracy A (a)" in d.value.columns)
+    config = json.loads(table.proto.columns)
+    for col in ("accuracy A (a)", "accuracy B (b)"):
+        assert config[col]["type_config"]["format"] == "%.1f%%"  # shown as 97.6%, like the metric
+    acc = table.value
+    for _, row in acc.iterrows():
+        truth = [s for s in sa if s.label == row["true answer"]]
+        assert row["accuracy A (a)"] == pytest.approx(100 * sum(s.correct for s in truth) / len(truth))
+
+
+def test_every_compare_chart_downloads(pair_store, monkeypatch):
+    at = _app(pair_store, monkeypatch, run="a", run2="b")
+    charts = {json.loads(n.proto.spec).get("usermeta", {}).get("chart") for n in at.get("vega_lite_chart")}
+    assert charts == {"depth_chart", "compare_heat_A", "compare_heat_B", "compare_pca_A", "compare_pca_B"}
+    keys = {b.proto.id for b in at.get("download_button")}
+    for export in ("depth_export", "compare_heat_A_export", "compare_heat_B_export", "compare_pca_A_export",
+                   "compare_pca_B_export"):
+        for fmt in ("png", "svg", "csv"):
+            assert any(k.endswith(f"{export}_{fmt}") for k in keys), (export, fmt, keys)

@@ -1,6 +1,8 @@
 """Compare two recorded runs side by side: accuracy, disagreements, head statistics per relative
-depth, and for one shared example the answers, head summaries, a word's attention on the image and
-hidden-state projections. Run A is the sidebar run; run B is ``?run2=``; the example is ``?ex=``."""
+depth in the network, and for one shared example the answers, head summaries, a word's attention on
+the image and hidden-state projections. Run A is the sidebar run; run B is ``?run2=``; the example is
+``?ex=``. Head statistics are read through ``as_defined``: a statistic a kind cannot vary is NaN and
+left out of every profile; cross-modal / intra-modal are unweighted means of their directions."""
 from __future__ import annotations
 
 import altair as alt
@@ -9,12 +11,23 @@ import pandas as pd
 import streamlit as st
 
 from analysis import compare as cmp
-from analysis.head_stats import STAT_LABELS
+from analysis.depth import depth_bins, kind_depths, nearest_layer
+from analysis.head_stats import STAT_LABELS, as_defined, not_applicable, not_applicable_message
 from analysis.projections import project_layers
+from ui.charts import export_buttons
 from ui.state import (example_image, example_tokens, freshness, link, open_store, pick_example, qp_get, qp_set,
                       sidebar, summaries_table)
 
-ALL_KINDS = "all kinds (mean where defined)"
+ALL_KINDS = "all kinds (mean where it applies)"
+MODEL_COLORS = ("#1f77b4", "#ff7f0e")  # A, B: one colour per model on every chart of the page
+
+
+def percent(v: float) -> str:
+    """The page's one format for an accuracy: 97.6%."""
+    return "n/a" if np.isnan(v) else f"{100 * v:.1f}%"
+
+
+PERCENT_COLUMN = "%.1f%%"  # the same format in a table column (values in percent)
 
 store, reader_a = sidebar()
 runs = store.runs()
@@ -47,12 +60,18 @@ def _summaries(location: str, run: str, _fresh: int):
 @st.cache_data(show_spinner=False, max_entries=64)
 def _stats_all(location: str, run: str, kind: str, ids: tuple[str, ...], _fresh: int):
     _, names, values = open_store(location).run(run).head_stats_all(kind, ids)
-    return names, values
+    return names, as_defined(kind, names, values)
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def _example_stats(location: str, run: str, eid: str):
-    return open_store(location).run(run).head_stats(eid)
+    stored = open_store(location).run(run).head_stats(eid)
+    return {kind: (names, as_defined(kind, names, values)) for kind, (names, values) in stored.items()}
+
+
+def _layers(reader, eid: str) -> dict[str, int]:
+    """Layers of every attention kind of the run (from one example's statistics): places kinds in the network."""
+    return {k: int(np.asarray(v).shape[1]) for k, (_, v) in _example_stats(loc, reader.name, eid).items()}
 
 
 def _kinds(reader) -> list[str]:
@@ -92,18 +111,21 @@ tab_example, tab_data = st.tabs(["Example", "Data set"])
 with tab_data:
     acc_a, acc_b = cmp.accuracy(shared_a), cmp.accuracy(shared_b)
     c1, c2 = st.columns(2)
-    fmt = lambda v: "n/a" if np.isnan(v) else f"{v:.1%}"  # noqa: E731
-    c1.metric(f"Accuracy of A ({name_a})", fmt(acc_a.overall), help=f"over {acc_a.n_labelled} labelled shared examples")
-    c2.metric(f"Accuracy of B ({name_b})", fmt(acc_b.overall), help=f"over {acc_b.n_labelled} labelled shared examples")
+    c1.metric(f"Accuracy of A ({name_a})", percent(acc_a.overall),
+              help=f"over {acc_a.n_labelled} labelled shared examples")
+    c2.metric(f"Accuracy of B ({name_b})", percent(acc_b.overall),
+              help=f"over {acc_b.n_labelled} labelled shared examples")
     answers = sorted(set(acc_a.per_answer) | set(acc_b.per_answer))
     acc_table = pd.DataFrame({
         "true answer": answers,
         "examples": [acc_a.per_answer.get(a, (0, 0))[1] for a in answers],
-        f"accuracy A ({name_a})": [acc_a.of(a) for a in answers],
-        f"accuracy B ({name_b})": [acc_b.of(a) for a in answers],
+        f"accuracy A ({name_a})": [100 * acc_a.of(a) for a in answers],
+        f"accuracy B ({name_b})": [100 * acc_b.of(a) for a in answers],
     })
     st.subheader("Accuracy per true answer")
-    st.dataframe(acc_table, hide_index=True, key="accuracy_table")
+    st.dataframe(acc_table, hide_index=True, key="accuracy_table",
+                 column_config={c: st.column_config.NumberColumn(format=PERCENT_COLUMN)
+                                for c in acc_table.columns if c.startswith("accuracy")})
     with st.expander(f"All {len(join.shared_ids)} shared examples"):
         st.dataframe(pd.DataFrame([{
             "example_id": a.example_id, "question": a.question, "true answer": a.label,
@@ -133,13 +155,17 @@ with tab_data:
             st.rerun()
 
     st.subheader("Head statistics per relative depth")
-    st.caption("Relative depth = layer / (L − 1): 0 is the first layer, 1 the last, so models of different "
-               "depth line up. Line: mean over heads (and over the shared examples); band: ± one standard "
-               "deviation over heads.")
+    st.caption("Relative depth is the layer's position in the network: 0 is the first layer, 1 the last, so "
+               "models of different depth line up. A dual-stream model's language and vision encoders sit side "
+               "by side from 0 and its cross-modality layers after them. Line: mean over heads (and over the "
+               "shared examples); band: ± one standard deviation over heads. Cross-modal is the unweighted mean "
+               "of text → image and image → text, intra-modal of image → image and text → text (as "
+               "VL-InterpreT). A statistic constant or undefined in a kind by construction (text → image of "
+               "cross_l2v, whose keys are all image tokens, is always 1) is left out.")
     kind_options = list(kind_cmp.shared) + [ALL_KINDS]
     kind = st.selectbox("Attention kind", kind_options, key="compare_kind",
                         help="Kinds in both models, or every kind of each model pooled: for each statistic, the "
-                             "NaN-aware mean over the model's kinds where it is defined.")
+                             "heads of the model's kinds where it applies, at each position in the network.")
 
     def _profile(reader, model_kinds, ids):
         use = model_kinds if kind == ALL_KINDS else [kind]
@@ -148,7 +174,7 @@ with tab_data:
             names, values = _stats_all(loc, reader.name, k, tuple(ids), freshness(reader))
             if values.size:
                 stats[k] = (names, values)
-        return cmp.depth_profile(stats) if stats else None
+        return cmp.depth_profile(stats, layers_per_kind=_layers(reader, ids[0])) if stats else None
 
     prof_a = _profile(reader_a, kinds_a, join.shared_ids)
     prof_b = _profile(reader_b, kinds_b, join.shared_ids)
@@ -161,7 +187,8 @@ with tab_data:
         depth_df = pd.DataFrame(cmp.profile_rows(prof_a, f"A: {name_a}", kind)
                                 + cmp.profile_rows(prof_b, f"B: {name_b}", kind))
         depth_df["statistic"] = depth_df["stat"].map(_label)
-        color = alt.Color("model:N", title="model")
+        color = alt.Color("model:N", title="model", scale=alt.Scale(domain=[f"A: {name_a}", f"B: {name_b}"],
+                                                                    range=list(MODEL_COLORS)))
         base = alt.Chart().encode(x=alt.X("relative_depth:Q", title="relative depth", scale=alt.Scale(domain=[0, 1])))
         band = base.mark_area(opacity=0.2).encode(y=alt.Y("low:Q", title="mean attention mass"), y2="high:Q",
                                                   color=color)
@@ -172,9 +199,13 @@ with tab_data:
         chart = alt.layer(band, line, data=depth_df).properties(width=190, height=150).facet(
             facet=alt.Facet("statistic:N", title=None), columns=3).properties(
             usermeta={"chart": "depth_chart"}).configure_legend(orient="top")
-        st.altair_chart(chart, key="depth_chart")
-        with st.expander("Chart data"):
-            st.dataframe(depth_df.drop(columns=["statistic"]), hide_index=True, key="depth_table")
+        if depth_df.empty:
+            st.info("No statistic applies to both models in this attention kind.")
+        else:
+            st.altair_chart(chart, key="depth_chart")
+            with st.expander("Chart data and downloads"):
+                st.dataframe(depth_df.drop(columns=["statistic"]), hide_index=True, key="depth_table")
+                export_buttons(chart, depth_df, f"compare_depth_{name_a}_{name_b}", key="depth_export")
 
 # ---- one example -------------------------------------------------------------------------------
 with tab_example:
@@ -192,27 +223,45 @@ with tab_example:
 
     # head summary of this example, side by side on relative depth
     st.subheader("Head summary")
-    stat_names = list(dict.fromkeys(
-        n for r in (reader_a, reader_b) for names, _ in _example_stats(loc, r.name, eid).values() for n in names))
+    def _has(ex_stats, k, stat):
+        names, vals = ex_stats[k]
+        return stat in names and np.isfinite(vals[names.index(stat)]).any()
+
+    ex_stats_of = {tag: _example_stats(loc, r.name, eid) for tag, r in (("A", reader_a), ("B", reader_b))}
+    # Statistics that some kind of either model can vary (constants and undefined ones are not offered).
+    stat_names = list(dict.fromkeys(n for ex in ex_stats_of.values() for k, (names, _) in ex.items() for n in names
+                                    if _has(ex, k, n)))
     if not stat_names:
         st.warning("No head statistics stored for this example.")
     else:
         stat = st.selectbox("Statistic", stat_names, format_func=_label, key="compare_stat",
-                            index=stat_names.index(qp_get("stat")) if qp_get("stat") in stat_names else 0)
+                            index=stat_names.index(qp_get("stat")) if qp_get("stat") in stat_names else 0,
+                            help="Statistics that vary in some attention kind of either model. Cross-modal and "
+                                 "intra-modal are unweighted means of their two directions (as VL-InterpreT).")
         cols = st.columns(2)
         for col, reader, tag in ((cols[0], reader_a, "A"), (cols[1], reader_b, "B")):
-            ex_stats = _example_stats(loc, reader.name, eid)
+            ex_stats = ex_stats_of[tag]
             kinds = list(ex_stats)
-            default = next((k for k in kind_cmp.shared if k in kinds), None) or cmp.overlay_kind(kinds) or kinds[0]
-            k = col.selectbox(f"{tag}: attention kind", kinds, index=kinds.index(default), key=f"compare_hkind_{tag}")
+            # a kind where the statistic has values; else the shared or overlay kind, as before
+            default = (next((k for k in kind_cmp.shared if k in kinds and _has(ex_stats, k, stat)), None)
+                       or next((k for k in kinds if _has(ex_stats, k, stat)), None)
+                       or next((k for k in kind_cmp.shared if k in kinds), None) or cmp.overlay_kind(kinds) or kinds[0])
+            key = f"compare_hkind_{tag}"
+            if st.session_state.get(key) not in kinds or (
+                    st.session_state.get(f"{key}_for") != stat and not _has(ex_stats, st.session_state[key], stat)):
+                st.session_state[key] = default  # a newly picked statistic opens a kind that has it
+            st.session_state[f"{key}_for"] = stat
+            k = col.selectbox(f"{tag}: attention kind", kinds, key=key)
             names, vals = ex_stats[k]
-            if stat not in names or np.isnan(vals[names.index(stat)]).all():
-                col.warning(f"{_label(stat)} does not exist for {tag} ({reader.name}) in kind {k}.")
+            if not _has(ex_stats, k, stat):
+                col.info(not_applicable_message(k, stat)
+                         or f"{_label(stat)} does not exist for {tag} ({reader.name}) in kind {k}.")
                 continue
             m = vals[names.index(stat)]  # (layer, head)
             L, H = m.shape
-            lo, hi = cmp.relative_depth_bins(L)
-            d = cmp.relative_depth(L)
+            layers_here = _layers(reader, eid)
+            lo, hi = depth_bins(k, layers_here)
+            d = kind_depths(k, layers_here)
             rows = [{"layer": li, "head": h, "relative_depth": float(d[li]), "x0": float(lo[li]), "x1": float(hi[li]),
                      "value": float(m[li, h])} for li in range(L) for h in range(H)]
             heat = alt.Chart(pd.DataFrame(rows)).mark_rect().encode(
@@ -224,10 +273,14 @@ with tab_example:
             ).properties(title=f"{tag}: {reader.name} · {k} · {L} layers", height=alt.Step(20),
                           usermeta={"chart": f"compare_heat_{tag}"})
             col.altair_chart(heat, key=f"compare_heat_{tag}")
+            with col.expander("Download"):
+                export_buttons(heat, pd.DataFrame(rows).assign(stat=stat, kind=k), f"compare_heat_{reader.name}_{k}",
+                               key=f"compare_heat_{tag}_export")
 
     # the same word's attention on the image
     st.subheader("A word's attention on the image")
-    rel = st.slider("Relative depth (0 = first layer, 1 = last)", 0.0, 1.0, 1.0, 0.05, key="compare_depth")
+    rel = st.slider("Relative depth (0 = first layer, 1 = last)", 0.0, 1.0, 1.0, 0.05, key="compare_depth",
+                    help="Position in the network; each model shows its layer nearest to it.")
     tok_a = example_tokens(loc, name_a, eid)
     tok_b = example_tokens(loc, name_b, eid)
     words = cmp.common_words(tok_a["tokens"], tok_a["modality"], tok_b["tokens"], tok_b["modality"])
@@ -240,9 +293,9 @@ with tab_example:
         word = st.selectbox("Word (present in both token lists)", words, key="compare_word")
         cols = st.columns(2)
         for col, reader, tok, okind, tag in ((cols[0], reader_a, tok_a, ov_a, "A"), (cols[1], reader_b, tok_b, ov_b, "B")):
-            arr = reader.attention_array(eid, okind)
-            L = arr.shape[0]
-            layer = cmp.layer_at(rel, L)
+            layers_here = _layers(reader, eid)
+            L = layers_here[okind]
+            layer = nearest_layer(rel, okind, layers_here)
             qi, ki = reader.attention_index(eid, okind)
             t = cmp.word_token(tok["tokens"], tok["modality"], word)
             try:
@@ -251,9 +304,13 @@ with tab_example:
                 col.warning(f"{tag}: {e}")
                 continue
             pic = cmp.attention_overlay(example_image(loc, reader.name, eid), tok["token_boxes"][img_tok], w)
-            col.image(pic, width=256, caption=f"{tag}: {reader.name} · {okind} · layer {layer} of {L - 1} "
-                                              f"(relative {cmp.relative_depth(L)[layer]:.2f}) · mean over heads · "
-                                              f"'{word}' sends {w.sum():.0%} of its attention to the image")
+            # Where every key is an image token (cross_l2v) the share is 100% by construction: not a finding.
+            share = (f"'{word}' sends {w.sum():.0%} of its attention to the image"
+                     if not_applicable(okind, "text_to_image") is None
+                     else f"{okind}'s keys are all image tokens, so each row sums to 1 over the image")
+            col.image(pic, width=256, caption=f"{tag}: {reader.name} · {okind} · layer {layer} (0–{L - 1}), "
+                                              f"relative depth {kind_depths(okind, layers_here)[layer]:.2f} · "
+                                              f"mean over heads · {share}")
 
     # hidden states, PCA per model
     st.subheader("Hidden states (PCA per model)")
@@ -264,7 +321,7 @@ with tab_example:
         for stream in reader.hidden_streams(eid):
             full, tidx = reader.hidden(eid, stream)
             layer = cmp.layer_at(rel, full.shape[0])
-            layers.append(f"{stream} {layer}/{full.shape[0] - 1}")
+            layers.append(f"{stream} {layer} (0–{full.shape[0] - 1})")
             parts.append((full[layer], tidx))
         if not parts:
             col.info(f"{tag}: no hidden states stored.")
@@ -283,3 +340,5 @@ with tab_example:
         ).properties(title=f"{tag}: {reader.name} · layer {', '.join(layers)}", height=300,
                       usermeta={"chart": f"compare_pca_{tag}"})
         col.altair_chart(chart, key=f"compare_pca_{tag}")
+        with col.expander("Download"):
+            export_buttons(chart, pdf, f"compare_pca_{reader.name}", key=f"compare_pca_{tag}_export")
