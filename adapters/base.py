@@ -73,11 +73,13 @@ def stack_layers(tensors) -> np.ndarray:
     """Per-layer tensors of batch element 0, stacked on a new first axis, as a float16 array.
 
     The store keeps float16, so converting here costs nothing in precision, and torch converts
-    about twice as fast as numpy (this conversion was a visible part of recording time).
+    about twice as fast as numpy (this conversion was a visible part of recording time). Each
+    layer moves to the CPU on its own, so layers already offloaded (float16 on the CPU) and
+    layers still on a GPU stack together.
     """
     import torch
 
-    return torch.stack([t[0] for t in tensors]).to(torch.float16).cpu().numpy()
+    return torch.stack([t[0].to("cpu", torch.float16) for t in tensors]).numpy()
 
 
 def token_geometry(n_tokens: int, text_spans, image_boxes: np.ndarray, image_grid: np.ndarray):
@@ -146,7 +148,11 @@ class Adapter(ABC):
     @classmethod
     @abstractmethod
     def load(cls, source: str | Path | None = None, *, device: str = "cpu") -> "Adapter":
-        """Load from a hub id or a local directory (never trust_remote_code)."""
+        """Load from a hub id or a local directory (never trust_remote_code).
+
+        ``device``: "cpu", "cuda" ("cuda:N"), "mps", or "auto" (a GPU when one is visible);
+        adapters/loading.resolve_device checks it. Records come back on the CPU in float16 whatever it is.
+        """
 
     @abstractmethod
     def run(self, image: Image.Image, question: str, *, top_k: int = 5, label: str | None = None,
@@ -183,6 +189,7 @@ class Adapter(ABC):
             "adapter_version": self.version,
             "architecture": self.architecture,
             "probability_rule": self.probability_rule,
+            "device": str(getattr(self, "device", "cpu")),
             "config": self.config_summary(),
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                          "python": platform.python_version()},

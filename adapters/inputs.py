@@ -97,5 +97,5 @@ def pad_words(input_ids, mask, pad_id: int):
     import torch
 
     ids = input_ids.clone()
-    ids[:, torch.as_tensor(mask, dtype=torch.bool)] = pad_id
+    ids[:, torch.as_tensor(mask, dtype=torch.bool, device=ids.device)] = pad_id
     return ids

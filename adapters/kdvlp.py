@@ -29,7 +29,7 @@ from PIL import Image
 from adapters.base import probabilities_by_rule
 from adapters.inputs import check_image, check_question, encode_question, encode_questions, text_inputs
 from adapters.kdvlp_model import CheckpointError, KdvlpModel, load_model, save_checkpoint
-from adapters.loading import resolve_source
+from adapters.loading import resolve_device, resolve_source
 from adapters.pixels import ResizedPixelCache, normalize, stack_resized
 from adapters.single_stream import SingleStreamAdapter
 from core.errors import AdapterError
@@ -44,6 +44,7 @@ class KdvlpAdapter(SingleStreamAdapter):
     image_token_name = "cell"
 
     def __init__(self, model: KdvlpModel, tokenizer, model_id: str, device: str = "cpu"):
+        device = resolve_device(device)  # "auto" -> a GPU when one is visible
         self.model = model.eval().to(device)
         self.tokenizer = tokenizer
         self.model_id = model_id

@@ -38,7 +38,7 @@ from adapters.base import (PROBABILITY_RULES, Adapter, AttributionSpec, display_
                            stack_layers, token_geometry)
 from adapters.inputs import check_image, check_question, encode_question, encode_questions, pad_words, text_inputs, \
     text_layout
-from adapters.loading import load_error, resolve_source
+from adapters.loading import load_error, resolve_device, resolve_source
 from adapters.lxmert_capture import capture
 from adapters.pixels import ResizedPixelCache
 from adapters.regions import GridRegionExtractor, RegionFeatures, load_regions_npz
@@ -69,6 +69,7 @@ class LxmertAdapter(Adapter):
 
     def __init__(self, model, tokenizer, extractor: GridRegionExtractor | None, model_id: str,
                  answers: list[str] | None = None, device: str = "cpu"):
+        device = resolve_device(device)  # "auto" -> a GPU when one is visible
         self.model = model.eval().to(device)
         self.tokenizer = tokenizer
         self.extractor = extractor.eval().to(device) if extractor is not None else None
@@ -287,9 +288,9 @@ class LxmertAdapter(Adapter):
         return probabilities_by_rule(logits, self.probability_rule)
 
     # ---- capture ---------------------------------------------------------------------------------
-    def _capture(self, *, keep_graph: bool = False):
+    def _capture(self, *, keep_graph: bool = False, offload: bool = False):
         """Every attention map and both embedding outputs of one forward (adapters/lxmert_capture.py)."""
-        return capture(self.model, keep_graph=keep_graph)
+        return capture(self.model, keep_graph=keep_graph, offload=offload)
 
     @staticmethod
     def _stream_indices(n_text: int, n_regions: int) -> dict[str, np.ndarray]:
@@ -311,7 +312,7 @@ class LxmertAdapter(Adapter):
         without one raises ``InputError`` (use ``run_regions`` with detector features).
         """
         rgb, q, inputs, offsets, notices, (names, region_boxes, grid_index) = self._encode(image, question, regions)
-        with self._capture() as cap:
+        with self._capture(offload=True) as cap:
             out = self.model(**self._model_kwargs(inputs), output_hidden_states=True)
         toks, modality, spans = text_layout(self.tokenizer, inputs["input_ids"], offsets)
         tokens = toks + names
@@ -448,7 +449,7 @@ class LxmertAdapter(Adapter):
                 new["pixel_values"] = pv
             else:
                 vf = inputs["visual_feats"].clone()
-                m = torch.from_numpy(mask)
+                m = torch.from_numpy(mask).to(vf.device)
                 vf[:, m] = spec.baselines["visual_feats"][:, m]
                 new["visual_feats"] = vf
         if word_mask is not None and np.any(word_mask):

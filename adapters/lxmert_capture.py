@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
+import torch
 from torch import nn
 
 from core.errors import AdapterError
@@ -57,18 +58,24 @@ def _attention_hooks(module, kinds, layer, store, keep):
 
 
 @contextmanager
-def capture(model, *, keep_graph: bool = False):
+def capture(model, *, keep_graph: bool = False, offload: bool = False):
     """Hooks that collect every attention map and both embedding outputs during one forward.
 
     Yields {"attention": {kind: [tensor (B, H, Q, K) per layer]}, "embeddings": {stream: tensor}}.
     With ``keep_graph`` the tensors stay in the autograd graph (they are the very tensors the
-    model multiplies with the values, so their gradients are the model's).
+    model multiplies with the values, so their gradients are the model's). With ``offload`` each
+    map moves to the CPU as float16 as soon as it is computed (what a Record stores), so a GPU
+    holds only the forward itself.
     """
+    if keep_graph and offload:
+        raise ValueError("keep_graph keeps the maps in the autograd graph; they cannot be offloaded")
     captured: dict = {"attention": {k: [None] * n for k, n in layer_counts(model.config).items()},
                       "embeddings": {}}
     handles = []
 
     def keep(t):
+        if offload:
+            return t.detach().to("cpu", torch.float16)
         return t if keep_graph else t.detach()
 
     def emb_hook(stream):

@@ -30,7 +30,8 @@ def stack_resized(images, size: int) -> torch.Tensor:
 def normalize(pixels: torch.Tensor, mean, std) -> torch.Tensor:
     """(B, 3, S, S) uint8 (or floats in 0..1) -> (x - mean) / std per channel, float32."""
     x = pixels.float() / 255.0 if pixels.dtype == torch.uint8 else pixels
-    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    mean, std = (torch.tensor(v, device=x.device).view(1, 3, 1, 1) for v in (mean, std))
+    return (x - mean) / std
 
 
 class ResizedPixelCache:

@@ -23,7 +23,7 @@ from PIL import Image
 
 from adapters.base import probabilities_by_rule
 from adapters.inputs import check_image, check_question, encode_question, encode_questions, text_inputs
-from adapters.loading import load_error, resolve_source
+from adapters.loading import load_error, resolve_device, resolve_source
 from adapters.single_stream import SingleStreamAdapter
 
 
@@ -58,6 +58,7 @@ class ViltAdapter(SingleStreamAdapter):
     layout_needs_forward = True  # the patch order is known after the (reordering) visual embedding
 
     def __init__(self, model, tokenizer, image_processor, model_id: str, device: str = "cpu"):
+        device = resolve_device(device)  # "auto" -> a GPU when one is visible
         self.model = model.eval().to(device)
         self.tokenizer = tokenizer
         self.image_processor = image_processor

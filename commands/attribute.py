@@ -15,6 +15,8 @@ import os
 import re
 from pathlib import Path
 
+from commands.devices import add_device_argument
+
 METHODS_HELP = "ig, rollout, relevance, occlusion, attention"
 
 
@@ -31,6 +33,7 @@ def add_arguments(p):
                    help="answer to explain (default: the model's top answer), or 'A rather than B'")
     p.add_argument("--steps", type=int, default=None, help="IG integration steps (default 30)")
     p.add_argument("--out", required=True, help="FILE.npz with --image, a directory with --dataset")
+    add_device_argument(p)
 
 
 def _params(args) -> dict:
@@ -85,7 +88,7 @@ def run(args) -> int:
         if not path.is_file():
             raise FileNotFoundError(f"--image: {path} is not a file")
         image = decode_image(path.read_bytes(), name=str(path))
-        adapter = load_model(args.model)
+        adapter = load_model(args.model, device=args.device)
         spec = adapter.attribution_spec(image, args.question)
         result = attribute(adapter, spec, args.target, args.method, **params)
         save_result(out, result, question=args.question, model=args.model, example_id=spec.extra.get("example_id"))
@@ -110,7 +113,7 @@ def run(args) -> int:
         raise ValueError("--out must be a directory with --dataset (one .npz per example)")
     source = open_source(args.dataset, split=args.split)
     total = len(source) if args.limit is None else min(args.limit, len(source))
-    adapter = load_model(args.model)
+    adapter = load_model(args.model, device=args.device)
     if args.target:
         from analysis.attribution import resolve_target
 

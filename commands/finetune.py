@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from commands.devices import add_device_argument
+
 
 def add_arguments(p):
     src = p.add_mutually_exclusive_group(required=True)
@@ -51,6 +53,7 @@ def add_arguments(p):
     p.add_argument("--layers", type=int, default=None,
                    help="--init: layers (demo-vilt 4, demo-lxmert 2 per stream and cross, demo-kdvlp 3)")
     p.add_argument("--heads", type=int, default=None, help="--init: heads (4)")
+    add_device_argument(p)
 
 
 def run(args) -> int:
@@ -84,12 +87,12 @@ def run(args) -> int:
         answers = train.answers() or sorted({a for ex in examples for a in ex.answers})
         sizes = {k: v for k, v in (("hidden", args.hidden), ("layers", args.layers), ("heads", args.heads))
                  if v is not None}
-        adapter = INITS[args.init](examples, answers, seed=args.seed, **sizes)
+        adapter = INITS[args.init](examples, answers, seed=args.seed, device=args.device, **sizes)
         train_examples = examples
     else:
         from adapters.registry import load_model
 
-        adapter = load_model(args.model)
+        adapter = load_model(args.model, device=args.device)
         train_examples = train
     try:
         adapter.encode_batch  # noqa: B018 - the attribute exists on every adapter; the call may not

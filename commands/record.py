@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from commands.devices import add_device_argument
+
 
 def add_arguments(p):
     p.add_argument("--model", action="append", required=True,
@@ -15,6 +17,7 @@ def add_arguments(p):
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--workers", type=int, default=1, help="processes to record with (default 1)")
     p.add_argument("--scheduler", default=None, help="Dask scheduler address (tcp://host:8786) to record on a cluster")
+    add_device_argument(p)
 
 
 def run_name_for(model: str) -> str:
@@ -51,7 +54,7 @@ def run(args) -> int:
             res = record_parallel(m, args.dataset, args.split, args.limit, out, run_name,
                                   workers=args.workers, scheduler=args.scheduler, top_k=args.top_k)
         else:
-            adapter = load_model(m)
+            adapter = load_model(m, device=args.device)
             res = record_examples(adapter, limited(iter(source), args.limit), store, run_name, total=total,
                                   top_k=args.top_k)
         print(f"{run_name}: {res.written} written, {res.skipped} already there, {len(res.failed)} failed "

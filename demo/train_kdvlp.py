@@ -32,14 +32,15 @@ def build_model(tokenizer, answers: list[str], *, hidden: int = 64, layers: int 
 
 
 def init_demo_kdvlp(examples: list[Example], answers: list[str], *, hidden: int = 64, layers: int = 3,
-                    heads: int = 4, seed: int = 0, channels: tuple[int, ...] = (16, 32, 64, 96)):
+                    heads: int = 4, seed: int = 0, channels: tuple[int, ...] = (16, 32, 64, 96),
+                    device: str = "cpu"):
     """The easy-VQA demo KD-VLP-style model, untrained (a 4 x 4 CNN grid of a 64 x 64 image)."""
     from adapters.kdvlp import KdvlpAdapter
     from demo.train_vilt import build_tokenizer
 
     tokenizer = build_tokenizer([ex.question for ex in examples])
     model = build_model(tokenizer, answers, hidden=hidden, layers=layers, heads=heads, channels=channels, seed=seed)
-    return KdvlpAdapter(model, tokenizer, model_id="demo-kdvlp")
+    return KdvlpAdapter(model, tokenizer, model_id="demo-kdvlp", device=device)
 
 
 def train(out: Path, *, epochs: int = 6, batch_size: int = 64, lr: float = 5e-4, seed: int = 0, hidden: int = 64,

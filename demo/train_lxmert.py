@@ -54,7 +54,7 @@ def build_model(vocab_size: int, answers: list[str], *, hidden: int = 64, layers
 
 
 def init_demo_lxmert(examples: list[Example], answers: list[str], *, hidden: int = 64, layers: int = 2,
-                     heads: int = 4, seed: int = 0):
+                     heads: int = 4, seed: int = 0, device: str = "cpu"):
     """The easy-VQA demo LXMERT, untrained: ``layers`` language, vision and cross layers each, plus
     its grid region extractor CNN (4 x 4 cells of a 64 x 64 image); reports softmax probabilities."""
     from adapters.lxmert import LxmertAdapter
@@ -64,7 +64,7 @@ def init_demo_lxmert(examples: list[Example], answers: list[str], *, hidden: int
     tokenizer.model_max_length = MAX_TEXT_TOKENS
     model, extractor = build_model(len(tokenizer), answers, hidden=hidden, layers=(layers, layers, layers),
                                    heads=heads, seed=seed)
-    return LxmertAdapter(model, tokenizer, extractor, model_id="demo-lxmert", answers=list(answers))
+    return LxmertAdapter(model, tokenizer, extractor, model_id="demo-lxmert", answers=list(answers), device=device)
 
 
 def train(out: Path, *, epochs: int = 6, images_per_batch: int = 8, lr: float = 3e-4, seed: int = 0, hidden: int = 64,

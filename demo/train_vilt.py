@@ -80,13 +80,13 @@ def build_image_processor():
 
 
 def init_demo_vilt(examples: list[Example], answers: list[str], *, hidden: int = 128, layers: int = 4,
-                   heads: int = 4, seed: int = 0):
+                   heads: int = 4, seed: int = 0, device: str = "cpu"):
     """The easy-VQA demo ViLT, untrained: WordPiece vocabulary from the questions, 8-pixel patches."""
     from adapters.vilt import ViltAdapter
 
     tokenizer = build_tokenizer([ex.question for ex in examples])
     model = build_model(len(tokenizer), answers, hidden=hidden, layers=layers, heads=heads, seed=seed)
-    return ViltAdapter(model, tokenizer, build_image_processor(), model_id="demo-vilt")
+    return ViltAdapter(model, tokenizer, build_image_processor(), model_id="demo-vilt", device=device)
 
 
 def train(out: Path, *, epochs: int = 10, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,

@@ -182,7 +182,8 @@ def loss_on(adapter, examples: list[Example], loss: str = "bce") -> float:
     adapter.set_training(False)
     with torch.no_grad():
         inputs = adapter.encode_batch([ex.image() for ex in examples], [ex.question for ex in examples])
-        return float(LOSSES[loss](adapter.forward_logits(**inputs).float(), targets_for(examples, adapter.answers())))
+        logits = adapter.forward_logits(**inputs).float()
+        return float(LOSSES[loss](logits, targets_for(examples, adapter.answers()).to(logits.device)))
 
 
 def _load_images(examples: list[Example], cache: _ImageCache, failed: list):
@@ -369,7 +370,8 @@ class _Trainer:
             images = augment_dihedral(images, self.aug_gen)
         self.adapter.set_training(True)
         inputs = self.adapter.encode_batch(images, [ex.question for ex in batch])
-        loss = self.loss_fn(self.adapter.forward_logits(**inputs).float(), targets_for(batch, self.answers))
+        logits = self.adapter.forward_logits(**inputs).float()
+        loss = self.loss_fn(logits, targets_for(batch, self.answers).to(logits.device))  # on the model's device
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.clip_grad_norm is not None:
