@@ -103,3 +103,21 @@ def test_subprocess_exit_code_and_no_traceback(tmp_path):
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert "unknown attribution method" in proc.stderr
+
+
+DEMO_LXMERT = ROOT / "demo" / "models" / "lxmert-easyvqa"
+
+
+@pytest.mark.skipif(not (DEMO_LXMERT / "config.json").exists(), reason="demo LXMERT weights are not present")
+def test_relevance_on_the_demo_lxmert(image_path, tmp_path, capsys):
+    """Issue 19 item 1: the last cross layer's vision-side maps get no gradient; relevance still runs and
+    gives a finite map that is not constant, over regions and over words."""
+    out = tmp_path / "lx.npz"
+    rc = main(["attribute", "--model", "lxmert-easyvqa", "--image", str(image_path), "--question",
+               "what color is the shape?", "--method", "relevance", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    with np.load(out, allow_pickle=False) as z:
+        assert np.isfinite(z["region_scores"]).all() and np.ptp(z["region_scores"]) > 0
+        words = z["token_scores"][~z["token_is_special"]]
+        assert np.isfinite(words).all() and np.ptp(words) > 0
+        assert any("contribute nothing" in str(n) for n in z["notes"])

@@ -21,7 +21,8 @@ Methods (``METHODS``):
     attention   raw attention of the last layer from the classifier token, mean over heads.
 
 The explained quantity ("target score") is the answer's logit, or for "A rather than B" the
-difference of the two logits. ``probability`` is the answer's probability on the input.
+difference of the two logits. ``probability`` is the answer's probability on the input, by the adapter's own rule
+(``adapter.answer_probabilities``: softmax or sigmoid, as the model was trained), the same as its prediction's.
 
 Layout (one job per module): ``targets`` (Target, resolve_target), ``results`` (AttributionResult),
 ``scoring`` (batched target scores / probabilities), ``rules`` (attention schedule, rollout and relevance
@@ -43,15 +44,14 @@ from analysis.attribution.results import DELTA_WARNING, METHODS, AttributionResu
 from analysis.attribution.rollout import AttentionRollout
 from analysis.attribution.rules import (AttentionStep, attention_maps, attention_schedule, attention_steps, reduce_heads,
                                         relevance_matrix, residual_normalized, rollout_matrix, row_scores)
-from analysis.attribution.scoring import (concat_inputs, probabilities, target_probabilities,
-                                          target_scores)
+from analysis.attribution.scoring import concat_inputs, target_probabilities, target_scores
 from analysis.attribution.targets import Target, resolve_target
 
 __all__ = [
     "METHODS", "METHOD_CLASSES", "DELTA_WARNING", "AttentionRollout", "AttentionStep", "AttributionResult",
     "GradientWeightedRelevance", "IntegratedGradients", "Method", "Occlusion", "RawAttention", "Target",
     "attention_maps", "attention_schedule", "attention_steps", "attribute", "choose_internal_batch", "concat_inputs",
-    "estimate_seconds", "get_method", "probabilities", "reduce_heads", "relevance_matrix", "residual_normalized",
+    "estimate_seconds", "get_method", "reduce_heads", "relevance_matrix", "residual_normalized",
     "resolve_target", "rollout_matrix", "row_scores", "saved_bytes_per_step", "target_probabilities",
     "target_scores", "time_one_forward",
 ]

@@ -32,11 +32,14 @@ class GradientWeightedRelevance(Method):
                     a.retain_grad()
             target.score(logits).sum().backward()
         grads = {k: [a.grad for a in maps] for k, maps in attentions.items()}
-        steps = [s for g in attention_steps(attentions, index, grads) for s in g]
-        R = relevance_matrix(steps, len(spec.record_tokens))
+        R = relevance_matrix(attention_steps(attentions, index, grads), len(spec.record_tokens))
         reg, words, self_entry = row_scores(R[spec.cls_token_index], spec)
         notes = [f"the classifier token's self relevance ({self_entry:.3g}) is left out"]
         if len(attentions) > 1:
-            notes.append("dual-stream: bi-modal rules; of each layer's two cross-attentions the language side is "
-                         "applied first, as in the authors' code")
+            notes.append("dual-stream: bi-modal rules; a cross layer's two co-attention updates are both computed "
+                         "from the relevance before that layer, then added")
+        silent = [f"{k} layer {l}" for k, gs in grads.items() for l, g in enumerate(gs) if g is None]
+        if silent:
+            notes.append(f"no gradient reached {', '.join(silent)} (the answer does not depend on them): "
+                         "they contribute nothing")
         return make_result(adapter, spec, target, self.name, reg, words, params=p, t0=t0, notes=notes)

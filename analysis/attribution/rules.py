@@ -102,28 +102,37 @@ def residual_normalized(R_ss: np.ndarray) -> np.ndarray:
     return hat + eye
 
 
-def relevance_matrix(steps: list[AttentionStep], n_tokens: int) -> np.ndarray:
-    """Gradient-weighted relevance (Chefer, Gur & Wolf 2021) over record tokens, maps applied in order.
+def relevance_matrix(groups: list[list[AttentionStep]], n_tokens: int) -> np.ndarray:
+    """Gradient-weighted relevance (Chefer, Gur & Wolf, ICCV 2021, eqs. 6-11) over record tokens.
 
     R starts as I (self relevance R^tt = R^ii = I, cross R^ti = R^it = 0). Each step's matrix is
     Ā = E_h[(∇A ⊙ A)^+] of one attention map with queries s and keys:
       self (keys = s):      R[s, :] += Ā · R[s, :]         (eqs. 6-7: R^ss and R^sq at once)
       cross (keys = q ≠ s): R[s, q] += R̄[s, s]ᵀ · Ā · R̄[q, q]  and  R[s, s] += Ā · R[q, s]  (eqs. 10-11)
-    For single-stream models only the self rule occurs (R ← R + Ā R, layer by layer).
+    The steps of one group (``attention_schedule``: a cross layer's two co-attentions) are all computed
+    from R as it was before the group, then added: the language-side update does not see the vision
+    side's, nor the reverse, as in the paper and the authors' generator (each ``handle_co_attn_query``
+    addition is computed first, then all four are added). For single-stream models only the self rule
+    occurs (R ← R + Ā R, layer by layer).
     """
     R = np.eye(n_tokens)
-    for st in steps:
-        s, k, A = st.query, st.key, st.matrix
-        if st.is_self:
-            R[s, :] = R[s, :] + A @ R[k, :]
-            continue
-        if set(s.tolist()) & set(k.tolist()):
-            raise AdapterError(f"attention {st.kind}: queries and keys overlap but differ; neither self nor cross")
-        add_sq = residual_normalized(R[np.ix_(s, s)]).T @ A @ residual_normalized(R[np.ix_(k, k)])
-        add_ss = A @ R[np.ix_(k, s)]
-        R[np.ix_(s, k)] += add_sq
-        R[np.ix_(s, s)] += add_ss
+    for group in groups:
+        additions = [a for st in group for a in _relevance_additions(R, st)]
+        for rows, cols, add in additions:
+            R[np.ix_(rows, cols)] += add
     return R
+
+
+def _relevance_additions(R: np.ndarray, st: AttentionStep) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(rows, cols, addition) of one step's rule, read from R (not applied)."""
+    s, k, A = st.query, st.key, st.matrix
+    if st.is_self:
+        return [(s, np.arange(len(R)), A @ R[k, :])]
+    if set(s.tolist()) & set(k.tolist()):
+        raise AdapterError(f"attention {st.kind}: queries and keys overlap but differ; neither self nor cross")
+    add_sq = residual_normalized(R[np.ix_(s, s)]).T @ A @ residual_normalized(R[np.ix_(k, k)])
+    add_ss = A @ R[np.ix_(k, s)]
+    return [(s, k, add_sq), (s, s, add_ss)]
 
 
 def attention_maps(adapter, spec: AttributionSpec) -> tuple[dict, dict]:
@@ -134,16 +143,23 @@ def attention_maps(adapter, spec: AttributionSpec) -> tuple[dict, dict]:
 
 
 def attention_steps(attentions: dict, index: dict, grads: dict | None = None) -> list[list[AttentionStep]]:
-    """The schedule's groups as AttentionSteps: head means, or gradient-weighted head means with ``grads``."""
+    """The schedule's groups as AttentionSteps: head means, or gradient-weighted head means with ``grads``.
+
+    A map whose gradient is None (the target does not depend on it, e.g. LXMERT's last vision-side maps,
+    since the answer head reads only the language [CLS]) gets Ā = 0: it contributes nothing, as in the
+    authors' code."""
     groups = []
     for group in attention_schedule(attentions):
         steps = []
         for kind, layer in group:
             q, k = (np.asarray(i, np.int64) for i in index[kind])
-            g = grads[kind][layer] if grads is not None else None
-            if grads is not None and g is None:
-                raise AdapterError(f"attention {kind} layer {layer} received no gradient: is it in the graph?")
-            steps.append(AttentionStep(kind, layer, q, k, reduce_heads(attentions[kind][layer], g)))
+            if grads is None:
+                matrix = reduce_heads(attentions[kind][layer])
+            elif grads[kind][layer] is None:  # the target does not depend on this map: it adds nothing
+                matrix = np.zeros((len(q), len(k)))
+            else:
+                matrix = reduce_heads(attentions[kind][layer], grads[kind][layer])
+            steps.append(AttentionStep(kind, layer, q, k, matrix))
         groups.append(steps)
     return groups
 

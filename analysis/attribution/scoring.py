@@ -23,15 +23,6 @@ def concat_inputs(batch: list[dict]) -> dict:
     return out
 
 
-def probabilities(adapter, logits: torch.Tensor) -> torch.Tensor:
-    """Answer probabilities from logits: the adapter's own rule when it has one, else sigmoid (VQA heads
-    are trained with binary cross-entropy)."""
-    fn = getattr(adapter, "probabilities_from_logits", None)
-    if fn is not None:
-        return fn(logits)
-    return torch.sigmoid(logits.float())
-
-
 def _batched(adapter, inputs_list: list[dict], batch_size: int, fn) -> np.ndarray:
     """fn(logits) -> (batch,) for each input dict, evaluated in batches without gradients."""
     out = []
@@ -48,9 +39,10 @@ def target_scores(adapter, target: Target, inputs_list: list[dict], batch_size: 
 
 
 def target_probabilities(adapter, target: Target, inputs_list: list[dict], batch_size: int = 16) -> np.ndarray:
-    """Probability of the answer (minus the contrast's, for "A rather than B") for each input dict."""
+    """Probability of the answer (minus the contrast's, for "A rather than B") for each input dict, by the
+    adapter's own rule (``answer_probabilities``: softmax or sigmoid, as the model was trained)."""
     def prob(logits):
-        p = probabilities(adapter, logits)
+        p = adapter.answer_probabilities(logits)
         v = p[:, target.answer]
         return v - p[:, target.contrast] if target.contrast is not None else v
 
@@ -58,8 +50,9 @@ def target_probabilities(adapter, target: Target, inputs_list: list[dict], batch
 
 
 def answer_probability(adapter, spec, target: Target) -> float:
+    """The answer's probability on the spec's input, by the adapter's rule (the same as its prediction)."""
     with torch.no_grad():
-        p = probabilities(adapter, adapter.forward_logits(**spec.inputs))
+        p = adapter.answer_probabilities(adapter.forward_logits(**spec.inputs))
     return float(p[0, target.answer])
 
 
