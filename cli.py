@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "models": ("models", "list the registered adapters and named models"),
     "record": ("record", "record a data set through one or more models into a Zarr store"),
     "attribute": ("attribute", "attribute an answer to pixels and words (ig, rollout, relevance, occlusion, attention)"),
+    "faithfulness": ("faithfulness", "measure each attribution method's faithfulness (perturbation curves, mask share)"),
     "finetune": ("finetune", "fine-tune a registered model on a data set"),
     "import-vlinterpret": ("import_vlinterpret", "import a VL-InterpreT database into a store (safely)"),
     "bench": ("bench", "run every benchmark and print one table of ratios"),

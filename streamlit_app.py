@@ -25,6 +25,7 @@ PAGES = [
     ("views/projections.py", "Hidden states", ":material/scatter_plot:", "projections"),
     ("views/compare.py", "Compare", ":material/compare:", "compare"),
     ("views/ask.py", "Ask", ":material/help:", "ask"),
+    ("views/faithfulness.py", "Faithfulness", ":material/fact_check:", "faithfulness"),
 ]
 
 pages = [st.Page(str(ROOT / f), title=t, icon=i, url_path=u, default=(u == "examples"))

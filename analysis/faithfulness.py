@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from analysis.attribution import AttributionResult, Target, target_probabilities
+from analysis.perturbation import removed_inputs
 
 
 def rankdata(x: np.ndarray) -> np.ndarray:
@@ -77,18 +78,9 @@ def _area(fractions: np.ndarray, values: np.ndarray) -> float:
     return float(np.sum((f[1:] - f[:-1]) * (v[1:] + v[:-1]) / 2.0))
 
 
-def _counts(n_regions: int, fractions) -> np.ndarray:
-    return np.clip(np.round(np.asarray(fractions, np.float64) * n_regions).astype(int), 0, n_regions)
-
-
 def deletion_probabilities(adapter, spec, target: Target, order: np.ndarray, fractions, batch_size: int = 16):
     """Probabilities after replacing the first round(f * R) regions of ``order`` by the baseline."""
-    n = len(spec.region_boxes)
-    variants = []
-    for k in _counts(n, fractions):
-        mask = np.zeros(n, bool)
-        mask[np.asarray(order[:k], int)] = True
-        variants.append(adapter.occlude(spec.inputs, spec, region_mask=mask) if k else spec.inputs)
+    variants = removed_inputs(adapter, spec, "image", order, fractions)
     return target_probabilities(adapter, target, variants, batch_size=batch_size)
 
 

@@ -9,7 +9,7 @@ from core.errors import AdapterError, InputError
 from adapters.base import AttributionSpec
 from analysis.attribution import (METHODS, AttentionStep, Target, attention_steps, attribute, choose_internal_batch,
                                   estimate_seconds, relevance_matrix, resolve_target, rollout_matrix)
-from analysis.attribution.occlusion import mean_drop, region_windows, word_windows
+from analysis.attribution.occlusion import mean_drop, median_fill, region_windows, word_windows
 from tests.attribution_models import make_signal_vilt, shape_image
 
 QUESTION = "what color is the shape?"
@@ -298,17 +298,28 @@ def test_word_windows_and_mean_drop():
     np.testing.assert_allclose(mean_drop(word_windows(special, 2), np.array([1.0, 3.0])), [0, 1, 2, 3, 0])
 
 
-def test_occlusion_equals_manual_drop_and_batching_is_invisible(signal_vilt, signal_spec):
+def test_median_fill_is_the_background_of_a_shape_image(signal_vilt, signal_spec):
+    """shape_image: a 12x12 square on a 32x32 plain background; each channel's median is the background."""
+    filled = median_fill(signal_spec)
+    pv = signal_spec.inputs["pixel_values"]
+    background = pv[..., 0, 0]  # top-left pixel, (B, C)
+    np.testing.assert_allclose(filled.baselines["pixel_values"], background[..., None, None].expand_as(pv))
+    assert torch.equal(filled.baselines["input_ids"], signal_spec.baselines["input_ids"])  # words: padding
+
+
+@pytest.mark.parametrize("fill", ["median", "baseline"])
+def test_occlusion_equals_manual_drop_and_batching_is_invisible(signal_vilt, signal_spec, fill):
     t = resolve_target(signal_vilt, signal_spec, None)
-    r = attribute(signal_vilt, signal_spec, t, "occlusion", window=1, batch_size=7)
-    r1 = attribute(signal_vilt, signal_spec, t, "occlusion", window=1, batch_size=1)
+    r = attribute(signal_vilt, signal_spec, t, "occlusion", window=1, fill=fill, batch_size=7)
+    r1 = attribute(signal_vilt, signal_spec, t, "occlusion", window=1, fill=fill, batch_size=1)
     np.testing.assert_allclose(r.region_scores, r1.region_scores, atol=1e-5)
     f0 = _f(signal_vilt, signal_spec.inputs, t)
     n = len(signal_spec.region_boxes)
+    by = median_fill(signal_spec) if fill == "median" else signal_spec
     for region in (0, 5):
         mask = np.zeros(n, bool)
         mask[region] = True
-        manual = f0 - _f(signal_vilt, signal_vilt.occlude(signal_spec.inputs, signal_spec, region_mask=mask), t)
+        manual = f0 - _f(signal_vilt, signal_vilt.occlude(signal_spec.inputs, by, region_mask=mask), t)
         assert r.region_scores[region] == pytest.approx(manual, abs=1e-5)
     word = 2
     wmask = np.zeros(len(signal_spec.words), bool)
@@ -317,16 +328,18 @@ def test_occlusion_equals_manual_drop_and_batching_is_invisible(signal_vilt, sig
     assert r.token_scores[word] == pytest.approx(manual, abs=1e-5)
     assert np.all(r.token_scores[r.token_is_special] == 0)
     # 2x2 windows, stride 2 on the 4x4 patch grid: each patch scores the drop of the one block holding it
-    w = attribute(signal_vilt, signal_spec, t, "occlusion", window=2, stride=2)
+    w = attribute(signal_vilt, signal_spec, t, "occlusion", window=2, stride=2, fill=fill)
     pi = signal_spec.extra["patch_index"]
     block = (pi[:, 0] // 2 == pi[0, 0] // 2) & (pi[:, 1] // 2 == pi[0, 1] // 2)
-    manual = f0 - _f(signal_vilt, signal_vilt.occlude(signal_spec.inputs, signal_spec, region_mask=block), t)
+    manual = f0 - _f(signal_vilt, signal_vilt.occlude(signal_spec.inputs, by, region_mask=block), t)
     np.testing.assert_allclose(w.region_scores[block], manual, atol=1e-5)
     forwards = 1 + 4 + int((~signal_spec.word_is_special).sum())
     assert f"{forwards} forwards" in w.notes[-1]
     assert estimate_seconds(signal_spec, "occlusion", 1.0, window=2, stride=2) == forwards
     with pytest.raises(InputError, match="window must be at least 1"):
         attribute(signal_vilt, signal_spec, t, "occlusion", window=0)
+    with pytest.raises(InputError, match="fill must be one of"):
+        attribute(signal_vilt, signal_spec, t, "occlusion", fill="noise")
 
 
 def test_every_method_returns_a_complete_result(signal_vilt, signal_spec):
