@@ -159,6 +159,18 @@ class Adapter(ABC):
             source_key: str | None = None) -> Record:
         """One forward that captures every attention kind and hidden state."""
 
+    def run_batch(self, images: list[Image.Image], questions: list[str], *, top_k: int = 5,
+                  labels: list | None = None, source_keys: list | None = None) -> list[Record]:
+        """``run`` for each example; an adapter that pads a batch into one forward overrides it.
+
+        Each Record equals the example's own ``run`` up to float16 rounding (tests check it).
+        """
+        from adapters.inputs import check_batch
+
+        images, questions, labels, source_keys = check_batch(images, questions, labels, source_keys)
+        return [self.run(im, q, top_k=top_k, label=lab, source_key=key)
+                for im, q, lab, key in zip(images, questions, labels, source_keys)]
+
     @abstractmethod
     def predict(self, image: Image.Image, question: str, *, top_k: int = 5) -> Prediction:
         """Top-k answers only (no capture)."""

@@ -78,13 +78,12 @@ def text_inputs(input_ids, attention_mask, device, *, token_types: bool) -> dict
     return out
 
 
-def text_layout(tokenizer, input_ids, offsets) -> tuple[list[str], list[str], list[tuple[int, int]]]:
-    """(tokens, modality, character spans) of the text positions of batch element 0.
+def text_layout(tokenizer, ids: list[int], offsets) -> tuple[list[str], list[str], list[tuple[int, int]]]:
+    """(tokens, modality, character spans) of one question's token ``ids`` (``offsets``: one span each).
 
     Special tokens (not the unknown token, which stands for a word) get modality "special" and
     span (-1, -1).
     """
-    ids = input_ids[0].tolist()
     toks = tokenizer.convert_ids_to_tokens(ids)
     specials = set(tokenizer.all_special_ids) - {tokenizer.unk_token_id}
     modality = ["special" if i in specials else "text" for i in ids]
@@ -99,3 +98,15 @@ def pad_words(input_ids, mask, pad_id: int):
     ids = input_ids.clone()
     ids[:, torch.as_tensor(mask, dtype=torch.bool, device=ids.device)] = pad_id
     return ids
+
+
+def check_batch(images, questions, labels=None, source_keys=None):
+    """(checked RGB images, checked questions, labels, source keys) of one batch, all as long as
+    ``images``; missing labels / source keys are None. A ragged batch is an InputError."""
+    n = len(images)
+    labels = [None] * n if labels is None else list(labels)
+    source_keys = [None] * n if source_keys is None else list(source_keys)
+    if not n or len(questions) != n or len(labels) != n or len(source_keys) != n:
+        raise InputError(f"a batch needs as many questions, labels and source keys as images (got {n} images, "
+                         f"{len(questions)} questions, {len(labels)} labels, {len(source_keys)} source keys)")
+    return [check_image(im) for im in images], [check_question(q) for q in questions], labels, source_keys

@@ -108,6 +108,12 @@ class KdvlpAdapter(SingleStreamAdapter):
         return dict(text_inputs(enc["input_ids"], enc["attention_mask"], self.device, token_types=False),
                     pixel_values=self._pixel_values(pixels))
 
+    def _batch_inputs(self, images: list[Image.Image], questions: list[str]) -> dict:
+        """``encode_batch`` without the pixel cache: recorded images are seen once."""
+        enc = encode_questions(self.tokenizer, questions, self.max_text_tokens)
+        return dict(text_inputs(enc["input_ids"], enc["attention_mask"], self.device, token_types=False),
+                    pixel_values=self._pixel_values(stack_resized(images, self.config.image_size)))
+
     def _encode(self, image: Image.Image, question: str):
         image = check_image(image)
         question = check_question(question)
@@ -119,9 +125,10 @@ class KdvlpAdapter(SingleStreamAdapter):
     def _outputs(self, inputs: dict, **kwargs):
         return self.model(inputs["input_ids"], inputs["pixel_values"], inputs.get("attention_mask"), **kwargs)
 
-    def _image_tokens(self, inputs: dict) -> tuple[np.ndarray, np.ndarray]:
+    def _image_tokens(self, inputs: dict, b: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every grid cell, row-major; cell (r, c) covers its part of the (stretched) source image."""
-        return self.cell_boxes(), np.stack(np.divmod(np.arange(self.grid ** 2), self.grid), axis=1).astype(np.int32)
+        cells = np.arange(self.grid ** 2)
+        return self.cell_boxes(), np.stack(np.divmod(cells, self.grid), axis=1).astype(np.int32), cells
 
     def cell_boxes(self) -> np.ndarray:
         """(G*G, 4) boxes of the grid cells, row-major, in 0..1 of the source image (it is stretched)."""
@@ -132,7 +139,7 @@ class KdvlpAdapter(SingleStreamAdapter):
     def _cell_pixels(self) -> int:
         return self.config.image_size // self.grid
 
-    def _patch_grid(self) -> list[int]:
+    def _patch_grid(self, inputs: dict, b: int = 0) -> list[int]:
         return [self.grid, self.grid]
 
     # ---- attribution -----------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from torch import nn
 
 from adapters.base import (PROBABILITY_RULES, Adapter, AttributionSpec, display_copy, probabilities_by_rule,
                            stack_layers, token_geometry)
-from adapters.inputs import check_image, check_question, encode_question, encode_questions, pad_words, text_inputs, \
+from adapters.inputs import check_batch, check_image, check_question, encode_question, encode_questions, pad_words, text_inputs, \
     text_layout
 from adapters.loading import load_error, resolve_device, resolve_source
 from adapters.lxmert_capture import capture
@@ -228,13 +228,16 @@ class LxmertAdapter(Adapter):
         enc = encode_question(self.tokenizer, question, self.max_text_tokens)
         inputs = text_inputs(enc.input_ids, enc.attention_mask, self.device, token_types=True)
         inputs.update(self._visual_inputs([image], None if regions is None else [regions]))
+        return image, question, inputs, enc.offsets, list(enc.notices), self._region_tokens(regions)
+
+    def _region_tokens(self, regions: RegionFeatures | None) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """(names, (R, 4) boxes, (R, 2) row, col or -1) of the image's regions: detector regions, or
+        the extractor's grid cells."""
         if regions is not None:
-            boxes, grid = regions.boxes, np.full((regions.n_regions, 2), -1, np.int32)
-            names = [f"region {k}" for k in range(regions.n_regions)]
-        else:
-            boxes, grid = self.extractor.boxes(), self.extractor.grid_index()
-            names = [f"cell {r},{c}" for r, c in grid]
-        return image, question, inputs, enc.offsets, list(enc.notices), (names, boxes, grid)
+            return ([f"region {k}" for k in range(regions.n_regions)], regions.boxes,
+                    np.full((regions.n_regions, 2), -1, np.int32))
+        grid = self.extractor.grid_index()
+        return [f"cell {r},{c}" for r, c in grid], self.extractor.boxes(), grid
 
     def encode_batch(self, images: list[Image.Image], questions: list[str], *,
                      regions: list[RegionFeatures] | None = None) -> dict:
@@ -303,7 +306,6 @@ class LxmertAdapter(Adapter):
         _, _, inputs, _, _, _ = self._encode(image, question, regions)
         return self.prediction_from_logits(self.forward_logits(**inputs), top_k)
 
-    @torch.no_grad()
     def run(self, image: Image.Image, question: str, *, top_k: int = 5, label: str | None = None,
             source_key: str | None = None, regions: RegionFeatures | None = None) -> Record:
         """One forward capturing every attention kind and both streams' hidden states.
@@ -311,43 +313,71 @@ class LxmertAdapter(Adapter):
         Without ``regions`` the shipped extractor makes grid regions from the image; a model
         without one raises ``InputError`` (use ``run_regions`` with detector features).
         """
-        rgb, q, inputs, offsets, notices, (names, region_boxes, grid_index) = self._encode(image, question, regions)
+        return self.run_batch([image], [question], top_k=top_k, labels=[label], source_keys=[source_key],
+                              regions=None if regions is None else [regions])[0]
+
+    @torch.no_grad()
+    def run_batch(self, images: list[Image.Image], questions: list[str], *, top_k: int = 5,
+                  labels: list | None = None, source_keys: list | None = None,
+                  regions: list[RegionFeatures] | None = None) -> list[Record]:
+        """``run`` for many examples in one forward (questions padded, detector regions padded with a
+        mask); each Record keeps its own words and regions only."""
+        rgbs, qs, labels, source_keys = check_batch(images, questions, labels, source_keys)
+        if regions is not None and len(regions) != len(rgbs):
+            raise InputError(f"need one region set per image (got {len(regions)} for {len(rgbs)} images)")
+        encoded = [encode_question(self.tokenizer, q, self.max_text_tokens) for q in qs]
+        enc = encode_questions(self.tokenizer, qs, self.max_text_tokens)
+        inputs = text_inputs(enc["input_ids"], enc["attention_mask"], self.device, token_types=True)
+        inputs.update(self._visual_inputs(rgbs, regions))
         with self._capture(offload=True) as cap:
             out = self.model(**self._model_kwargs(inputs), output_hidden_states=True)
-        toks, modality, spans = text_layout(self.tokenizer, inputs["input_ids"], offsets)
+        records = []
+        for b, e in enumerate(encoded):
+            r = None if regions is None else regions[b]
+            records.append(self._record(b, rgbs[b], qs[b], e, r, inputs, cap, out, top_k=top_k, label=labels[b],
+                                        source_key=source_keys[b]))
+        return records
+
+    def _record(self, b: int, rgb: Image.Image, q: str, enc, regions: RegionFeatures | None, inputs: dict,
+                cap: dict, out, *, top_k: int, label, source_key) -> Record:
+        """Example ``b``'s Record of a batch forward: its first T_b words and R_b regions."""
+        names, region_boxes, grid_index = self._region_tokens(regions)
+        n_text = len(enc.offsets)
+        toks, modality, spans = text_layout(self.tokenizer, inputs["input_ids"][b, :n_text].tolist(), enc.offsets)
         tokens = toks + names
         boxes, grid, token_spans = token_geometry(len(tokens), spans, region_boxes, grid_index)
-        idx = self._stream_indices(len(toks), len(names))
+        idx = self._stream_indices(n_text, len(names))
         return Record(
             example_id=example_id_of(rgb, q), question=q, tokens=tuple(tokens),
             modality=tuple(modality + ["image"] * len(names)), token_boxes=boxes, token_grid=grid,
-            token_spans=token_spans, image=display_copy(rgb), attention=self._attention_blocks(cap, idx),
-            hidden=self._hidden_blocks(cap, out, idx),
-            prediction=self.prediction_from_logits(out.question_answering_score, top_k),
-            label=label, source_key=source_key, notices=tuple(notices), meta=self._record_meta(rgb, regions),
+            token_spans=token_spans, image=display_copy(rgb), attention=self._attention_blocks(cap, idx, b),
+            hidden=self._hidden_blocks(cap, out, idx, b),
+            prediction=self.prediction_from_logits(out.question_answering_score[b:b + 1], top_k),
+            label=label, source_key=source_key, notices=enc.notices, meta=self._record_meta(rgb, regions),
         )
 
     @staticmethod
-    def _attention_blocks(cap: dict, idx: dict) -> dict[str, AttentionBlock]:
-        """Every captured kind as a float16 block, queries and keys indexed by their streams."""
+    def _attention_blocks(cap: dict, idx: dict, b: int = 0) -> dict[str, AttentionBlock]:
+        """Every captured kind of example ``b`` as a float16 block, queries and keys indexed by their
+        streams (its words and regions are the first ones of the padded batch's)."""
         attention = {}
         for kind in KINDS:
             maps = cap["attention"][kind]
             if not maps:
                 continue  # a stack with zero layers of this kind
             qs, ks = streams(kind)
-            attention[kind] = AttentionBlock(values=stack_layers(maps), query_index=idx[qs], key_index=idx[ks])
+            nq, nk = len(idx[qs]), len(idx[ks])
+            attention[kind] = AttentionBlock(values=stack_layers([m[b:b + 1, :, :nq, :nk] for m in maps]),
+                                             query_index=idx[qs], key_index=idx[ks])
         return attention
 
     @staticmethod
-    def _hidden_blocks(cap: dict, out, idx: dict) -> dict[str, HiddenBlock]:
-        """Each stream's embedding output (captured) followed by the model's hidden states."""
+    def _hidden_blocks(cap: dict, out, idx: dict, b: int = 0) -> dict[str, HiddenBlock]:
+        """Each stream's embedding output (captured) followed by the model's hidden states, example ``b``."""
         emb = cap["embeddings"]
-        return {
-            "lang": HiddenBlock(values=stack_layers([emb["lang"], *out.language_hidden_states]), token_index=idx["lang"]),
-            "vision": HiddenBlock(values=stack_layers([emb["vision"], *out.vision_hidden_states]),
-                                  token_index=idx["vision"]),
-        }
+        layers = {"lang": [emb["lang"], *out.language_hidden_states], "vision": [emb["vision"], *out.vision_hidden_states]}
+        return {s: HiddenBlock(values=stack_layers([h[b:b + 1, :len(idx[s])] for h in layers[s]]), token_index=idx[s])
+                for s in ("lang", "vision")}
 
     def _record_meta(self, rgb: Image.Image, regions: RegionFeatures | None) -> dict:
         c = self.model.config
@@ -379,7 +409,7 @@ class LxmertAdapter(Adapter):
     def attribution_spec(self, image: Image.Image, question: str, *,
                          regions: RegionFeatures | None = None) -> AttributionSpec:
         rgb, q, inputs, offsets, notices, (names, region_boxes, grid_index) = self._encode(image, question, regions)
-        toks, modality, _ = text_layout(self.tokenizer, inputs["input_ids"], offsets)
+        toks, modality, _ = text_layout(self.tokenizer, inputs["input_ids"][0].tolist(), offsets)
         n_text = len(toks)
         tokens = tuple(toks + names)
         modality = tuple(modality + ["image"] * len(names))

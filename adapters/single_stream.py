@@ -3,10 +3,15 @@
     [CLS] words... [SEP]   [IMG]    image token 0 ... image token I-1
     text-side positions    special  image (a grid of cells: patches or CNN cells, (row, col) order)
 
-A subclass says how to encode an input (``_encode``), run the model (``_outputs``), where its
-image tokens lie (``_image_tokens``) and how many pixels of ``pixel_values`` one cell spans
-(``_cell_pixels``); the Record, prediction, attribution spec, attention maps, layer scores and
-occlusion are built here, once.
+A subclass says how to encode an input (``_encode``) or a padded batch (``_batch_inputs``), run
+the model (``_outputs``), where its image tokens lie (``_image_tokens``) and how many pixels of
+``pixel_values`` one cell spans (``_cell_pixels``); the Record (one or a batch), prediction,
+attribution spec, attention maps, layer scores and occlusion are built here, once.
+
+In a padded batch, example b's questions tokens are the first T_b of T positions (padding after
+them, masked), then [IMG], then the batch's image positions, of which b's own are those
+``_image_tokens`` names; its Record keeps exactly those positions, so it is the batch-of-one Record
+up to float rounding (masked keys get exactly zero attention).
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ import torch
 from PIL import Image
 
 from adapters.base import Adapter, AttributionSpec, display_copy, stack_layers, token_geometry
-from adapters.inputs import IMAGE_TOKEN, pad_words, text_layout
+from adapters.inputs import IMAGE_TOKEN, check_batch, encode_question, pad_words, text_layout
 from core.errors import AdapterError
 from core.ids import example_id_of
 from store.schema import AttentionBlock, HiddenBlock, Prediction, Record
@@ -34,6 +39,7 @@ class SequenceLayout:
     text_spans: tuple  # (T,) character spans in the question, (-1, -1) for special tokens
     image_boxes: np.ndarray  # (I, 4) x0, y0, x1, y1 in 0..1 of the source image
     image_grid: np.ndarray  # (I, 2) row, col of each image token's cell
+    positions: np.ndarray  # (N,) each token's position in the model's (padded batch) sequence
 
     @property
     def n_text(self) -> int:
@@ -42,13 +48,16 @@ class SequenceLayout:
 
 def single_stream_record(*, image: Image.Image, question: str, layout: SequenceLayout, attentions, hidden_states,
                          prediction: Prediction, label: str | None, source_key: str | None, notices,
-                         meta: dict) -> Record:
-    """The Record of a single-stream model: one ``self`` attention over the joint sequence and one
-    ``joint`` hidden stream. ``attentions`` / ``hidden_states`` are the model's per-layer outputs."""
+                         meta: dict, b: int = 0) -> Record:
+    """The Record of batch element ``b`` of a single-stream model: one ``self`` attention over the
+    joint sequence and one ``joint`` hidden stream, at ``layout.positions`` only.
+
+    ``attentions`` / ``hidden_states`` are the model's per-layer outputs, (B, H, S, S) / (B, S, D).
+    """
     n = len(layout.tokens)
     boxes, grid, token_spans = token_geometry(n, layout.text_spans, layout.image_boxes, layout.image_grid)
-    attn = stack_layers(attentions)  # (L, H, N, N)
-    hidden = stack_layers(hidden_states)  # (L + 1, N, D)
+    attn = stack_layers(_at_positions(attentions, b, layout.positions, dims=(-2, -1)))  # (L, H, N, N)
+    hidden = stack_layers(_at_positions(hidden_states, b, layout.positions, dims=(-2,)))  # (L + 1, N, D)
     if attn.shape[-1] != n:
         raise AdapterError(f"internal: {attn.shape[-1]} attention positions for {n} tokens")
     idx = np.arange(n)
@@ -60,6 +69,19 @@ def single_stream_record(*, image: Image.Image, question: str, layout: SequenceL
         hidden={"joint": HiddenBlock(values=hidden, token_index=idx)},
         prediction=prediction, label=label, source_key=source_key, notices=tuple(notices), meta=meta,
     )
+
+
+def _at_positions(tensors, b: int, positions: np.ndarray, dims: tuple[int, ...]) -> list:
+    """Batch element ``b`` (kept as a batch of 1) of each tensor, cut to ``positions`` on ``dims``."""
+    out = []
+    for t in tensors:
+        t = t[b:b + 1]
+        if len(positions) != t.shape[dims[0]]:  # positions are increasing: as many as S means all of them
+            index = torch.as_tensor(positions, device=t.device)
+            for d in dims:
+                t = t.index_select(d, index)
+        out.append(t)
+    return out
 
 
 class SingleStreamAdapter(Adapter):
@@ -76,33 +98,42 @@ class SingleStreamAdapter(Adapter):
         """(checked RGB image, checked question, model inputs (batch of 1), offsets, notices)."""
 
     @abstractmethod
+    def _batch_inputs(self, images: list[Image.Image], questions: list[str]) -> dict:
+        """Model inputs of checked images and questions as one batch, text padded to the longest."""
+
+    @abstractmethod
     def _outputs(self, inputs: dict, **kwargs):
         """The model's output (``logits``, ``attentions``, ``hidden_states``) for keyword ``inputs``."""
 
     @abstractmethod
-    def _image_tokens(self, inputs: dict) -> tuple[np.ndarray, np.ndarray]:
-        """((I, 4) boxes in 0..1 of the source image, (I, 2) row, col) of the image tokens, in order."""
+    def _image_tokens(self, inputs: dict, b: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Example ``b``'s image tokens, in order: ((I, 4) boxes in 0..1 of its source image,
+        (I, 2) row, col, (I,) their indices among the batch's image positions)."""
 
     @abstractmethod
     def _cell_pixels(self) -> int:
         """Side in pixels of ``pixel_values`` of one image cell (cell (r, c) spans rows r*p..(r+1)*p)."""
 
     @abstractmethod
-    def _patch_grid(self) -> list[int]:
-        """[rows, cols] of the image grid of the last input."""
+    def _patch_grid(self, inputs: dict, b: int = 0) -> list[int]:
+        """[rows, cols] of example ``b``'s image grid."""
 
     # ---- layout ----------------------------------------------------------------------------------
-    def _layout(self, inputs: dict, offsets) -> SequenceLayout:
-        toks, modality, spans = text_layout(self.tokenizer, inputs["input_ids"], offsets)
-        boxes, grid = self._image_tokens(inputs)
+    def _layout(self, inputs: dict, offsets, b: int = 0) -> SequenceLayout:
+        """Record tokens of example ``b`` (its question has ``len(offsets)`` tokens) of ``inputs``."""
+        n_text, padded = len(offsets), int(inputs["input_ids"].shape[1])
+        toks, modality, spans = text_layout(self.tokenizer, inputs["input_ids"][b, :n_text].tolist(), offsets)
+        boxes, grid, image_pos = self._image_tokens(inputs, b)
         names = [f"{self.image_token_name} {r},{c}" for r, c in grid.tolist()]
+        positions = np.concatenate([np.arange(n_text), [padded], padded + 1 + np.asarray(image_pos, np.int64)])
         return SequenceLayout(tokens=tuple(toks + [IMAGE_TOKEN] + names),
                               modality=tuple(modality + ["special"] + ["image"] * len(names)),
-                              text_spans=tuple(spans), image_boxes=boxes, image_grid=grid)
+                              text_spans=tuple(spans), image_boxes=boxes, image_grid=grid,
+                              positions=positions.astype(np.int64))
 
-    def _record_meta(self, rgb: Image.Image) -> dict:
+    def _record_meta(self, rgb: Image.Image, inputs: dict, b: int = 0) -> dict:
         return {"model_id": self.model_id, "adapter": self.name, "adapter_version": self.version,
-                "image_size": [rgb.width, rgb.height], "patch_grid": self._patch_grid()}
+                "image_size": [rgb.width, rgb.height], "patch_grid": self._patch_grid(inputs, b)}
 
     # ---- the contract ----------------------------------------------------------------------------
     def forward_logits(self, **inputs) -> torch.Tensor:
@@ -116,12 +147,21 @@ class SingleStreamAdapter(Adapter):
     @torch.no_grad()
     def run(self, image: Image.Image, question: str, *, top_k: int = 5, label: str | None = None,
             source_key: str | None = None) -> Record:
-        rgb, q, inputs, offsets, notices = self._encode(image, question)
+        return self.run_batch([image], [question], top_k=top_k, labels=[label], source_keys=[source_key])[0]
+
+    @torch.no_grad()
+    def run_batch(self, images: list[Image.Image], questions: list[str], *, top_k: int = 5,
+                  labels: list | None = None, source_keys: list | None = None) -> list[Record]:
+        """``run`` for many examples in one forward; each Record cut back to its own tokens."""
+        rgbs, qs, labels, source_keys = check_batch(images, questions, labels, source_keys)
+        encoded = [encode_question(self.tokenizer, q, self.max_text_tokens) for q in qs]
+        inputs = self._batch_inputs(rgbs, qs)
         out = self._outputs(inputs, output_attentions=True, output_hidden_states=True)
-        return single_stream_record(
-            image=rgb, question=q, layout=self._layout(inputs, offsets), attentions=out.attentions,
-            hidden_states=out.hidden_states, prediction=self.prediction_from_logits(out.logits, top_k),
-            label=label, source_key=source_key, notices=notices, meta=self._record_meta(rgb))
+        return [single_stream_record(
+            image=rgbs[b], question=qs[b], layout=self._layout(inputs, enc.offsets, b), attentions=out.attentions,
+            hidden_states=out.hidden_states, prediction=self.prediction_from_logits(out.logits[b:b + 1], top_k),
+            label=labels[b], source_key=source_keys[b], notices=list(enc.notices),
+            meta=self._record_meta(rgbs[b], inputs, b), b=b) for b, enc in enumerate(encoded)]
 
     # ---- attribution -----------------------------------------------------------------------------
     def attribution_spec(self, image: Image.Image, question: str) -> AttributionSpec:

@@ -28,12 +28,16 @@ from adapters.single_stream import SingleStreamAdapter
 
 
 class _OrderedVisualEmbed:
-    """Replaces ``embeddings.visual_embed``: keeps every patch, in (row, col) order."""
+    """Replaces ``embeddings.visual_embed``: keeps every patch, in (row, col) order.
+
+    In a batch of images of different sizes, a smaller image's sequence is filled up with patches
+    of its padding (masked out, ``last_patch_mask`` 0), sorted in among its own.
+    """
 
     def __init__(self, original):
         self.original = original
         self.last_patch_index: torch.Tensor | None = None  # (batch, patches, 2) row, col
-        self.last_grid: tuple[int, int] | None = None
+        self.last_patch_mask: torch.Tensor | None = None  # (batch, patches) 1 for the image's own patches
 
     def __call__(self, pixel_values, pixel_mask, max_image_length=200):
         x, x_mask, (patch_index, (h, w)) = self.original(pixel_values, pixel_mask, max_image_length=-1)
@@ -44,7 +48,7 @@ class _OrderedVisualEmbed:
         x_mask = torch.cat([x_mask[:, :1], torch.gather(x_mask[:, 1:], 1, order)], dim=1)
         patch_index = torch.gather(patch_index, 1, order[..., None].expand(-1, -1, 2))
         self.last_patch_index = patch_index.detach()
-        self.last_grid = (int(h), int(w))
+        self.last_patch_mask = x_mask[:, 1:].detach()
         return x, x_mask, (patch_index, (h, w))
 
 
@@ -115,29 +119,38 @@ class ViltAdapter(SingleStreamAdapter):
     def _outputs(self, inputs: dict, **kwargs):
         return self.model(**inputs, **kwargs)
 
-    def _image_tokens(self, inputs: dict) -> tuple[np.ndarray, np.ndarray]:
-        """Patches in (row, col) order (as the last forward reordered them); boxes in 0..1 of the
-        source image, which is the resized, unpadded area of ``pixel_values``."""
-        patch_index = self._visual.last_patch_index[0].cpu().numpy()
-        mask = inputs["pixel_mask"][0]
-        rh = int(mask.any(dim=1).sum())
-        rw = int(mask.any(dim=0).sum())
+    def _image_tokens(self, inputs: dict, b: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Example ``b``'s patches in (row, col) order (as the last forward reordered them), padding
+        patches left out; boxes in 0..1 of the source image, the resized, unpadded area of its pixels."""
+        own = self._visual.last_patch_mask[b].bool().cpu().numpy()
+        patch_index = self._visual.last_patch_index[b].cpu().numpy()[own]
+        rh, rw = self._image_pixels(inputs, b)
         p = self.patch_size
         r, c = patch_index[:, 0].astype(np.float64), patch_index[:, 1].astype(np.float64)
         boxes = np.stack([c * p / rw, r * p / rh, (c + 1) * p / rw, (r + 1) * p / rh], axis=1)
-        return np.clip(boxes, 0.0, 1.0).astype(np.float32), patch_index
+        return np.clip(boxes, 0.0, 1.0).astype(np.float32), patch_index, np.flatnonzero(own)
+
+    @staticmethod
+    def _image_pixels(inputs: dict, b: int) -> tuple[int, int]:
+        """(rows, cols) of example ``b``'s own (resized, unpadded) pixels, from its pixel mask."""
+        mask = inputs["pixel_mask"][b]
+        return int(mask.any(dim=1).sum()), int(mask.any(dim=0).sum())
 
     def _cell_pixels(self) -> int:
         return self.patch_size
 
-    def _patch_grid(self) -> list[int]:
-        return list(self._visual.last_grid)
+    def _patch_grid(self, inputs: dict, b: int = 0) -> list[int]:
+        rh, rw = self._image_pixels(inputs, b)
+        return [rh // self.patch_size, rw // self.patch_size]
 
     # ---- attribution -----------------------------------------------------------------------------
     def attribution_layers(self) -> dict:
         emb = self.model.vilt.embeddings
         # The patch convolution runs before the patch reordering; word embeddings before positions.
         return {"text": emb.text_embeddings.word_embeddings, "image": emb.patch_embeddings}
+
+    def _batch_inputs(self, images: list[Image.Image], questions: list[str]) -> dict:
+        return self.encode_batch(images, questions)
 
     # ---- training (training/finetune.py) ---------------------------------------------------------
     def encode_batch(self, images: list[Image.Image], questions: list[str]) -> dict:

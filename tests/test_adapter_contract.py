@@ -130,3 +130,50 @@ def test_answer_probabilities_are_differentiable(adapter_and_image):
     logits = torch.tensor([[0.5, -1.0, 2.0]], requires_grad=True)
     adapter.answer_probabilities(logits)[0, 2].backward()
     assert logits.grad is not None and float(logits.grad[0, 2]) > 0
+
+
+def _other_images():
+    from PIL import Image
+
+    rng = np.random.RandomState(7)
+    # other sizes and aspect ratios than the fixture's 56 x 40: ViLT pads these to one pixel grid
+    return [Image.fromarray((rng.rand(h, w, 3) * 255).astype(np.uint8)) for h, w in ((56, 40), (30, 30))]
+
+
+def test_run_batch_is_each_examples_run(adapter_and_image):
+    """One padded forward for three examples of different question lengths (and image sizes): each
+    Record is cut back to its own tokens and equals the batch-of-one Record up to float16 rounding."""
+    adapter, image = adapter_and_image
+    images = [image, *_other_images()]
+    questions = [QUESTION, "is there a red circle in the image or a blue triangle?", "what?"]
+    labels, keys = ["red", None, "no"], ["a", "b", "c"]
+    batch = adapter.run_batch(images, questions, top_k=3, labels=labels, source_keys=keys)
+    assert len(batch) == 3
+    assert len({r.n_tokens for r in batch}) > 1  # ragged: padding had to be cut away
+    for rec, im, q, label, key in zip(batch, images, questions, labels, keys):
+        one = adapter.run(im, q, top_k=3, label=label, source_key=key)
+        assert (rec.example_id, rec.tokens, rec.modality, rec.label, rec.source_key, rec.notices) == \
+            (one.example_id, one.tokens, one.modality, one.label, one.source_key, one.notices)
+        for name in ("token_boxes", "token_grid", "token_spans", "image"):
+            np.testing.assert_array_equal(getattr(rec, name), getattr(one, name), err_msg=name)
+        assert dict(rec.meta) == dict(one.meta)
+        assert set(rec.attention) == set(one.attention) and set(rec.hidden) == set(one.hidden)
+        for kind, block in one.attention.items():
+            np.testing.assert_array_equal(rec.attention[kind].query_index, block.query_index)
+            np.testing.assert_array_equal(rec.attention[kind].key_index, block.key_index)
+            np.testing.assert_allclose(rec.attention[kind].values.astype(np.float32),
+                                       block.values.astype(np.float32), atol=2e-3, err_msg=kind)
+        for stream, block in one.hidden.items():
+            np.testing.assert_array_equal(rec.hidden[stream].token_index, block.token_index)
+            np.testing.assert_allclose(rec.hidden[stream].values.astype(np.float32),
+                                       block.values.astype(np.float32), rtol=5e-3, atol=5e-3, err_msg=stream)
+        assert rec.prediction.answers == one.prediction.answers
+        np.testing.assert_allclose(rec.prediction.probabilities, one.prediction.probabilities, atol=1e-4)
+
+
+def test_run_batch_rejects_a_ragged_batch(adapter_and_image):
+    from core.errors import InputError
+
+    adapter, image = adapter_and_image
+    with pytest.raises(InputError, match="as many questions"):
+        adapter.run_batch([image, image], [QUESTION])

@@ -371,3 +371,25 @@ def test_probability_rule_comes_from_the_checkpoint(tmp_path, image):
     np.testing.assert_allclose(sig.answer_probabilities(logits).numpy(), [[0.5, 0.75]], rtol=1e-6)
     with pytest.raises(AdapterError, match="answer_probability"):
         LxmertAdapter.load(str(_with_probability_rule(make_tiny_lxmert(tmp_path / "bad"), "tanh")))
+
+
+def test_run_batch_with_detector_regions_of_different_counts(tiny_no_extractor, image):
+    """Detector regions padded to the most regions with a mask: each Record keeps its own regions and
+    equals its batch-of-one Record up to float16 rounding."""
+    sets = [RegionFeatures.from_pixel_boxes(*_detector_regions(n=n, seed=n), image.size) for n in (5, 3)]
+    questions = [QUESTION, "is there a red circle or a blue triangle in it?"]
+    batch = tiny_no_extractor.run_batch([image, image], questions, regions=sets)
+    for rec, q, regions in zip(batch, questions, sets):
+        one = tiny_no_extractor.run(image, q, regions=regions)
+        assert rec.tokens == one.tokens and len(rec.indices("image")) == regions.n_regions
+        np.testing.assert_array_equal(rec.token_boxes, one.token_boxes)
+        for kind, block in one.attention.items():
+            assert rec.attention[kind].values.shape == block.values.shape, kind
+            np.testing.assert_allclose(rec.attention[kind].values.astype(np.float32),
+                                       block.values.astype(np.float32), atol=2e-3, err_msg=kind)
+        for stream, block in one.hidden.items():
+            np.testing.assert_allclose(rec.hidden[stream].values.astype(np.float32),
+                                       block.values.astype(np.float32), rtol=5e-3, atol=5e-3, err_msg=stream)
+        np.testing.assert_allclose(rec.prediction.probabilities, one.prediction.probabilities, atol=1e-4)
+    with pytest.raises(InputError, match="one region set per image"):
+        tiny_no_extractor.run_batch([image, image], questions, regions=sets[:1])
