@@ -17,6 +17,8 @@ def add_arguments(p):
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--workers", type=int, default=1, help="processes to record with (default 1)")
     p.add_argument("--scheduler", default=None, help="Dask scheduler address (tcp://host:8786) to record on a cluster")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="examples per forward pass (default 1); each Record is the same up to float16 rounding")
     add_device_argument(p)
 
 
@@ -34,6 +36,10 @@ def run(args) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise ValueError("--limit must be at least 1")
+    if args.batch_size < 1:
+        raise ValueError("--batch-size must be at least 1")
+    if args.batch_size > 1 and (args.workers > 1 or args.scheduler):
+        raise ValueError("--batch-size batches one process's forward passes; leave it out with --workers / --scheduler")
     if args.run and len(args.model) > 1:
         raise ValueError("--run names one run; leave it out when recording several models")
     for m in args.model:
@@ -56,7 +62,7 @@ def run(args) -> int:
         else:
             adapter = load_model(m, device=args.device)
             res = record_examples(adapter, limited(iter(source), args.limit), store, run_name, total=total,
-                                  top_k=args.top_k)
+                                  top_k=args.top_k, batch_size=args.batch_size)
         print(f"{run_name}: {res.written} written, {res.skipped} already there, {len(res.failed)} failed "
               f"in {res.seconds:.1f} s -> {out}")
         for key, why in res.failed[:10]:

@@ -50,11 +50,17 @@ def example_work(adapter: Adapter, top_k: int = 5) -> Callable[[Example], Pendin
 def record_examples(adapter: Adapter, examples: Iterable[Example], store: VLStore, run: str, *,
                     total: int | None = None, progress: bool = True, top_k: int = 5,
                     on_progress: Callable[[int, int | None], None] | None = None,
-                    consolidate: bool = True) -> RecordResult:
-    """Record examples with one adapter into ``store`` under run name ``run``."""
+                    consolidate: bool = True, batch_size: int = 1) -> RecordResult:
+    """Record examples with one adapter into ``store`` under run name ``run``; ``batch_size`` examples
+    per forward (pipeline/batches.py; each Record as with one example, up to float16 rounding)."""
     start = time.time()
     writer = store.writer(run, adapter.provenance())
-    counts = write_records(examples, example_work(adapter, top_k), writer, key_of=lambda ex: ex.source_key,
+    items, prepare, key_of = examples, example_work(adapter, top_k), lambda ex: ex.source_key
+    if batch_size != 1:
+        from pipeline.batches import batch_work, batched_items, item_key
+
+        items, prepare, key_of = batched_items(examples, batch_size, RECOVERABLE), batch_work(adapter, top_k), item_key
+    counts = write_records(items, prepare, writer, key_of=key_of,
                            recoverable=RECOVERABLE, progress=f"record {run}" if progress else None, total=total,
                            on_progress=on_progress, consolidate=consolidate)
     return RecordResult(run=run, written=counts.written, skipped=counts.skipped, failed=counts.failed,
