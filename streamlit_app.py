@@ -1,4 +1,4 @@
-"""VL-Lens: router only. Each view is one file in views/; shared sidebar in ui/state.py."""
+"""VL-Lens: the router. It draws the store / run sidebar once and runs the chosen view (one file in views/)."""
 from __future__ import annotations
 
 import os
@@ -13,11 +13,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import streamlit as st  # noqa: E402
 
 from core.errors import StoreError  # noqa: E402
+from ui.state import draw_sidebar, set_page_context  # noqa: E402
+from ui.url import restore_navigation  # noqa: E402
 
 # An emoji icon: a :material: page icon makes the browser fetch a font from the web.
 st.set_page_config(page_title="VL-Lens", page_icon="🔍", layout="wide")
 
-# (file, title, icon, url path). Pages not yet present in this build are left out.
+# (file, title, icon, url path)
 PAGES = [
     ("views/browser.py", "Examples", ":material/photo_library:", "examples"),
     ("views/head_summary.py", "Head summary", ":material/grid_on:", "heads"),
@@ -27,11 +29,14 @@ PAGES = [
     ("views/ask.py", "Ask", ":material/help:", "ask"),
     ("views/faithfulness.py", "Faithfulness", ":material/fact_check:", "faithfulness"),
 ]
+NO_STORE = {"ask"}  # pages that run a model live and read no store: no store sidebar
 
-pages = [st.Page(str(ROOT / f), title=t, icon=i, url_path=u, default=(u == "examples"))
-         for f, t, i, u in PAGES if (ROOT / f).exists()]
+page = st.navigation([st.Page(str(ROOT / f), title=t, icon=i, url_path=u, default=(u == "examples"))
+                      for f, t, i, u in PAGES])
 try:
-    st.navigation(pages).run()
+    restore_navigation()  # the sidebar's page links carry no query parameters
+    set_page_context(None if page.url_path in NO_STORE else draw_sidebar())
+    page.run()
 except StoreError as e:
     # A damaged example, or a store changed under the page: one line, not a traceback. Streamlit's
     # own stop / rerun signals are not StoreErrors and pass through.

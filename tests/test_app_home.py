@@ -32,13 +32,50 @@ def test_home_lists_examples_with_answers(app, tiny_store):
     # the selected example panel shows the first example's question and answer
     md = " ".join(m.value for m in app.markdown)
     assert summaries[0].question in md or table.iloc[0]["question"] in md
-    # every row has a thumbnail (a PNG of that example's image), and the panel links to each view
+    # every row has a thumbnail (a PNG of that example's image)
     assert all(str(u).startswith("data:image/png;base64,") for u in table["image"])
-    first = table.iloc[0]["example_id"] if "example_id" in table else None
+    # the panel's "Open this example in" links are in-app page links (no new tab) carrying run and example
+    first = table.iloc[0]["example_id"]
+    links = {e.proto.page: e.proto.query_string for e in page_links(app)}
     for page in ("heads", "attention", "projections", "compare"):
-        assert f"./{page}?" in md and "ex=" in md, page
-    if first is not None:
-        assert f"ex={first}" in md
+        assert links[page] == f"run=tiny&ex={first}", (page, links)
+
+
+def page_links(at):
+    return at.get("page_link")
+
+
+def test_first_visit_introduction_hides_on_request(app):
+    app.run()
+    assert "shows what a vision-language model looks at" in " ".join(m.value for m in app.markdown)
+    app.button(key="intro_hide").click().run()
+    assert not app.exception
+    assert "shows what a vision-language model looks at" not in " ".join(m.value for m in app.markdown)
+
+
+def test_selected_wrong_answer_is_called_incorrect(app, tiny_store):
+    """The selected-example panel says "incorrect" for a wrong answer (numpy's False is not ``False``)."""
+    from store.zarr_store import VLStore
+
+    summaries = VLStore(tiny_store).run("tiny").summaries()
+    wrong = next(s for s in summaries if s.correct is False)
+    right = next((s for s in summaries if s.correct is True), None)
+    app.query_params["ex"] = wrong.example_id
+    app.run()
+    md = [m.value for m in app.markdown]
+    assert f"**Model answer:** {wrong.answer} ({wrong.confidence:.2f}) — incorrect" in md, md
+    if right is not None:
+        app.query_params["ex"] = right.example_id
+        app.run()
+        assert f"**Model answer:** {right.answer} ({right.confidence:.2f}) — correct" in [m.value for m in app.markdown]
+
+
+def test_empty_filter_result_says_so(app):
+    app.run()
+    app.text_input(key="filter_text").input("no question has these words xyzzy").run()
+    assert not app.exception
+    assert "0 of 6 examples shown" in " ".join(c.value for c in app.caption)
+    assert any("No example matches these filters" in i.value for i in app.info)
 
 
 def test_filter_by_correctness(app, tiny_store):

@@ -129,3 +129,53 @@ def test_no_loadable_model_is_a_clear_message(monkeypatch, tmp_path):
     at.run()
     assert not at.exception
     assert any("No model can be loaded" in e.value for e in at.error)
+
+
+def _answer_and_heading(at) -> tuple[str, str]:
+    answer = next(m.value for m in at.markdown if m.value.startswith("**Answer:**"))
+    return answer.split("**Answer:** ", 1)[1].rsplit(" (", 1)[0], next(h.value for h in at.subheader
+                                                                      if h.value.startswith("Why"))
+
+
+def test_heading_names_the_new_answer_after_each_change_of_input(app, monkeypatch):
+    """Issue 18.1: after another demo example, another question or an upload, "Why '...'?" names the
+    answer now shown, never the previous input's target."""
+    from adapters.vilt import ViltAdapter
+    from core.ids import example_id_of
+    from store.schema import Prediction
+
+    # The tiny random model answers "blue" to everything: its answers are rotated by the input, so
+    # each input gets a top answer of its own (the page explains whatever the model says).
+    original = ViltAdapter.predict
+
+    def rotated(self, image, question, *, top_k=5):
+        pred = original(self, image, question, top_k=top_k)
+        k = int(example_id_of(image, question), 16) % len(pred.answers)
+        return Prediction(answers=pred.answers[k:] + pred.answers[:k], probabilities=pred.probabilities)
+
+    monkeypatch.setattr(ViltAdapter, "predict", rotated)
+    app.run()
+    app.multiselect(key="ask_methods").set_value(["rollout"]).run()
+    seen = []
+
+    def check(what):
+        assert not app.exception, (what, app.exception)
+        answer, heading = _answer_and_heading(app)
+        assert heading == f"Why '{answer}'?", (what, heading, answer)
+        seen.append(answer)
+
+    check("first example")
+    labels = app.selectbox(key="ask_example").options  # as shown
+    assert len(set(labels)) == len(labels)  # demo examples sharing question and answer are told apart
+    for i in range(1, 8):  # other demo examples (the tiny random model gives several answers)
+        app.selectbox(key="ask_example").set_value(i).run()
+        check(f"demo example {i}")
+    for q in ("what shape is in the image?", "is there a blue shape?", "what color is the background?"):
+        app.text_input(key=next(t.key for t in app.text_input)).input(q).run()
+        check(f"question {q!r}")
+    app.radio(key="ask_source").set_value("Upload").run()
+    for colour in ((200, 30, 30), (30, 30, 200), (30, 200, 30)):
+        app.file_uploader(key="ask_upload").set_value(("s.png", _png_bytes(colour), "image/png")).run()
+        app.text_input(key="ask_q_upload").input("what shape is in the image?").run()
+        check(f"upload {colour}")
+    assert len(set(seen)) >= 2, f"the inputs never changed the answer ({seen}): the test shows nothing"

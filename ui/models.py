@@ -3,7 +3,8 @@ models only when the host can reach the Hugging Face hub.
 
 A Space (online) offers ViLT VQA and LXMERT VQA next to the easy-VQA demos; this offline machine,
 or any host with HF_HUB_OFFLINE=1, offers the demos alone, so no choice in the app ends in a
-download that cannot happen. Pages call ``offered_models()``; the decision lives here only.
+download that cannot happen. The Ask page calls ``ask_models()`` (these plus any given in
+VL_LENS_ASK_MODELS); the decision lives here only.
 """
 from __future__ import annotations
 
@@ -43,3 +44,16 @@ def offered_models(*, online: bool | None = None, root: Path = REPO_ROOT) -> tup
                if n not in DEMO_MODELS and adapter in ADAPTERS and not Path(root, source).exists()
                and not source.startswith(("demo/", "/", "."))]
     return tuple(demos + hub)
+
+
+def ask_models(*, online: bool | None = None, root: Path = REPO_ROOT) -> dict[str, str]:
+    """Display name -> model spec for adapters.registry.load_model: the models given as
+    VL_LENS_ASK_MODELS="name=ADAPTER:DIR_OR_HUB_ID,..." (tests use a tiny model) first, then
+    ``offered_models()``."""
+    out: dict[str, str] = {}
+    for item in filter(None, (s.strip() for s in os.environ.get("VL_LENS_ASK_MODELS", "").split(","))):
+        name, _, spec = item.partition("=")
+        out[name.strip()] = (spec or name).strip()
+    for name in offered_models(online=online, root=root):
+        out.setdefault(name, name)
+    return out

@@ -1,11 +1,14 @@
-"""Shared app state: the store and run pickers in the sidebar, cached reads, and URL state.
+"""Shared app state: the store and run pickers in the sidebar (drawn once, by the router), the
+page context handed to views, and cached reads.
 
-URL query parameters carry the view state (``store``, ``run``, ``ex``, ``kind``, ``layer``,
-``head``, ``stat``, ``token``), so a link reopens the same example, layer and head.
+URL query parameters carry the view state (ui/url.py), so a link reopens the same example, layer
+and head.
 """
 from __future__ import annotations
 
+import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,38 +18,11 @@ from store.zarr_store import RunReader, VLStore
 from core.errors import StoreError
 from core.paths import default_store
 from ui.public import check_store, policy_from_env
+from ui.url import forget_navigation, qp_get, qp_set, url_choice
 
-URL_KEYS = ("store", "run", "ex", "kind", "layer", "head", "stat", "token", "run2", "patch", "dir")
-
-
-# ---- URL state ---------------------------------------------------------------------------------
-def qp_get(key: str, default=None, cast=str):
-    val = st.query_params.get(key)
-    if val is None or val == "":
-        return default
-    try:
-        return cast(val)
-    except (TypeError, ValueError):
-        return default
-
-
-def qp_set(**values) -> None:
-    """Write view state into the URL (None removes a key); only writes what changed."""
-    for k, v in values.items():
-        if v is None:
-            if k in st.query_params:
-                del st.query_params[k]
-        elif st.query_params.get(k) != str(v):
-            st.query_params[k] = str(v)
-
-
-def link(page: str, **params) -> str:
-    """Relative link to a page with view state (keeps store/run)."""
-    keep = {k: st.query_params.get(k) for k in ("store", "run") if st.query_params.get(k)}
-    keep.update({k: v for k, v in params.items() if v is not None})
-    from urllib.parse import urlencode
-
-    return f"./{page}?{urlencode(keep)}" if keep else f"./{page}"
+# Cached example lists are re-read this often while a record run commits examples into the store.
+FRESH_SECONDS = float(os.environ.get("VL_LENS_FRESH_SECONDS", "5") or 5)
+_CONTEXT = "_vl_page_context"
 
 
 # ---- store and runs ----------------------------------------------------------------------------
@@ -72,13 +48,15 @@ def ensure_demo_store(location: str) -> None:
         st.error("No demo model weights are present (demo/models/). Record a store with `python cli.py record` "
                  "and point VL_LENS_STORE at it.")
         st.stop()
-    bar = st.progress(0.0, text="Building the demo store (first start only)...")
+    bar = st.progress(0.0, text="Building the demo store (first start only; a few minutes on a laptop CPU)...")
     total_models = len(models)
+    started = time.perf_counter()
 
     def on_progress(name, i, total):
         k = models.index(name)
         frac = (k + i / max(total or 1, 1)) / total_models
-        bar.progress(min(frac, 1.0), text=f"Recording easy-VQA examples with {name}: {i}/{total}")
+        bar.progress(min(frac, 1.0), text=f"Building the demo store (first start only): recording easy-VQA examples "
+                                          f"with {name}: {i}/{total} · {time_left(time.perf_counter() - started, frac)}")
 
     def on_wait():
         bar.progress(0.0, text="Another visitor started building the demo store; waiting for it to finish...")
@@ -87,8 +65,29 @@ def ensure_demo_store(location: str) -> None:
     bar.empty()
 
 
-def sidebar() -> tuple[VLStore, RunReader]:
-    """Store path and run pickers; returns the open store and the chosen run (or stops the page)."""
+@dataclass(frozen=True, kw_only=True)
+class PageContext:
+    """What the router's sidebar chose, for the page it runs: the open store and the run."""
+
+    store: VLStore
+    reader: RunReader
+
+    @property
+    def location(self) -> str:
+        return self.store.location
+
+
+def time_left(elapsed_s: float, done: float) -> str:
+    """ "about 3 min left" from the time so far and the fraction done (the rate so far, extrapolated)."""
+    if done <= 0:
+        return "estimating the time left..."
+    left = elapsed_s * (1 - done) / done
+    return f"about {left:.0f} s left" if left < 90 else f"about {left / 60:.0f} min left"
+
+
+def draw_sidebar() -> PageContext:
+    """Store path and run pickers (drawn once per run, by the router); stops the page when the
+    store cannot be opened or holds no run."""
     location = qp_get("store", None) or default_store()
     if location == default_store():
         ensure_demo_store(location)
@@ -98,6 +97,7 @@ def sidebar() -> tuple[VLStore, RunReader]:
                                 help="A VL-Lens Zarr store (record one with `python cli.py record`).")
         if new_loc != location:
             qp_set(store=new_loc if new_loc != default_store() else None, run=None, ex=None)
+            forget_navigation("store", "run", "ex")
             st.rerun()
         try:
             store = open_store(location)
@@ -108,27 +108,45 @@ def sidebar() -> tuple[VLStore, RunReader]:
         if not runs:
             st.warning("This store has no runs yet.")
             st.stop()
-        run = qp_get("run", runs[0])
-        if run not in runs:
-            run = runs[0]
-        chosen = st.selectbox("Run (model)", runs, index=runs.index(run), key="run_select")
-        if chosen != qp_get("run"):
-            qp_set(run=chosen)
+        chosen = url_choice("Run (model)", runs, param="run", key="run_select", default=default_run(store, runs))
         prov = store.run(chosen).provenance
         cfg = prov.get("config", {})
         st.caption(f"{prov.get('adapter', '?')} · {prov.get('architecture', '?')} · "
                    f"{cfg.get('layers', '?')} layers × {cfg.get('heads', '?')} heads")
-    return store, store.run(chosen)
+    return PageContext(store=store, reader=store.run(chosen))
+
+
+def default_run(store: VLStore, runs: list[str]) -> str:
+    """The run a first visit opens: the first one with a wrong answer to look at (a 99.8% run
+    would open onto an empty "incorrect" filter), else the first run."""
+    for run in runs:
+        df = summaries_table(store.location, run, freshness(None))
+        if not df.empty and (df["correct"] == False).any():  # noqa: E712 - a column of True/False/None
+            return run
+    return runs[0]
+
+
+def set_page_context(ctx: PageContext | None) -> None:
+    """The router hands the sidebar's choice to the page it is about to run."""
+    st.session_state[_CONTEXT] = ctx
+
+
+def page_context() -> PageContext:
+    """The store and run of this page: the router's sidebar of this run (taken, so a later run
+    never sees a stale one), or, for a view run on its own as a test does, a sidebar drawn here."""
+    ctx = st.session_state.pop(_CONTEXT, None)
+    return ctx if ctx is not None else draw_sidebar()
 
 
 # ---- cached reads (keyed by store location + run + a freshness token) ----------------------------
-def freshness(reader: RunReader) -> int:
-    """Changes when examples are committed, so caches refresh while a record run writes."""
-    return int(time.time() // 5)
+def freshness(reader: RunReader | None = None) -> int:
+    """A token that changes every FRESH_SECONDS, so cached example lists are re-read while a record
+    run commits examples (a cache key argument: Streamlit does not hash ``_``-prefixed ones)."""
+    return int(time.time() // FRESH_SECONDS)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def summaries_table(location: str, run: str, _fresh: int):
+def summaries_table(location: str, run: str, fresh: int):
     import pandas as pd
 
     rows = [s.as_dict() for s in open_store(location).run(run).summaries()]
@@ -168,20 +186,42 @@ def example_tokens(location: str, run: str, eid: str) -> dict:
     return open_store(location).run(run).tokens(eid)
 
 
-def pick_example(reader: RunReader, df, key: str = "example") -> str | None:
-    """Example selectbox that follows ``?ex=`` and writes back to it."""
+def verdict(correct) -> str:
+    """ "correct" / "incorrect" / "unlabelled" for a summary's ``correct`` (True, False, None; numpy
+    and pandas give np.bool_ and NaN, which ``is False`` would call unlabelled)."""
+    if correct is None or (isinstance(correct, float) and correct != correct):
+        return "unlabelled"
+    return "correct" if bool(correct) else "incorrect"
+
+
+def unique_labels(labels: dict[str, str]) -> dict[str, str]:
+    """Option labels made unique: a label shared by several ids gets a short id after it.
+
+    Streamlit keeps a select box's choice as its label text, so two examples with one label
+    (two images asked the same question) would collapse onto the first.
+    """
+    counts: dict[str, int] = {}
+    for text in labels.values():
+        counts[text] = counts.get(text, 0) + 1
+    out = {}
+    for eid, text in labels.items():
+        out[eid] = text if counts[text] == 1 else f"{text} · {eid[:8]}"
+    if len(set(out.values())) < len(out):  # ids sharing 8 leading digits: the full id
+        out = {eid: text if counts[text] == 1 else f"{text} · {eid}" for eid, text in labels.items()}
+    return out
+
+
+def example_label(row) -> str:
+    # Single spaces: a browser collapses runs of spaces in the option list but not in the box.
+    mark = {"correct": " ✓", "incorrect": " ✗", "unlabelled": ""}[verdict(row.correct)]
+    return f"{row.question} [{row.label or '?'}]{mark}"
+
+
+def pick_example(df, key: str = "example", container=None) -> str | None:
+    """Example select box whose choice is ``?ex=`` (options are example ids, labels unique)."""
     if df.empty:
         st.info("No committed examples in this run yet.")
         return None
-    ids = list(df["example_id"])
-    # Single spaces: a browser collapses runs of spaces in the option list but not in the box.
-    labels = {r.example_id: f"{r.question} [{r.label or '?'}]"
-                            + (" ✓" if r.correct else " ✗" if r.correct is False else "")
-              for r in df.itertuples()}
-    current = qp_get("ex", ids[0])
-    if current not in ids:
-        current = ids[0]
-    eid = st.selectbox("Example", ids, index=ids.index(current), format_func=lambda i: labels[i], key=key)
-    if eid != qp_get("ex"):
-        qp_set(ex=eid)
-    return eid
+    labels = unique_labels({r.example_id: example_label(r) for r in df.itertuples()})
+    return url_choice("Example", list(labels), param="ex", key=key, format_func=labels.__getitem__,
+                      container=container)

@@ -3,16 +3,19 @@
 Methods (analysis/attribution.py): ig, rollout, relevance, occlusion, attention, side by side, with
 their agreement and deletion curves (analysis/faithfulness.py). Guardrails for a CPU host: the
 image is downscaled first, long methods show a cost estimate and wait for a click, and every
-result is cached by (model, image hash, question, target, method, parameters), so moving a slider
+result is cached by (model, example id, question, target, method, parameters), so moving a slider
 recomputes nothing.
 
-Models: the registry's models that can load here (demo weights present, or the hub when online),
-plus any given as VL_LENS_ASK_MODELS="name=ADAPTER:DIR_OR_HUB_ID,..." (tests use a tiny model).
+Models: ui.models.ask_models (the registry's models that can load here, plus any given as
+VL_LENS_ASK_MODELS="name=ADAPTER:DIR_OR_HUB_ID,...").
+
+The example id (core.ids.example_id_of: the hash of the image's pixels and the question) keys
+every cached result and the "Explain the answer" choice, so a new image or question starts from
+the model's new answer, never the previous one's target.
 """
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import os
 
@@ -25,8 +28,9 @@ from PIL import Image
 from core.errors import AdapterError, InputError
 from analysis.attribution import METHODS, attribute, estimate_seconds, resolve_target, time_one_forward
 from analysis.faithfulness import deletion_curve, random_deletion_curve, rank_agreement
-from core.paths import REPO_ROOT
+from core.ids import example_id_of
 from ui.compute import GATE, queue_notice
+from ui.models import ask_models
 
 MAX_SIDE = 512  # uploads are reduced to this before anything else (the models read 384 px or less)
 # methods estimated above this many seconds wait for a click (VL_LENS_ASK_LONG_SECONDS overrides it)
@@ -38,24 +42,6 @@ UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "gif", "bmp", "tif", "tiff"]
 
 
 # ---- models ---------------------------------------------------------------------------------------
-def ask_models() -> dict[str, str]:
-    """display name -> model spec for adapters.registry.load_model; only models that can load here."""
-    from adapters.registry import ADAPTERS, MODELS
-
-    out: dict[str, str] = {}
-    for item in filter(None, (s.strip() for s in os.environ.get("VL_LENS_ASK_MODELS", "").split(","))):
-        name, _, spec = item.partition("=")
-        out[name.strip()] = (spec or name).strip()
-    online = os.environ.get("HF_HUB_OFFLINE") != "1"
-    for name, (adapter, source) in MODELS.items():
-        if adapter not in ADAPTERS:
-            continue
-        local = REPO_ROOT / source
-        if (local / "config.json").exists() or (online and not source.startswith("demo/")):
-            out.setdefault(name, name)
-    return out
-
-
 @st.cache_resource(show_spinner="Loading the model...", max_entries=4)
 def get_adapter(model_spec: str):
     from adapters.registry import load_model
@@ -63,7 +49,7 @@ def get_adapter(model_spec: str):
     return load_model(model_spec)
 
 
-# ---- cached computations (keys: model, image hash, question, target, method, params) -------------------
+# ---- cached computations (keys: model, example id, question, target, method, params) -------------------
 @st.cache_data(show_spinner=False, max_entries=32)
 def decode_upload(data: bytes, name: str) -> np.ndarray:
     from sources.images import decode_image
@@ -84,48 +70,44 @@ def demo_examples(n: int) -> list[dict]:
     return rows
 
 
-def image_hash(arr: np.ndarray) -> str:
-    return hashlib.sha256(str(arr.shape).encode() + arr.tobytes()).hexdigest()[:20]
-
-
 @st.cache_resource(show_spinner=False, max_entries=16)
-def get_spec(model: str, img_hash: str, question: str, _image: np.ndarray):
+def get_spec(model: str, eid: str, question: str, _image: np.ndarray):
     with GATE.hold(model):
         return get_adapter(model).attribution_spec(Image.fromarray(_image), question)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def top_answers(model: str, img_hash: str, question: str, _image: np.ndarray, k: int = 5) -> pd.DataFrame:
+def top_answers(model: str, eid: str, question: str, _image: np.ndarray, k: int = 5) -> pd.DataFrame:
     with GATE.hold(model):
         pred = get_adapter(model).predict(Image.fromarray(_image), question, top_k=k)
     return pd.DataFrame({"answer": list(pred.answers), "probability": list(pred.probabilities)})
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def forward_seconds(model: str, img_hash: str, question: str, _image: np.ndarray) -> float:
+def forward_seconds(model: str, eid: str, question: str, _image: np.ndarray) -> float:
     with GATE.hold(model):
-        return time_one_forward(get_adapter(model), get_spec(model, img_hash, question, _image))
+        return time_one_forward(get_adapter(model), get_spec(model, eid, question, _image))
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def run_method(model: str, img_hash: str, question: str, target: tuple, method: str, params: tuple,
+def run_method(model: str, eid: str, question: str, target: tuple, method: str, params: tuple,
                _image: np.ndarray):
     adapter = get_adapter(model)
     with GATE.hold(model):  # one computation per model at a time: attribution hooks the shared model
-        spec = get_spec(model, img_hash, question, _image)
+        spec = get_spec(model, eid, question, _image)
         return attribute(adapter, spec, resolve_target(adapter, spec, _target_arg(target)), method, **dict(params))
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def deletion(model: str, img_hash: str, question: str, target: tuple, method: str, params: tuple,
+def deletion(model: str, eid: str, question: str, target: tuple, method: str, params: tuple,
              _image: np.ndarray):
     adapter = get_adapter(model)
-    spec = get_spec(model, img_hash, question, _image)
+    spec = get_spec(model, eid, question, _image)
     t = resolve_target(adapter, spec, _target_arg(target))
     with GATE.hold(model):
         if method == "random":
             return random_deletion_curve(adapter, spec, t)
-        res = run_method(model, img_hash, question, target, method, params, _image)
+        res = run_method(model, eid, question, target, method, params, _image)
         return deletion_curve(adapter, spec, t, res.region_scores, label=method)
 
 
@@ -228,8 +210,9 @@ else:
     except Exception as e:  # the easy-VQA package missing or unreadable
         st.error(f"The demo examples cannot be read: {e}")
         st.stop()
+    # Numbered: two examples may share question and answer, and a select box keeps its choice as the label.
     pick = st.selectbox("Demo example", range(len(examples)), key="ask_example",
-                        format_func=lambda i: f"{examples[i]['question']} [{examples[i]['label']}]")
+                        format_func=lambda i: f"{i + 1}. {examples[i]['question']} [{examples[i]['label']}]")
     image = examples[pick]["image"]
     default_question = examples[pick]["question"]
     q_key = f"ask_q_{examples[pick]['key']}"
@@ -239,12 +222,12 @@ if not question.strip():
     st.warning("Type a question about the image.")
     st.stop()
 
-img_hash = image_hash(image)
+eid = example_id_of(image, question)
 try:
     with queue_notice():
         get_adapter(model)
-        answers_df = top_answers(model, img_hash, question, image)
-        spec = get_spec(model, img_hash, question, image)
+        answers_df = top_answers(model, eid, question, image)
+        spec = get_spec(model, eid, question, image)
 except (AdapterError, InputError) as e:
     st.error(str(e))
     st.stop()
@@ -262,14 +245,16 @@ with right:
 all_answers = get_adapter(model).answers()
 top = answers_df["answer"][0]
 t1, t2, t3 = st.columns([2, 1, 2])
-answer = t1.selectbox("Explain the answer", all_answers, index=all_answers.index(top), key="ask_target")
+# Keyed by model and example: another image or question starts from its own top answer.
+answer = t1.selectbox("Explain the answer", all_answers, index=all_answers.index(top),
+                      key=f"ask_target_{model_name}_{eid}")
 contrast_on = t2.checkbox("rather than", key="ask_contrast_on")
 contrast = None
 if contrast_on:
     others = [a for a in all_answers if a != answer]
     second = answers_df["answer"][1] if len(answers_df) > 1 and answers_df["answer"][1] != answer else others[0]
     contrast = t3.selectbox("Other answer", others, index=others.index(second) if second in others else 0,
-                            key="ask_contrast")
+                            key=f"ask_contrast_{model_name}_{eid}_{answer}")
 target = (answer,) if contrast is None else (answer, contrast)
 target_label = answer if contrast is None else f"{answer} rather than {contrast}"
 
@@ -280,12 +265,12 @@ steps = m2.slider("IG steps", 4, 100, 30, step=2, key="ask_steps")
 opacity = m3.slider("Heatmap opacity", 0.0, 1.0, 0.55, 0.05, key="ask_opacity")
 params_of = {m: (("n_steps", steps),) if m == "ig" else () for m in METHODS}
 
-fwd = forward_seconds(model, img_hash, question, image)
+fwd = forward_seconds(model, eid, question, image)
 estimates = {m: estimate_seconds(spec, m, fwd, **dict(params_of[m])) for m in methods}
 approved = st.session_state.setdefault("ask_approved", set())
 ready = []
 for m in methods:
-    key = (model, img_hash, question, target, m, params_of[m])
+    key = (model, eid, question, target, m, params_of[m])
     if estimates[m] > LONG_SECONDS and key not in approved:
         c1, c2 = st.columns([3, 1])
         c1.info(f"{METHOD_TITLES[m]} will take about {estimates[m]:.0f} s on this machine "
@@ -302,7 +287,7 @@ results = {}
 with st.spinner(f"Explaining '{target_label}'..."), queue_notice():
     for m in ready:
         try:
-            results[m] = run_method(model, img_hash, question, target, m, params_of[m], image)
+            results[m] = run_method(model, eid, question, target, m, params_of[m], image)
         except (AdapterError, InputError, NotImplementedError) as e:
             st.error(f"{METHOD_TITLES[m]}: {e}")
 if not results:
@@ -327,12 +312,12 @@ for row_start in range(0, len(names), 3):
                 (st.warning if r.delta_is_large else st.caption)(msg + (" Raise the IG steps." if r.delta_is_large
                                                                          else ""))
             st.download_button("Download .npz", npz_bytes(r, question=question, model=model_name),
-                               file_name=f"{m}_{img_hash[:8]}.npz", key=f"ask_dl_{m}")
+                               file_name=f"{m}_{eid[:8]}.npz", key=f"ask_dl_{m}")
             with st.expander("Notes"):
                 for note in r.notes:
                     st.caption(note)
 
-st.download_button("Download all scores (.csv)", csv_bytes(results), file_name=f"attribution_{img_hash[:8]}.csv",
+st.download_button("Download all scores (.csv)", csv_bytes(results), file_name=f"attribution_{eid[:8]}.csv",
                    key="ask_dl_csv")
 
 if len(results) >= 2:
@@ -350,15 +335,15 @@ if len(results) >= 2:
 st.subheader("Which map is faithful here?")
 n_curve_forwards = 11 * (len(results) + 3)
 curve_cost = n_curve_forwards * fwd
-curves_key = (model, img_hash, question, target, tuple(sorted(results)))
+curves_key = (model, eid, question, target, tuple(sorted(results)))
 if curve_cost > LONG_SECONDS and curves_key not in approved:
     if st.button(f"Compute deletion curves (about {curve_cost:.0f} s)", key="ask_run_curves"):
         approved.add(curves_key)
         st.rerun()
 else:
     with queue_notice():
-        curves = {m: deletion(model, img_hash, question, target, m, params_of[m], image) for m in results}
-        curves["random"] = deletion(model, img_hash, question, target, "random", (), image)
+        curves = {m: deletion(model, eid, question, target, m, params_of[m], image) for m in results}
+        curves["random"] = deletion(model, eid, question, target, "random", (), image)
     cdf = pd.concat([pd.DataFrame({"removed": c.fractions, "probability": c.probabilities, "order": m})
                      for m, c in curves.items()])
     st.altair_chart(alt.Chart(cdf).mark_line(point=True).encode(

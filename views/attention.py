@@ -6,8 +6,6 @@ be text x image (LXMERT cross_l2v) rather than a square joint sequence.
 """
 from __future__ import annotations
 
-import time
-
 import altair as alt
 import numpy as np
 import pandas as pd
@@ -15,9 +13,10 @@ import streamlit as st
 
 from analysis.attention_views import (DIRECTIONS, blend, grid_shape, matrix_rows, mean_over_heads, modality_blocks,
                                       overlay_boxes, overlay_heat, patch_at, restrict, token_attention, top_k)
-from ui.charts import (MODALITY_COLORS, export_buttons, frame, image_layer, modality_color, selected_points)
-from ui.state import example_image, example_tokens, freshness, open_store, pick_example, qp_get, qp_set, sidebar, \
-    summaries_table
+from ui.charts import export_buttons, frame, image_layer, modality_color
+from ui.state import example_image, example_tokens, freshness, open_store, page_context, pick_example, summaries_table
+from ui.player import play_layers
+from ui.url import click_to_url, qp_get, qp_set, url_choice, url_int
 
 MEAN = "mean"
 
@@ -40,10 +39,11 @@ def kind_layout(location: str, run: str, eid: str, kind: str):
     return int(arr.shape[0]), int(arr.shape[1]), qi, ki
 
 
-store, reader = sidebar()
+ctx = page_context()
+store, reader = ctx.store, ctx.reader
 st.title("Attention")
 df = summaries_table(store.location, reader.name, freshness(reader))
-eid = pick_example(reader, df, key="att_example")
+eid = pick_example(df, key="att_example")
 if eid is None:
     st.stop()
 tok = example_tokens(store.location, reader.name, eid)
@@ -53,23 +53,22 @@ if not kinds:
     st.warning("This example has no recorded attention.")
     st.stop()
 
-kind = qp_get("kind", "self" if "self" in kinds else kinds[0])
-kind = kind if kind in kinds else kinds[0]
 c1, c2, c3 = st.columns([1, 3, 1])
 if len(kinds) > 1:
-    kind = c1.selectbox("Attention kind", kinds, index=kinds.index(kind), key="att_kind",
-                        help="Each kind has its own query and key tokens (e.g. cross_l2v: text queries, image keys).")
+    kind = url_choice("Attention kind", kinds, param="kind", key="att_kind", default="self", container=c1,
+                      help="Each kind has its own query and key tokens (e.g. cross_l2v: text queries, image keys).")
 else:
+    kind = kinds[0]
+    qp_set(kind=kind)
     c1.markdown(f"**Attention kind:** `{kind}`")
 n_layers, n_heads, qidx, kidx = kind_layout(store.location, reader.name, eid, kind)
-layer = min(max(qp_get("layer", n_layers - 1, int), 0), n_layers - 1)
-layer = c2.slider("Layer", 0, n_layers - 1, layer, key=f"att_layer_{kind}") if n_layers > 1 else 0
-head_options = [MEAN] + [str(h) for h in range(n_heads)]
-head = qp_get("head", MEAN)
-head = head if head in head_options else MEAN
-head = c3.selectbox("Head", head_options, index=head_options.index(head), key=f"att_head_{kind}",
-                    format_func=lambda h: "mean over heads" if h == MEAN else f"head {h}")
-qp_set(kind=kind, layer=layer, head=head)
+if n_layers > 1:
+    layer = url_int("Layer", 0, n_layers - 1, param="layer", key="att_layer", default=n_layers - 1, container=c2)
+else:
+    layer = 0
+    qp_set(layer=0)
+head = url_choice("Head", [MEAN] + [str(h) for h in range(n_heads)], param="head", key="att_head", default=MEAN,
+                  container=c3, format_func=lambda h: "mean over heads" if h == MEAN else f"head {h}")
 
 mod = np.asarray(modality)
 q_mods = mod[qidx]
@@ -77,12 +76,9 @@ k_mods = mod[kidx]
 st.caption(f"Kind `{kind}`: {len(qidx)} queries ({', '.join(sorted(set(q_mods)))}) × {len(kidx)} keys "
            f"({', '.join(sorted(set(k_mods)))}) · {n_layers} layers × {n_heads} heads · rows sum to 1 over the keys")
 
-direction = qp_get("dir", DIRECTIONS[0])
-direction = direction if direction in DIRECTIONS else DIRECTIONS[0]
-direction = st.radio("Direction", DIRECTIONS, index=DIRECTIONS.index(direction), horizontal=True, key="att_dir",
-                     help="attends to: the token's row (where its attention goes); attended by: its column "
-                          "(how much each query puts on it).")
-qp_set(dir=direction if direction != DIRECTIONS[0] else None)
+direction = url_choice("Direction", list(DIRECTIONS), param="dir", key="att_dir", omit_default=True, widget="radio",
+                       horizontal=True, help="attends to: the token's row (where its attention goes); attended by: "
+                                             "its column (how much each query puts on it).")
 # Tokens on the axis this direction reads them from.
 own_axis = qidx if direction == "attends to" else kidx
 other_mods = set(k_mods if direction == "attends to" else q_mods)
@@ -166,21 +162,19 @@ with tab_matrix:
     q_all, k_all = sorted(set(q_mods)), sorted(set(k_mods))
     keep_q = f1.multiselect("Query tokens", q_all, default=q_all, key=f"att_keepq_{kind}")
     keep_k = f2.multiselect("Key tokens", k_all, default=k_all, key=f"att_keepk_{kind}")
-    play = f3.button("▶ Play layers", key="att_play", disabled=n_layers < 2,
-                     help="Draw every layer in turn (the slider stays where it is).")
-    slot = st.empty()
     if not keep_q or not keep_k:
         st.info("Choose at least one query and one key modality.")
     else:
-        if play:
-            for lyr in range(n_layers):
-                m = read_attention(store.location, reader.name, eid, kind, lyr, head)
-                ch, _ = matrix_chart(m, f"{kind} · layer {lyr} · {head_label}", keep_q, keep_k)
-                slot.altair_chart(ch)
-                time.sleep(0.6)
+        def matrix_frame(lyr: int) -> None:
+            m = read_attention(store.location, reader.name, eid, kind, lyr, head)
+            st.altair_chart(matrix_chart(m, f"{kind} · layer {lyr} · {head_label}", keep_q, keep_k)[0])
+
+        playing = play_layers("att_play", n_layers, matrix_frame, container=f3,
+                              help="Draw every layer in turn (the slider stays where it is).")
         matrix = read_attention(store.location, reader.name, eid, kind, layer, head)
         chart, data = matrix_chart(matrix, f"{kind} · layer {layer} · {head_label}", keep_q, keep_k)
-        slot.altair_chart(chart, key="att_matrix_chart")
+        if not playing:
+            st.altair_chart(chart, key="att_matrix_chart")
         with st.expander("Download"):
             export_buttons(chart, data, f"attention_{kind}_L{layer}_{head}", key="att_matrix_export")
 
@@ -194,14 +188,11 @@ with tab_text:
         st.info(f"In kind `{kind}`, no text token {verb_phrase} image tokens. "
                 + ("Pick a cross or joint kind." if len(kinds) > 1 else ""))
     else:
-        cur = qp_get("token", None, int)
-        cur = cur if cur in text_tokens else text_tokens[0]
         o1, o2, o3 = st.columns([2, 1, 1])
-        token = o1.selectbox("Text token", text_tokens, index=text_tokens.index(cur), key=f"att_token_{kind}",
-                             format_func=lambda t: f"{tokens[t]} (#{t})")
+        token = url_choice("Text token", text_tokens, param="token", key="att_token", container=o1,
+                           format_func=lambda t: f"{tokens[t]} (#{t})")
         smooth = o2.radio("Overlay", ["patches", "smoothed"], horizontal=True, key="att_smooth") == "smoothed"
         opacity = o3.slider("Opacity", 0.0, 1.0, 0.7, 0.05, key="att_opacity")
-        qp_set(token=token)
         att = token_attention(matrix, qidx, kidx, token, direction)
         boxes = overlay_boxes(att, tok["token_boxes"], modality)
         img_mass = float(boxes["weight"].sum())
@@ -210,16 +201,13 @@ with tab_text:
                                    f"“{tokens[token]}” {direction} image · {kind} · layer {layer} · {head_label}")
         left, right = st.columns([3, 2])
         with left:
-            play_overlay = st.button("▶ Play layers", key="att_play_overlay", disabled=n_layers < 2)
-            oslot = st.empty()
-            if play_overlay:
-                for lyr in range(n_layers):
-                    m = read_attention(store.location, reader.name, eid, kind, lyr, head)
-                    b = overlay_boxes(token_attention(m, qidx, kidx, token, direction), tok["token_boxes"], modality)
-                    ch, _ = overlay_chart(image, b, opacity, smooth, f"“{tokens[token]}” · layer {lyr}")
-                    oslot.altair_chart(ch)
-                    time.sleep(0.6)
-            oslot.altair_chart(chart, key="att_overlay_chart")
+            def overlay_frame(lyr: int) -> None:
+                m = read_attention(store.location, reader.name, eid, kind, lyr, head)
+                b = overlay_boxes(token_attention(m, qidx, kidx, token, direction), tok["token_boxes"], modality)
+                st.altair_chart(overlay_chart(image, b, opacity, smooth, f"“{tokens[token]}” · layer {lyr}")[0])
+
+            if not play_layers("att_play_overlay", n_layers, overlay_frame):
+                st.altair_chart(chart, key="att_overlay_chart")
         with right:
             st.caption(f"“{tokens[token]}” {verb} image tokens {img_mass:.1%} of its attention"
                        if direction == "attends to" else
@@ -232,6 +220,13 @@ with tab_text:
                            key="att_overlay_export")
 
 # ---- image patch -> text bars ----------------------------------------------------------------
+def patch_from_grid(grid, modality, row_key: str, col_key: str) -> None:
+    """on_change of the Row / Column boxes: the patch at (row, column) goes to ?patch=."""
+    hit = patch_at(grid, modality, int(st.session_state[row_key]), int(st.session_state[col_key]))
+    if hit is not None:
+        qp_set(patch=int(hit))
+
+
 with tab_image:
     image_tokens = [int(t) for t in own_axis if mod[t] == "image"]
     if not image_tokens or "text" not in other_mods:
@@ -243,7 +238,7 @@ with tab_image:
         shape = grid_shape(tok["token_grid"], modality)
         left, right = st.columns([2, 3])
         with left:
-            # Click a patch on the image, or pick it from the grid / list.
+            # Click a patch on the image (click_to_url writes ?patch=), or pick it by grid cell / list.
             pick = alt.selection_point(name="patch", fields=["token"], on="click")
             all_boxes = {"token": np.asarray(image_tokens),
                          **{k: np.asarray(tok["token_boxes"])[image_tokens][:, i]
@@ -251,21 +246,20 @@ with tab_image:
                          "weight": np.where(np.asarray(image_tokens) == cur, 1.0, 0.0),
                          "share": np.where(np.asarray(image_tokens) == cur, 1.0, 0.0)}
             grid_chart, _ = overlay_chart(image, all_boxes, 0.5, False, "click a patch", select=pick)
-            event = st.altair_chart(grid_chart, on_select="rerun", selection_mode="patch", key=f"att_grid_{kind}")
-            clicked = selected_points(event, "patch")
-            if clicked:
-                cur = int(clicked[0]["token"])
+            st.altair_chart(grid_chart, on_select=click_to_url("att_grid", "patch", "token", "patch"),
+                            selection_mode="patch", key="att_grid")
             if shape is not None:
                 r0, c0 = (int(x) for x in tok["token_grid"][cur])
+                for k, v in (("att_patch_row", r0), ("att_patch_col", c0)):
+                    if st.session_state.get(k) != v:  # the boxes show the chosen patch, however chosen
+                        st.session_state[k] = v
                 g1, g2 = st.columns(2)
-                row = g1.number_input("Row", 0, shape[0] - 1, r0, key="att_patch_row")
-                col = g2.number_input("Column", 0, shape[1] - 1, c0, key="att_patch_col")
-                hit = patch_at(tok["token_grid"], modality, int(row), int(col))
-                if hit is not None and (int(row), int(col)) != (r0, c0):
-                    cur = hit
+                args = (tok["token_grid"], modality, "att_patch_row", "att_patch_col")
+                g1.number_input("Row", 0, shape[0] - 1, key="att_patch_row", on_change=patch_from_grid, args=args)
+                g2.number_input("Column", 0, shape[1] - 1, key="att_patch_col", on_change=patch_from_grid, args=args)
             else:
-                cur = st.selectbox("Region", image_tokens, index=image_tokens.index(cur), key="att_region",
-                                   format_func=lambda t: f"{tokens[t]} (#{t})")
+                cur = url_choice("Region", image_tokens, param="patch", key="att_region", default=cur,
+                                 format_func=lambda t: f"{tokens[t]} (#{t})")
         qp_set(patch=cur)
         att = restrict(token_attention(matrix, qidx, kidx, cur, direction), modality, "text")
         rows = pd.DataFrame({"token": att.tokens, "label": [f"{tokens[t]} (#{t})" for t in att.tokens],

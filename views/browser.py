@@ -3,10 +3,24 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ui.state import example_image, freshness, link, qp_get, qp_set, sidebar, summaries_table, thumbnails
+from ui.state import example_image, freshness, page_context, summaries_table, thumbnails, verdict
+from ui.url import nav_params, qp_get, qp_set
 
-store, reader = sidebar()
+ctx = page_context()
+store, reader = ctx.store, ctx.reader
 st.title("Examples")
+if not st.session_state.get("intro_hidden"):
+    with st.container(border=True, key="intro"):
+        st.markdown(
+            "**VL-Lens shows what a vision-language model looks at.** Each run in the sidebar is one model "
+            "recorded over a set of image + question examples. Start here: pick an example in the table "
+            "(try **Correctness: incorrect** to see where the model goes wrong), then open it in "
+            "**Head summary** (which heads link words and image), **Attention** (one head's map over the "
+            "image), **Hidden states** (how tokens move layer by layer) or **Compare** (two models on one "
+            "example). **Ask** takes your own image and question and explains the answer.")
+        if st.button("Got it, hide this", key="intro_hide"):
+            st.session_state["intro_hidden"] = True
+            st.rerun()
 df = summaries_table(store.location, reader.name, freshness(reader))
 if df.empty:
     st.info("No committed examples in this run yet.")
@@ -50,6 +64,7 @@ else:
     if eid not in set(view["example_id"]):
         eid = view.iloc[0]["example_id"] if len(view) else None
 if eid is None:
+    st.info("No example matches these filters: choose another correctness or answer, or clear the question text.")
     st.stop()
 
 row = df[df["example_id"] == eid].iloc[0]
@@ -59,8 +74,7 @@ left.image(example_image(store.location, reader.name, eid), caption=row["questio
 with right:
     st.markdown(f"**Question:** {row['question']}")
     st.markdown(f"**True answer:** {row['label'] if row['label'] is not None else '—'}")
-    verdict = "correct" if row["correct"] else "incorrect" if row["correct"] is False else "unlabelled"
-    st.markdown(f"**Model answer:** {row['answer']} ({row['confidence']:.2f}) — {verdict}")
+    st.markdown(f"**Model answer:** {row['answer']} ({row['confidence']:.2f}) — {verdict(row['correct'])}")
     import pandas as pd
 
     top = pd.DataFrame({"answer": list(row["answers"]), "probability": list(row["probabilities"])})
@@ -81,8 +95,14 @@ if isinstance(group, str) and group:
                 st.markdown(f"**{text}**{marker}")
                 st.markdown(f"model: {cand['answer']} ({cand['confidence']:.2f})")
                 st.markdown(f"true: {cand['label'] if cand['label'] is not None else '—'}")
-                st.markdown(f"[Attention]({link('attention', ex=cand['example_id'])})")
+                st.page_link("views/attention.py", label="Attention", icon=":material/visibility:",
+                             query_params=nav_params(ex=cand["example_id"]))
 
-st.markdown("**Open this example in:** "
-            f"[Head summary]({link('heads', ex=eid)}) · [Attention]({link('attention', ex=eid)}) · "
-            f"[Hidden states]({link('projections', ex=eid)}) · [Compare]({link('compare', ex=eid)})")
+# Page links navigate in place (a markdown link opened a new tab, a fresh session each).
+st.markdown("**Open this example in:**")
+for col, (file, title, icon) in zip(st.columns(4), (
+        ("views/head_summary.py", "Head summary", ":material/grid_on:"),
+        ("views/attention.py", "Attention", ":material/visibility:"),
+        ("views/projections.py", "Hidden states", ":material/scatter_plot:"),
+        ("views/compare.py", "Compare", ":material/compare:"))):
+    col.page_link(file, label=title, icon=icon, query_params=nav_params(ex=eid))

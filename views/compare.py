@@ -15,8 +15,9 @@ from analysis.depth import depth_bins, kind_depths, nearest_layer
 from analysis.head_stats import STAT_LABELS, as_defined, not_applicable, not_applicable_message
 from analysis.projections import project_layers
 from ui.charts import export_buttons
-from ui.state import (example_image, example_tokens, freshness, link, open_store, pick_example, qp_get, qp_set,
-                      sidebar, summaries_table)
+from ui.state import (example_image, example_tokens, freshness, open_store, page_context, pick_example,
+                      summaries_table, verdict)
+from ui.url import qp_get, row_to_url, url_choice
 
 ALL_KINDS = "all kinds (mean where it applies)"
 MODEL_COLORS = ("#1f77b4", "#ff7f0e")  # A, B: one colour per model on every chart of the page
@@ -29,7 +30,8 @@ def percent(v: float) -> str:
 
 PERCENT_COLUMN = "%.1f%%"  # the same format in a table column (values in percent)
 
-store, reader_a = sidebar()
+ctx = page_context()
+store, reader_a = ctx.store, ctx.reader
 runs = store.runs()
 st.title("Compare")
 others = [r for r in runs if r != reader_a.name]
@@ -37,13 +39,7 @@ if not others:
     st.warning("This store holds one run. Record a second model over the same examples, e.g. "
                "`python cli.py record --model A --model B --out STORE`, to compare them.")
     st.stop()
-with st.sidebar:
-    run_b = qp_get("run2", others[0])
-    if run_b not in others:
-        run_b = others[0]
-    run_b = st.selectbox("Compare with (run B)", others, index=others.index(run_b), key="run2_select")
-    if run_b != qp_get("run2"):
-        qp_set(run2=run_b)
+run_b = url_choice("Compare with (run B)", others, param="run2", key="run2_select", container=st.sidebar)
 reader_b = store.run(run_b)
 name_a, name_b = reader_a.name, reader_b.name
 loc = store.location
@@ -53,12 +49,12 @@ st.caption(f"A = **{name_a}** · B = **{name_b}**")
 
 # ---- cached reads ------------------------------------------------------------------------------
 @st.cache_data(show_spinner=False, max_entries=32)
-def _summaries(location: str, run: str, _fresh: int):
+def _summaries(location: str, run: str, fresh: int):
     return open_store(location).run(run).summaries()
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def _stats_all(location: str, run: str, kind: str, ids: tuple[str, ...], _fresh: int):
+def _stats_all(location: str, run: str, kind: str, ids: tuple[str, ...], fresh: int):
     _, names, values = open_store(location).run(run).head_stats_all(kind, ids)
     return names, as_defined(kind, names, values)
 
@@ -136,23 +132,21 @@ with tab_data:
     st.subheader("Where the models disagree")
     dis = cmp.disagreements(shared_a, shared_b, join.shared_ids)
     st.caption(f"{len(dis)} of {len(join.shared_ids)} shared examples get different answers, "
-               "largest confidence gap first. Pick a row (or open its link) to inspect it.")
+               "largest confidence gap first. Pick a row to open that example in the Example tab.")
     if dis:
         dis_table = pd.DataFrame([{
             "example_id": d.example_id, "question": d.question, "true answer": d.label,
             "answer A": d.answer_a, "confidence A": d.confidence_a,
             "answer B": d.answer_b, "confidence B": d.confidence_b, "gap": d.gap,
-            "link": link("compare", run2=name_b, ex=d.example_id),
         } for d in dis])
-        event = st.dataframe(dis_table, hide_index=True, key="disagreements_table", on_select="rerun",
-                             selection_mode="single-row",
-                             column_config={"example_id": None,
-                                            "link": st.column_config.LinkColumn("open", display_text="inspect"),
-                                            "gap": st.column_config.NumberColumn(format="%.3f")})
-        rows = event.selection.rows if event and event.selection else []
-        if rows and dis_table.iloc[rows[0]]["example_id"] != qp_get("ex"):
-            qp_set(ex=dis_table.iloc[rows[0]]["example_id"])
-            st.rerun()
+        # The picked row's example goes to ?ex= before the page reruns, so the Example tab opens it.
+        st.dataframe(dis_table, hide_index=True, key="disagreements_table", selection_mode="single-row",
+                     on_select=row_to_url("disagreements_table", list(dis_table["example_id"]), "ex"),
+                     column_config={"example_id": None, "gap": st.column_config.NumberColumn(format="%.3f")})
+        if qp_get("ex") in set(dis_table["example_id"]):
+            picked = dis_table[dis_table["example_id"] == qp_get("ex")].iloc[0]
+            st.caption(f"Open in the Example tab: {picked['question']} (A {picked['answer A']}, "
+                       f"B {picked['answer B']}).")
 
     st.subheader("Head statistics per relative depth")
     st.caption("Relative depth is the layer's position in the network: 0 is the first layer, 1 the last, so "
@@ -211,15 +205,14 @@ with tab_data:
 with tab_example:
     df_a = summaries_table(loc, name_a, freshness(reader_a))
     df_shared = df_a[df_a["example_id"].isin(shared)]
-    eid = pick_example(reader_a, df_shared, key="compare_example")
+    eid = pick_example(df_shared, key="compare_example")
     if eid is None:
         st.stop()
     sa, sb = by_a[eid], by_b[eid]
     st.markdown(f"**Question:** {sa.question} · **true answer:** {sa.label if sa.label is not None else '—'}")
     cols = st.columns(2)
     for col, s, tag, name in ((cols[0], sa, "A", name_a), (cols[1], sb, "B", name_b)):
-        verdict = "correct" if s.correct else "incorrect" if s.correct is False else "unlabelled"
-        col.markdown(f"**{tag} ({name}) answers:** {s.answer} ({s.confidence:.2f}) — {verdict}")
+        col.markdown(f"**{tag} ({name}) answers:** {s.answer} ({s.confidence:.2f}) — {verdict(s.correct)}")
 
     # head summary of this example, side by side on relative depth
     st.subheader("Head summary")
@@ -234,10 +227,9 @@ with tab_example:
     if not stat_names:
         st.warning("No head statistics stored for this example.")
     else:
-        stat = st.selectbox("Statistic", stat_names, format_func=_label, key="compare_stat",
-                            index=stat_names.index(qp_get("stat")) if qp_get("stat") in stat_names else 0,
-                            help="Statistics that vary in some attention kind of either model. Cross-modal and "
-                                 "intra-modal are unweighted means of their two directions (as VL-InterpreT).")
+        stat = url_choice("Statistic", stat_names, param="stat", key="compare_stat", format_func=_label,
+                          help="Statistics that vary in some attention kind of either model. Cross-modal and "
+                               "intra-modal are unweighted means of their two directions (as VL-InterpreT).")
         cols = st.columns(2)
         for col, reader, tag in ((cols[0], reader_a, "A"), (cols[1], reader_b, "B")):
             ex_stats = ex_stats_of[tag]

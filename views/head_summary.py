@@ -12,7 +12,8 @@ import streamlit as st
 from analysis.attention_views import MEAN_COLUMN, head_summary, head_summary_rows, select_examples
 from analysis.head_stats import STAT_LABELS, as_defined, not_applicable, not_applicable_message
 from ui.charts import export_buttons, frame, heatmap, selected_points
-from ui.state import freshness, open_store, pick_example, qp_get, qp_set, sidebar, summaries_table
+from ui.state import freshness, open_store, page_context, pick_example, summaries_table
+from ui.url import qp_get, qp_set, url_choice, url_flag, url_text
 
 
 # Stored statistics are read through as_defined: constants are NaN, pooled ones unweighted, in old stores too.
@@ -23,7 +24,7 @@ def example_stats(location: str, run: str, eid: str) -> dict:
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def set_stats(location: str, run: str, kind: str, ids: tuple[str, ...], _fresh: int):
+def set_stats(location: str, run: str, kind: str, ids: tuple[str, ...], fresh: int):
     got, names, values = open_store(location).run(run).head_stats_all(kind, ids)
     return got, names, as_defined(kind, names, values)
 
@@ -46,7 +47,8 @@ def not_applicable_line(kind: str, names) -> str | None:
     return f"Not applicable for kind {kind}: " + "; ".join(f"{', '.join(s)} ({r})" for r, s in by_reason.items())
 
 
-store, reader = sidebar()
+ctx = page_context()
+store, reader = ctx.store, ctx.reader
 st.title("Head summary")
 df = summaries_table(store.location, reader.name, freshness(reader))
 if df.empty:
@@ -54,14 +56,12 @@ if df.empty:
     st.stop()
 
 SCOPES = {"example": "One example", "set": "A set of examples"}
-scope = qp_get("scope", "example")
-scope = st.radio("Scope", list(SCOPES), index=list(SCOPES).index(scope) if scope in SCOPES else 0,
-                 format_func=SCOPES.get, horizontal=True, key="hs_scope")
-qp_set(scope=scope if scope != "example" else None)
+scope = url_choice("Scope", list(SCOPES), param="scope", key="hs_scope", omit_default=True, widget="radio",
+                   format_func=SCOPES.get, horizontal=True)
 
 eid = None
 if scope == "example":
-    eid = pick_example(reader, df, key="hs_example")
+    eid = pick_example(df, key="hs_example")
     if eid is None:
         st.stop()
     stats_by_kind = example_stats(store.location, reader.name, eid)
@@ -69,17 +69,12 @@ if scope == "example":
     ids = (eid,)
 else:
     c1, c2, c3 = st.columns([1, 1, 2])
-    options = ["all", "correct", "incorrect"]
-    correctness = qp_get("set", "all")
-    correctness = c1.selectbox("Examples", options, index=options.index(correctness) if correctness in options else 0,
-                               key="hs_set")
+    correctness = url_choice("Examples", ["all", "correct", "incorrect"], param="set", key="hs_set",
+                             omit_default=True, container=c1)
     answers = ["any"] + sorted({a for a in df["label"].dropna()} | set(df["answer"].dropna()))
-    answer = qp_get("answer", "any")
-    answer = c2.selectbox("Answer (true or predicted)", answers, index=answers.index(answer) if answer in answers else 0,
-                          key="hs_answer")
-    text = c3.text_input("Question contains", value=qp_get("q", ""), key="hs_text")
-    qp_set(set=correctness if correctness != "all" else None, answer=answer if answer != "any" else None,
-           q=text or None)
+    answer = url_choice("Answer (true or predicted)", answers, param="answer", key="hs_answer", omit_default=True,
+                        container=c2)
+    text = url_text("Question contains", param="q", key="hs_text", container=c3)
     ids = tuple(select_examples(df.to_dict("records"), correctness=correctness,
                                 answer=None if answer == "any" else answer, text=text))
     if not ids:
@@ -91,13 +86,13 @@ else:
 if not kinds:
     st.warning("This run stores no head statistics (record it again with `python cli.py record`).")
     st.stop()
-kind = qp_get("kind", "self" if "self" in kinds else kinds[0])
-kind = kind if kind in kinds else kinds[0]
 c1, c2, c3 = st.columns([1, 2, 1])
 if len(kinds) > 1:
-    kind = c1.selectbox("Attention kind", kinds, index=kinds.index(kind), key="hs_kind",
-                        help="Dual-stream models record several attention kinds (self, cross, ...).")
+    kind = url_choice("Attention kind", kinds, param="kind", key="hs_kind", default="self", container=c1,
+                      help="Dual-stream models record several attention kinds (self, cross, ...).")
 else:
+    kind = kinds[0]
+    qp_set(kind=kind)
     c1.markdown(f"**Attention kind:** `{kind}`")
 
 if scope == "example":
@@ -122,14 +117,12 @@ if not offered:
     st.info(f"No head statistic varies in kind {kind}: each is constant or undefined by construction. "
             + (not_applicable_line(kind, names) or ""))
     st.stop()
-stat = asked if asked in offered else offered[0]
-stat = c2.selectbox("Statistic", offered, index=offered.index(stat), format_func=lambda s: STAT_LABELS.get(s, s),
-                    key="hs_stat", help=STAT_HELP)
+stat = url_choice("Statistic", offered, param="stat", key="hs_stat", container=c2,
+                  format_func=lambda s: STAT_LABELS.get(s, s), help=STAT_HELP)
 if (line := not_applicable_line(kind, names)) is not None:
     st.caption(line)
-zscore = c3.toggle("z-score across all heads", value=qp_get("z", "0") == "1", key="hs_z",
-                   help="Standardize over every head of the model together (not per head).")
-qp_set(kind=kind, stat=stat, z="1" if zscore else None)
+zscore = url_flag("z-score across all heads", param="z", key="hs_z", container=c3,
+                  help="Standardize over every head of the model together (not per head).")
 
 summary = head_summary(values, names, stat, zscore=zscore)
 data = frame(head_summary_rows(summary))

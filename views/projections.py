@@ -13,7 +13,8 @@ import streamlit as st
 from analysis.projections import (METHOD_LABELS, METHOD_NOTES, METHODS, nearest_other_modality, project_layers, projection_rows,
                                   stack_streams)
 from ui.charts import export_buttons, modality_color, modality_shape
-from ui.state import example_tokens, freshness, open_store, pick_example, qp_get, qp_set, sidebar, summaries_table
+from ui.state import example_tokens, freshness, open_store, page_context, pick_example, summaries_table
+from ui.url import click_to_url, qp_get, qp_set, url_choice, url_flag, url_int
 
 JOINT = "all streams"
 
@@ -32,10 +33,11 @@ def cached_projection(location: str, run: str, eid: str, stream: str, method: st
     return project_layers(values, index, method, center=center), owner, values
 
 
-store, reader = sidebar()
+ctx = page_context()
+store, reader = ctx.store, ctx.reader
 st.title("Hidden states")
 df = summaries_table(store.location, reader.name, freshness(reader))
-eid = pick_example(reader, df, key="proj_example")
+eid = pick_example(df, key="proj_example")
 if eid is None:
     st.stop()
 tok = example_tokens(store.location, reader.name, eid)
@@ -54,30 +56,29 @@ try:
 except ValueError:
     pass
 c1, c2, c3 = st.columns([1, 1, 2])
-stream = qp_get("stream", options[0])
-stream = stream if stream in options else options[0]
 if len(options) > 1:
-    stream = c1.selectbox("Stream", options, index=options.index(stream), key="proj_stream",
-                          help="Dual-stream models keep text and image states apart; streams of different depth "
-                               "are projected one at a time.")
+    stream = url_choice("Stream", options, param="stream", key="proj_stream", omit_default=True, container=c1,
+                        help="Dual-stream models keep text and image states apart; streams of different depth "
+                             "are projected one at a time.")
 else:
+    stream = options[0]
+    qp_set(stream=None)
     c1.markdown(f"**Stream:** `{stream}`")
-method = qp_get("method", "pca")
-method = method if method in METHODS else "pca"
-method = c2.radio("Method", METHODS, index=METHODS.index(method), format_func=METHOD_LABELS.get, horizontal=True,
-                  key="proj_method", help=" · ".join(f"{METHOD_LABELS[m]}: {METHOD_NOTES[m]}" for m in METHODS))
-center = c3.toggle("Center each layer", value=qp_get("center", "1") == "1", key="proj_center",
-                   help="Remove each layer's mean token before the joint fit, so the plot shows how tokens "
-                        "sit relative to each other rather than the drift of the whole layer.")
-qp_set(stream=stream if stream != options[0] else None, method=method if method != "pca" else None,
-       center=None if center else "0")
+method = url_choice("Method", list(METHODS), param="method", key="proj_method", default="pca", omit_default=True,
+                    widget="radio", container=c2, format_func=METHOD_LABELS.get, horizontal=True,
+                    help=" · ".join(f"{METHOD_LABELS[m]}: {METHOD_NOTES[m]}" for m in METHODS))
+center = url_flag("Center each layer", param="center", key="proj_center", default=True, container=c3,
+                  help="Remove each layer's mean token before the joint fit, so the plot shows how tokens "
+                       "sit relative to each other rather than the drift of the whole layer.")
 
 with st.spinner(f"Fitting {METHOD_LABELS[method]} over all layers (cached afterwards)..."):
     proj, owner, values = cached_projection(store.location, reader.name, eid, stream, method, center)
 n_layers = proj.n_layers
-layer = min(max(qp_get("layer", n_layers - 1, int), 0), n_layers - 1)
-layer = st.slider("Layer (0 = embeddings)", 0, n_layers - 1, layer, key=f"proj_layer_{stream}") if n_layers > 1 else 0
-qp_set(layer=layer)
+if n_layers > 1:
+    layer = url_int("Layer (0 = embeddings)", 0, n_layers - 1, param="layer", key="proj_layer", default=n_layers - 1)
+else:
+    layer = 0
+    qp_set(layer=0)
 st.caption(f"{METHOD_LABELS[method]}: one joint fit over all {n_layers} layers' {len(proj.token_index)} tokens "
            f"stacked ({n_layers * len(proj.token_index)} points), so coordinates are comparable across layers"
            f"{'; each layer centered first' if center else ''} · fit in {proj.seconds:.2f} s")
@@ -93,30 +94,30 @@ ydom = [float(ys.min()) - pad_y, float(ys.max()) + pad_y]
 choices = [int(t) for t in proj.token_index if modality[t] in ("text", "image")]
 cur = qp_get("token", None, int)
 cur = cur if cur in choices else (choices[0] if choices else None)
+# A click on a point writes ?token= (click_to_url), and the Token box below shows it; the chosen
+# token is drawn larger and opaque.
 pick = alt.selection_point(name="tok", fields=["token_index"], on="click")
-points = alt.Chart(data).mark_point(filled=True, size=70).encode(
+chosen = alt.datum.token_index == (cur if cur is not None else -1)
+points = alt.Chart(data).mark_point(filled=True).encode(
     x=alt.X("x:Q", scale=alt.Scale(domain=xdom), title=f"{METHOD_LABELS[method]} 1"),
     y=alt.Y("y:Q", scale=alt.Scale(domain=ydom), title=f"{METHOD_LABELS[method]} 2"),
     color=modality_color(), shape=modality_shape(),
     tooltip=["token:N", "modality:N", "token_index:Q"] + (["stream:N"] if "stream" in data else []),
-    opacity=alt.condition(pick, alt.value(0.95), alt.value(0.35)),
+    opacity=alt.condition(chosen, alt.value(1.0), alt.value(0.45)),
+    size=alt.condition(chosen, alt.value(260), alt.value(70)),
 ).add_params(pick)
 chart = points.properties(title=f"{METHOD_LABELS[method]} · layer {layer} · {eid[:8]}", height=460)
 
 left, right = st.columns([3, 2])
 with left:
-    event = st.altair_chart(chart, on_select="rerun", selection_mode="tok", key="proj_chart", width="stretch")
-    sel = (event or {}).get("selection", {}).get("tok", []) if isinstance(event, dict) else \
-        list(getattr(getattr(event, "selection", None) or {}, "get", lambda *_: [])("tok", []) or [])
-    if sel and int(sel[0]["token_index"]) in choices:
-        cur = int(sel[0]["token_index"])
+    st.altair_chart(chart, on_select=click_to_url("proj_chart", "tok", "token_index", "token"),
+                    selection_mode="tok", key="proj_chart", width="stretch")
 with right:
     if cur is None:
         st.info("No text or image tokens to compare.")
     else:
-        cur = st.selectbox("Token", choices, index=choices.index(cur), key="proj_token",
-                           format_func=lambda t: f"{tokens[t]}  ({modality[t]}, #{t})")
-        qp_set(token=cur)
+        cur = url_choice("Token", choices, param="token", key="proj_token", default=cur,
+                         format_func=lambda t: f"{tokens[t]} ({modality[t]}, #{t})")
         # Neighbours in the full hidden space of this layer (the 2-D map distorts distances).
         neigh = nearest_other_modality(values[layer], proj.token_index, modality, cur, k=5)
         other = "image" if modality[cur] == "text" else "text"
