@@ -25,11 +25,18 @@ def _kdvlp():
     return KdvlpAdapter
 
 
+def _llava():
+    from adapters.llava import LlavaAdapter
+
+    return LlavaAdapter
+
+
 # name -> zero-argument function returning the class (imports stay lazy so `cli.py models` is fast)
 ADAPTERS = {
     "vilt": _vilt,
     "lxmert": _lxmert,
     "kdvlp": _kdvlp,
+    "llava": _llava,
 }
 
 # Named, ready-to-use models: what `cli.py models` lists and the app offers.

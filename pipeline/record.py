@@ -39,12 +39,25 @@ def example_work(adapter: Adapter, top_k: int = 5) -> Callable[[Example], Pendin
         image = ex.image()
 
         def make():
-            rec = adapter.run(image, ex.question, top_k=top_k, label=ex.label, source_key=ex.source_key)
-            return rec, compute_head_stats(rec)
+            return run_with_head_stats(adapter, image, ex, top_k=top_k)
 
         return Pending(example_id=example_id_of(image, ex.question), make=make, group=ex.group)
 
     return prepare
+
+
+def run_with_head_stats(adapter: Adapter, image, ex: Example, *, top_k: int = 5):
+    """(Record, head statistics) of one example. A generative adapter keeps only some attention rows
+    in its Record, so its statistics come from the full maps, layer by layer, as it records."""
+    kwargs = dict(top_k=top_k, label=ex.label, source_key=ex.source_key)
+    if getattr(adapter, "architecture", "") == "generative":
+        from analysis.layer_stats import FullMapHeadStats
+
+        observer = FullMapHeadStats()
+        rec = adapter.run(image, ex.question, layer_observer=observer, **kwargs)
+        return rec, observer.result()
+    rec = adapter.run(image, ex.question, **kwargs)
+    return rec, compute_head_stats(rec)
 
 
 def record_examples(adapter: Adapter, examples: Iterable[Example], store: VLStore, run: str, *,

@@ -10,6 +10,12 @@ Token coordinates (length N, the record's token list):
     token_boxes[n]  (x0, y0, x1, y1) in 0..1 of the source image for image tokens, NaN otherwise
     token_grid[n]   (row, col) of a grid patch, (-1, -1) when not a grid cell
     token_spans[n]  (start, end) character span in the question for text tokens, (-1, -1) otherwise
+    role[n]         "prompt" | "answer": generative models' generated tokens are "answer" tokens of
+                    modality "text" (no span: they are not in the question); every other token,
+                    and every token of a classifier model, is "prompt"
+
+A generative model's attention is causal: a query row holds zeros on the keys after it, so its
+row still sums to 1 over all keys (the same check as for every other model).
 """
 from __future__ import annotations
 
@@ -22,10 +28,12 @@ from typing import Mapping
 
 import numpy as np
 
+from core.answers import normalize_answer
 from core.errors import RecordError
 
 SCHEMA_VERSION = 2  # store layout version; see store/zarr_store.py (version 1 stores still read)
 MODALITIES = ("text", "image", "special")
+ROLES = ("prompt", "answer")
 # Tolerance on attention row sums: values are stored in float16 (about 3 significant digits).
 ROW_SUM_TOLERANCE = 2e-2
 
@@ -146,10 +154,16 @@ class HiddenBlock:
 
 @dataclass(frozen=True, kw_only=True)
 class Prediction:
-    """Top-k answers, best first, with their probabilities."""
+    """Top-k answers, best first, with their probabilities.
+
+    A generative model has one answer, the generated text; its probability is the product of
+    ``token_probabilities``, the probability of each generated token when it was chosen (in the
+    order of the record's answer tokens). Classifier models leave ``token_probabilities`` empty.
+    """
 
     answers: tuple[str, ...]
     probabilities: tuple[float, ...]
+    token_probabilities: tuple[float, ...] = ()
 
     def __post_init__(self):
         answers = tuple(str(a) for a in self.answers)
@@ -163,8 +177,12 @@ class Prediction:
                 _fail("prediction.probabilities", f"must lie in [0, 1], got {p}")
         if any(probs[i] < probs[i + 1] - 1e-9 for i in range(len(probs) - 1)):
             _fail("prediction.probabilities", "must be sorted best first")
+        token_probs = tuple(float(p) for p in self.token_probabilities)
+        if any(not (0.0 <= p <= 1.0 + 1e-6) for p in token_probs):  # NaN fails both comparisons
+            _fail("prediction.token_probabilities", "must lie in [0, 1]")
         object.__setattr__(self, "answers", answers)
         object.__setattr__(self, "probabilities", probs)
+        object.__setattr__(self, "token_probabilities", token_probs)
 
     @property
     def top(self) -> str:
@@ -207,6 +225,7 @@ class Record:
     source_key: str | None = None
     notices: tuple[str, ...] = ()
     meta: Mapping = field(default_factory=dict)
+    role: tuple[str, ...] | None = None  # (token,) "prompt" | "answer"; None: every token "prompt"
 
     def __post_init__(self):
         if not isinstance(self.example_id, str) or not self.example_id or "/" in self.example_id:
@@ -227,6 +246,7 @@ class Record:
             _fail("modality", f"values must be one of {MODALITIES}, got {bad}")
         object.__setattr__(self, "tokens", tokens)
         object.__setattr__(self, "modality", modality)
+        object.__setattr__(self, "role", self._checked_role(modality))
 
         boxes = np.asarray(self.token_boxes, dtype=np.float32)
         if boxes.shape != (n, 4):
@@ -277,6 +297,10 @@ class Record:
         object.__setattr__(self, "hidden", hidden)
         if not isinstance(self.prediction, Prediction):
             _fail("prediction", "must be a Prediction")
+        n_answer = self.role.count("answer")
+        if self.prediction.token_probabilities and len(self.prediction.token_probabilities) != n_answer:
+            _fail("prediction.token_probabilities",
+                  f"has {len(self.prediction.token_probabilities)} entries for {n_answer} answer tokens")
         if self.label is not None and not isinstance(self.label, str):
             _fail("label", "must be a string or None")
         object.__setattr__(self, "notices", tuple(str(x) for x in self.notices))
@@ -284,16 +308,43 @@ class Record:
             _fail("meta", "must be a mapping")
         object.__setattr__(self, "meta", MappingProxyType(dict(self.meta)))
 
+    def _checked_role(self, modality: tuple[str, ...]) -> tuple[str, ...]:
+        if self.role is None:
+            return ("prompt",) * len(modality)
+        role = tuple(self.role)
+        if len(role) != len(modality):
+            _fail("role", f"has {len(role)} entries for {len(modality)} tokens")
+        bad = sorted({r for r in role if r not in ROLES})
+        if bad:
+            _fail("role", f"values must be one of {ROLES}, got {bad}")
+        if any(r == "answer" and m == "image" for r, m in zip(role, modality)):
+            _fail("role", "an answer token cannot be an image token")
+        return role
+
     # ---- derived, read-only -------------------------------------------------------------------
     @property
     def n_tokens(self) -> int:
         return len(self.tokens)
 
     @property
+    def generative(self) -> bool:
+        """True when the model generated its answer (the record has answer tokens)."""
+        return "answer" in self.role
+
+    @property
     def correct(self) -> bool | None:
+        """Classifiers: the top answer is the label. Generative models: the generated text and the
+        label are equal after the VQA answer normalization (lower case, articles and punctuation
+        dropped), so "A circle." is correct for "circle"."""
         if self.label is None:
             return None
+        if self.generative:
+            return normalize_answer(self.prediction.top) == normalize_answer(self.label)
         return self.prediction.top == self.label
+
+    def answer_indices(self) -> np.ndarray:
+        """Token indices of the generated answer, in generation order (empty for classifiers)."""
+        return np.array([i for i, r in enumerate(self.role) if r == "answer"], dtype=np.int32)
 
     def indices(self, modality: str) -> np.ndarray:
         return np.array([i for i, m in enumerate(self.modality) if m == modality], dtype=np.int32)

@@ -311,6 +311,7 @@ class RunReader:
         a = self.attrs(eid)
         out = {"tokens": list(a["tokens"]), "modality": list(a["modality"])}
         n = len(out["tokens"])
+        out["role"] = list(a.get("role") or ["prompt"] * n)  # written for generative models only
         for name, (dtype, width) in TOKEN_ARRAYS.items():
             if name in a:  # version 2: in the example's group document
                 out[name] = self._json_array(eid, name, a[name], dtype, (n, width))
@@ -439,9 +440,10 @@ class RunReader:
                 token_boxes=tok["token_boxes"], token_grid=tok["token_grid"], token_spans=tok["token_spans"],
                 image=self.image(eid), attention=attention, hidden=hidden,
                 prediction=Prediction(answers=tuple(a["prediction"]["answers"]),
-                                      probabilities=tuple(a["prediction"]["probabilities"])),
+                                      probabilities=tuple(a["prediction"]["probabilities"]),
+                                      token_probabilities=tuple(a["prediction"].get("token_probabilities", ()))),
                 label=a.get("label"), source_key=a.get("source_key"), notices=tuple(a.get("notices", ())),
-                meta=a.get("meta", {}),
+                meta=a.get("meta", {}), role=tuple(tok["role"]),
             )
         except RecordError as e:
             raise StoreError(f"example {eid!r} of run {self.name!r} is corrupt: {e}") from e
@@ -553,6 +555,9 @@ def _example_document(record: Record, head_stats: dict | None, group: str | None
         "label": record.label, "source_key": record.source_key, "notices": list(record.notices),
         "meta": dict(record.meta), "summary": summary.as_dict(),
     })
+    if record.generative:  # classifier records keep the documents they always had
+        attrs["role"] = list(record.role)
+        attrs["prediction"]["token_probabilities"] = list(pred.token_probabilities)
     # Small arrays, already plain JSON (kept out of jsonable's element-by-element walk).
     for name in TOKEN_ARRAYS:
         attrs[name] = array_to_json(getattr(record, name))

@@ -56,10 +56,13 @@ def test_image_token_geometry_inside_image(record):
     assert not np.isnan(boxes).any()
     assert (boxes >= 0).all() and (boxes <= 1).all()
     assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
-    # text tokens carry character spans inside the question
+    # the question's text tokens carry character spans inside it (generated answer tokens are not in it)
     for i in record.indices("text"):
         s, e = record.token_spans[i]
-        assert 0 <= s < e <= len(record.question)
+        if record.role[i] == "prompt":
+            assert 0 <= s < e <= len(record.question)
+        else:
+            assert (s, e) == (-1, -1)
 
 
 def test_same_input_twice_gives_identical_record(adapter_and_image, record):
@@ -73,11 +76,42 @@ def test_same_input_twice_gives_identical_record(adapter_and_image, record):
         np.testing.assert_array_equal(again.hidden[stream].values, record.hidden[stream].values)
 
 
-def test_prediction_top_k_sorted(adapter_and_image):
+def test_prediction_top_k_sorted(adapter_and_image, record):
     adapter, image = adapter_and_image
     pred = adapter.predict(image, QUESTION, top_k=3)
+    if adapter.architecture == "generative":  # one answer: the generated text, the same as run's
+        assert pred.answers == record.prediction.answers and len(pred.token_probabilities) >= 1
+        assert pred.probabilities[0] == pytest.approx(float(np.prod(pred.token_probabilities)), rel=1e-6)
+        return
     assert len(pred.answers) == 3 and set(pred.answers) <= set(adapter.answers())
     assert list(pred.probabilities) == sorted(pred.probabilities, reverse=True)
+
+
+def test_generated_answer_tokens_follow_the_prompt(adapter_and_image, record):
+    adapter, _ = adapter_and_image
+    answer = record.answer_indices()
+    if adapter.architecture != "generative":
+        assert len(answer) == 0 and not record.generative and not record.prediction.token_probabilities
+        return
+    n = record.n_tokens
+    assert len(answer) >= 1 and list(answer) == list(range(n - len(answer), n))  # the sequence's tail
+    assert len(record.prediction.token_probabilities) == len(answer)
+    assert all(record.modality[i] in ("text", "special") for i in answer)
+    # every text and answer token's attention row is recorded, over every key
+    block = record.attention["self"]
+    assert set(answer) | set(record.indices("text")) <= set(block.query_index.tolist())
+    assert len(block.key_index) == n
+
+
+def test_causal_rows_see_only_earlier_keys(adapter_and_image, record):
+    adapter, _ = adapter_and_image
+    if adapter.architecture != "generative":
+        pytest.skip("bidirectional attention")
+    block = record.attention["self"]
+    v = block.values.astype(np.float32)
+    later = block.key_index[None, :] > block.query_index[:, None]  # (query, key)
+    assert later.any() and np.abs(v[:, :, later]).max() == 0.0
+    np.testing.assert_allclose(v.sum(-1), 1.0, atol=1e-2)
 
 
 def test_overlong_question_is_truncated_with_notice(adapter_and_image):

@@ -8,6 +8,12 @@ generic: it talks to a model only through the adapter's training contract (adapt
 ``encode_batch``, ``forward_logits``, ``answers``, ``trainable_parameters``, ``set_training``,
 ``add_answers``, ``save``), so every adapter that implements it can be fine-tuned.
 
+Generative adapters (``architecture == "generative"``, e.g. LLaVA) write their answers: the loss is
+the language-model cross-entropy of each example's label tokens after its prompt (the adapter's
+``encode_batch(images, questions, answers)`` and ``answer_loss``), and evaluation generates the
+answers (``generate_batch``) and counts one correct when it equals the label after the VQA answer
+normalization. They have no answer set to extend.
+
 Answers of the data set that the model cannot output: with ``new_answers="extend"`` (default) the
 classifier gets a new row per answer (old rows unchanged) and the checkpoint's label set grows;
 with ``"ignore"`` they get no target, and an example none of whose answers the model knows is left
@@ -26,8 +32,9 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from sources.base import Example
+from core.answers import normalize_answer
 from core.errors import SourceError
+from sources.base import Example
 
 IMAGE_CACHE_BYTES = 256 * 2**20  # decoded images kept between epochs (easy-VQA fits whole)
 
@@ -197,10 +204,23 @@ def _load_images(examples: list[Example], cache: _ImageCache, failed: list):
     return kept, images
 
 
+def is_generative(adapter) -> bool:
+    return getattr(adapter, "architecture", "") == "generative"
+
+
+def _generated_scores(ex: Example, text: str) -> tuple[bool, float]:
+    """(the generated text is the label, its soft score), both after the VQA answer normalization."""
+    norm = normalize_answer(text)
+    score = max((float(s) for a, s in ex.answers.items() if normalize_answer(a) == norm), default=0.0)
+    return norm == normalize_answer(ex.label), score
+
+
 def evaluate(adapter, examples: list[Example], *, batch_size: int = 64, cache: _ImageCache | None = None) -> dict:
     """accuracy (top answer == label) and VQA score (the top answer's soft score), over labelled examples."""
     cache = cache or _ImageCache()
     labelled = [ex for ex in examples if ex.label is not None]
+    if is_generative(adapter):
+        return _evaluate_generated(adapter, labelled, batch_size, cache)
     answers = adapter.answers()
     adapter.set_training(False)
     correct, score, n, failed = 0, 0.0, 0, []
@@ -214,6 +234,23 @@ def evaluate(adapter, examples: list[Example], *, batch_size: int = 64, cache: _
                 top = answers[j]
                 correct += top == ex.label
                 score += float(ex.answers.get(top, 0.0))
+                n += 1
+    return {"accuracy": correct / n if n else float("nan"), "vqa_score": score / n if n else float("nan"),
+            "examples": n}
+
+
+def _evaluate_generated(adapter, labelled: list[Example], batch_size: int, cache: _ImageCache) -> dict:
+    adapter.set_training(False)
+    correct, score, n, failed = 0, 0.0, 0, []
+    with torch.no_grad():
+        for s in range(0, len(labelled), batch_size):
+            kept, images = _load_images(labelled[s:s + batch_size], cache, failed)
+            if not kept:
+                continue
+            for ex, text in zip(kept, adapter.generate_batch(images, [ex.question for ex in kept])):
+                ok, sc = _generated_scores(ex, text)
+                correct += ok
+                score += sc
                 n += 1
     return {"accuracy": correct / n if n else float("nan"), "vqa_score": score / n if n else float("nan"),
             "examples": n}
@@ -308,6 +345,11 @@ def _learnable(adapter, examples: list[Example], config: FinetuneConfig) -> tupl
 
     ``new_answers="extend"``: the data set's answers the model lacks get classifier rows, most
     frequent first; ``"ignore"``: they get no target."""
+    if is_generative(adapter):  # it learns to write the label, whatever it is
+        usable = [ex for ex in examples if ex.label]
+        if not usable:
+            raise SourceError("no training example has an answer (a generative model learns to write the label)")
+        return (), usable
     known = set(adapter.answers())
     unseen = Counter(a for ex in examples for a in ex.answers if a not in known)
     added: tuple[str, ...] = ()
@@ -369,9 +411,7 @@ class _Trainer:
         if self.config.augment == "dihedral":
             images = augment_dihedral(images, self.aug_gen)
         self.adapter.set_training(True)
-        inputs = self.adapter.encode_batch(images, [ex.question for ex in batch])
-        logits = self.adapter.forward_logits(**inputs).float()
-        loss = self.loss_fn(logits, targets_for(batch, self.answers).to(logits.device))  # on the model's device
+        loss = self._loss(batch, images)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.clip_grad_norm is not None:
@@ -380,6 +420,15 @@ class _Trainer:
         if self.sched is not None:
             self.sched.step()
         return float(loss.detach())
+
+
+    def _loss(self, batch: list[Example], images: list) -> torch.Tensor:
+        """The classifier's loss on the answer logits, or (generative) the label tokens' cross-entropy."""
+        questions = [ex.question for ex in batch]
+        if is_generative(self.adapter):
+            return self.adapter.answer_loss(self.adapter.encode_batch(images, questions, [ex.label for ex in batch]))
+        logits = self.adapter.forward_logits(**self.adapter.encode_batch(images, questions)).float()
+        return self.loss_fn(logits, targets_for(batch, self.answers).to(logits.device))  # on the model's device
 
 
 class _RunLog:

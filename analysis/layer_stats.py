@@ -1,0 +1,36 @@
+"""Head statistics computed layer by layer from full attention maps, while a model records.
+
+A generative model's Record keeps only some query rows (adapters/generative.py: the text and
+answer queries), so statistics of image queries (image -> text, image -> image) cannot come from
+the Record afterwards. ``FullMapHeadStats`` is the adapter's layer observer: it gets each decoder
+layer's full (head, token, token) map as the layer runs, computes every statistic of
+analysis/head_stats.py on it (the same definitions, so the numbers match a Record that kept every
+row) and keeps only the (stat, head) result.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from analysis.head_stats import HEAD_STATS, HeadStats, StatFn, StatInput
+
+
+class FullMapHeadStats:
+    """A layer observer: ``observer(layer, values (head, N, N), modality (N,), grid (N, 2))``."""
+
+    def __init__(self, stats: dict[str, StatFn] | None = None):
+        self.stats = HEAD_STATS if stats is None else stats
+        self.layers: dict[int, np.ndarray] = {}  # layer -> (stat, head)
+
+    def __call__(self, layer: int, values: np.ndarray, modality: np.ndarray, grid: np.ndarray) -> None:
+        idx = np.arange(values.shape[-1])
+        inp = StatInput(values=np.asarray(values, np.float32)[None], query_modality=np.asarray(modality),
+                        key_modality=np.asarray(modality), query_token=idx, key_token=idx,
+                        query_grid=np.asarray(grid), key_grid=np.asarray(grid))
+        self.layers[layer] = np.stack([np.asarray(fn(inp), np.float32)[0] for fn in self.stats.values()])
+
+    def result(self, kind: str = "self") -> dict[str, HeadStats]:
+        """{kind: HeadStats (stat, layer, head)} over the layers observed, in layer order."""
+        if not self.layers:
+            raise ValueError("no layer was observed")
+        values = np.stack([self.layers[k] for k in sorted(self.layers)], axis=1)
+        return {kind: HeadStats(names=tuple(self.stats), values=values)}
