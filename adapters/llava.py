@@ -26,9 +26,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from adapters.base import Adapter
+from adapters.base import Adapter, probabilities_by_rule
 from adapters.generative import ATTENTION_ROWS, LayerCapture, LayerObserver, generative_record, greedy_answer, query_rows
-from adapters.vilt import check_image, check_question, load_error, resolve_source
+from adapters.inputs import check_image, check_question
+from adapters.loading import load_error, resolve_device, resolve_source
 from core.errors import AdapterError
 from store.schema import Prediction, Record
 
@@ -116,11 +117,13 @@ class LlavaAdapter(Adapter):
     architecture = "generative"
     default_source = "llava-hf/llava-1.5-7b-hf"
     description = "LLaVA: a vision tower, a projector and a language model that generates the answer"
+    probability_rule = "softmax"  # over the vocabulary: the next token's probabilities
 
     def __init__(self, model, processor, model_id: str, device: str = "cpu", *,
                  max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, attention_rows: str = "language"):
         if attention_rows not in ATTENTION_ROWS:
             raise AdapterError(f"attention rows must be one of {', '.join(ATTENTION_ROWS)}")
+        device = resolve_device(device)  # "auto" -> a GPU when one is visible
         self.model = model.eval().to(device)
         self.processor = processor
         self.tokenizer = processor.tokenizer
@@ -159,6 +162,10 @@ class LlavaAdapter(Adapter):
     def answers(self) -> list[str]:
         """A generative model has no answer list: it writes its answer (open vocabulary)."""
         return []
+
+    def answer_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """(batch, vocabulary) next-token logits -> probabilities (what greedy decoding picks from)."""
+        return probabilities_by_rule(logits, self.probability_rule)
 
     def config_summary(self) -> dict:
         c = self.model.config
@@ -366,6 +373,14 @@ class LlavaAdapter(Adapter):
     def answer_loss(self, inputs: dict) -> torch.Tensor:
         """Mean cross-entropy of the answer tokens (``labels`` of ``encode_batch``), next-token style."""
         return self.model(**self._with_image_features(inputs), use_cache=False).loss
+
+    def forward_logits(self, **inputs) -> torch.Tensor:
+        """(batch, vocabulary) logits of the token after each prompt of ``encode_batch`` (without
+        answers): what the first answer token is chosen from."""
+        inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        logits = self.model(**self._with_image_features(inputs), use_cache=False).logits
+        last = inputs["attention_mask"].sum(1) - 1  # right padding: each prompt's last token
+        return logits[torch.arange(len(last), device=logits.device), last]
 
     def _with_image_features(self, inputs: dict) -> dict:
         """``inputs`` with the image features put in place as input embeddings: one vision tower

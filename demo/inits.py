@@ -6,7 +6,9 @@ fine-tuning loop (training/finetune.py) knows none of them.
 from __future__ import annotations
 
 from demo.train_kdvlp import init_demo_kdvlp
+from demo.train_llava import init_demo_llava
 from demo.train_lxmert import init_demo_lxmert
 from demo.train_vilt import init_demo_vilt
 
-INITS = {"demo-vilt": init_demo_vilt, "demo-lxmert": init_demo_lxmert, "demo-kdvlp": init_demo_kdvlp}
+INITS = {"demo-vilt": init_demo_vilt, "demo-lxmert": init_demo_lxmert, "demo-kdvlp": init_demo_kdvlp,
+         "demo-llava": init_demo_llava}

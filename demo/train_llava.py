@@ -29,14 +29,19 @@ DEMO_SHAPE = LlavaShape(image_size=64, patch=8, vision_hidden=96, vision_layers=
 DEFAULT_POLISH: tuple[tuple[int, float], ...] = ()
 
 
-def init_demo_llava(examples: list[Example], answers: list[str], *, shape: LlavaShape = DEMO_SHAPE, seed: int = 0):
-    """The easy-VQA demo LLaVA, untrained: vocabulary from the questions and answers."""
+def init_demo_llava(examples: list[Example], answers: list[str], *, shape: LlavaShape = DEMO_SHAPE, seed: int = 0,
+                    device: str = "cpu", hidden: int | None = None, layers: int | None = None,
+                    heads: int | None = None):
+    """The easy-VQA demo LLaVA, untrained: vocabulary from the questions and answers. ``hidden`` /
+    ``layers`` / ``heads`` (``cli.py finetune --init demo-llava``) size its language model."""
     from adapters.llava import LlavaAdapter
     from demo.llava_init import build_model, build_processor, build_tokenizer
 
+    sizes = {k: v for k, v in (("hidden", hidden), ("layers", layers), ("heads", heads)) if v is not None}
+    shape = dataclasses.replace(shape, **sizes)
     tok = build_tokenizer([ex.question for ex in examples] + list(answers), context=shape.context)
     model = build_model(tok, shape, seed=seed)
-    adapter = LlavaAdapter(model, build_processor(tok, shape), model_id="demo-llava")
+    adapter = LlavaAdapter(model, build_processor(tok, shape), model_id="demo-llava", device=device)
     adapter.max_new_tokens = 4  # easy-VQA answers are one word
     return adapter
 

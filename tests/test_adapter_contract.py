@@ -139,6 +139,14 @@ def test_prediction_probabilities_follow_the_adapters_rule(adapter_and_image):
     adapter, image = adapter_and_image
     assert adapter.probability_rule in PROBABILITY_RULES
     assert adapter.provenance()["probability_rule"] == adapter.probability_rule
+    if adapter.architecture == "generative":  # the first answer token, from the prompt's next-token logits
+        with torch.no_grad():
+            logits = adapter.forward_logits(**adapter.encode_batch([image], [QUESTION]))
+            probs = adapter.answer_probabilities(logits)
+        assert float(probs.sum()) == pytest.approx(1.0, abs=1e-5)
+        for pred in (adapter.predict(image, QUESTION), adapter.run(image, QUESTION).prediction):
+            assert pred.token_probabilities[0] == pytest.approx(float(probs[0].max()), abs=1e-5)
+        return
     spec = adapter.attribution_spec(image, QUESTION)
     with torch.no_grad():
         logits = adapter.forward_logits(**spec.inputs)

@@ -208,20 +208,12 @@ def is_generative(adapter) -> bool:
     return getattr(adapter, "architecture", "") == "generative"
 
 
-def _generated_scores(ex: Example, text: str) -> tuple[bool, float]:
-    """(the generated text is the label, its soft score), both after the VQA answer normalization."""
-    norm = normalize_answer(text)
-    score = max((float(s) for a, s in ex.answers.items() if normalize_answer(a) == norm), default=0.0)
-    return norm == normalize_answer(ex.label), score
-
-
 def evaluate(adapter, examples: list[Example], *, batch_size: int = 64, cache: _ImageCache | None = None) -> dict:
-    """accuracy (top answer == label) and VQA score (the top answer's soft score), over labelled examples."""
+    """accuracy (top answer == label) and VQA score (the top answer's soft score), over labelled examples.
+
+    A generative model's top answer is its generated text, compared after the VQA answer normalization."""
     cache = cache or _ImageCache()
     labelled = [ex for ex in examples if ex.label is not None]
-    if is_generative(adapter):
-        return _evaluate_generated(adapter, labelled, batch_size, cache)
-    answers = adapter.answers()
     adapter.set_training(False)
     correct, score, n, failed = 0, 0.0, 0, []
     with torch.no_grad():
@@ -229,31 +221,30 @@ def evaluate(adapter, examples: list[Example], *, batch_size: int = 64, cache: _
             kept, images = _load_images(labelled[s:s + batch_size], cache, failed)
             if not kept:
                 continue
-            logits = adapter.forward_logits(**adapter.encode_batch(images, [ex.question for ex in kept]))
-            for ex, j in zip(kept, logits.argmax(-1).tolist()):
-                top = answers[j]
-                correct += top == ex.label
-                score += float(ex.answers.get(top, 0.0))
-                n += 1
-    return {"accuracy": correct / n if n else float("nan"), "vqa_score": score / n if n else float("nan"),
-            "examples": n}
-
-
-def _evaluate_generated(adapter, labelled: list[Example], batch_size: int, cache: _ImageCache) -> dict:
-    adapter.set_training(False)
-    correct, score, n, failed = 0, 0.0, 0, []
-    with torch.no_grad():
-        for s in range(0, len(labelled), batch_size):
-            kept, images = _load_images(labelled[s:s + batch_size], cache, failed)
-            if not kept:
-                continue
-            for ex, text in zip(kept, adapter.generate_batch(images, [ex.question for ex in kept])):
-                ok, sc = _generated_scores(ex, text)
+            for ex, top in zip(kept, _top_answers(adapter, images, [ex.question for ex in kept])):
+                ok, sc = _answer_scores(adapter, ex, top)
                 correct += ok
                 score += sc
                 n += 1
     return {"accuracy": correct / n if n else float("nan"), "vqa_score": score / n if n else float("nan"),
             "examples": n}
+
+
+def _top_answers(adapter, images: list, questions: list[str]) -> list[str]:
+    if is_generative(adapter):
+        return adapter.generate_batch(images, questions)
+    answers = adapter.answers()
+    logits = adapter.forward_logits(**adapter.encode_batch(images, questions))
+    return [answers[j] for j in logits.argmax(-1).tolist()]
+
+
+def _answer_scores(adapter, ex: Example, top: str) -> tuple[bool, float]:
+    """(``top`` is the label, its soft score); a generated text is compared after the VQA normalization."""
+    if not is_generative(adapter):
+        return top == ex.label, float(ex.answers.get(top, 0.0))
+    norm = normalize_answer(top)
+    score = max((float(s) for a, s in ex.answers.items() if normalize_answer(a) == norm), default=0.0)
+    return norm == normalize_answer(ex.label), score
 
 
 def image_key(ex: Example) -> str:
