@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -428,3 +429,34 @@ def test_every_model_computation_of_ask_holds_the_gate():
         holds = [w for w in ast.walk(fn) if isinstance(w, ast.With)
                  and any("GATE.hold" in ast.unparse(item.context_expr) for item in w.items)]
         assert holds, f"{fn.name} runs the model outside GATE.hold"
+
+
+# ---- the load test's arithmetic (bench/load.py; the run itself is heavy and not part of the suite) ----
+def test_load_summary_medians_worst_and_errors():
+    from bench.load import PAGES, Visit, format_table, summarize
+
+    visits = [Visit(latency={p: 1.0 + i for p in PAGES}, errors=[]) for i in range(3)]
+    visits.append(Visit(latency={PAGES[0]: 10.0}, errors=["attention: TimeoutError: "]))
+    s = summarize(visits, peak_rss=300 * 2**20, wall_s=12.34)
+    assert s["sessions"] == 4 and s["errors"] == 1 and s["error_samples"] == ["attention: TimeoutError: "]
+    assert s["pages"][PAGES[0]] == {"median_s": 2.5, "worst_s": 10.0, "n": 4}  # median of 1, 2, 3, 10
+    assert s["pages"][PAGES[1]] == {"median_s": 2.0, "worst_s": 3.0, "n": 3}  # the failed visit has none
+    assert s["server_peak_rss_mb"] == 300 and s["wall_s"] == 12.3
+    table = format_table(s, s)
+    assert "| errors | 1 | 1 |" in table and "| server peak RSS | 300 MB | 300 MB |" in table
+
+
+def test_memory_sampler_sees_a_child_grow(tmp_path):
+    """The sampler follows the server's process tree: a child allocating 200 MB raises the peak."""
+    from bench.load import MemorySampler
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; b = bytearray(200 * 2**20); time.sleep(3)"])
+    try:
+        sampler = MemorySampler(os.getpid()).start()
+        time.sleep(2)
+        peak = sampler.stop()
+    finally:
+        child.wait(10)
+    from bench.load import _rss_bytes
+
+    assert peak - _rss_bytes(os.getpid()) > 150 * 2**20
