@@ -14,7 +14,8 @@ ENV HOME=/home/user \
     VL_LENS_PUBLIC=1 \
     STREAMLIT_SERVER_FILE_WATCHER_TYPE=none \
     STREAMLIT_CLIENT_SHOW_ERROR_DETAILS=none \
-    STREAMLIT_BROWSER_GATHER_USAGE_STATS=false
+    STREAMLIT_BROWSER_GATHER_USAGE_STATS=false \
+    STREAMLIT_SERVER_XSRF_COOKIE_SAME_SITE=none
 WORKDIR /home/user/app
 
 # The runtime requirements only (no test tools). torch first, from PyTorch's CPU index: the public

@@ -80,6 +80,9 @@ def test_image_runs_as_user_1000_in_public_mode(dockerfile):
     assert dockerfile.env["STREAMLIT_SERVER_FILE_WATCHER_TYPE"] == "none"
     assert dockerfile.env["STREAMLIT_BROWSER_GATHER_USAGE_STATS"] == "false"
     assert dockerfile.env["HOME"] == "/home/user"
+    # uploads inside the Hub's cross-site iframe: the XSRF cookie must be SameSite=None, protection kept on
+    assert dockerfile.env["STREAMLIT_SERVER_XSRF_COOKIE_SAME_SITE"] == "none"
+    assert "enableXsrfProtection" not in text and "ENABLE_XSRF_PROTECTION" not in text
 
 
 def test_build_context_leaves_out_tests_and_local_state_but_keeps_the_app():
