@@ -1,4 +1,4 @@
-"""The one ``--device`` option of the commands that run a model (record, attribute, finetune)."""
+"""The one ``--device`` option of the commands that run a model (record, attribute, finetune, faithfulness)."""
 from __future__ import annotations
 
 

@@ -21,6 +21,8 @@ import platform
 import time
 from pathlib import Path
 
+from commands.devices import add_device_argument
+
 METHODS_HELP = "ig, rollout, relevance, occlusion, attention (default: all)"
 
 
@@ -35,6 +37,7 @@ def add_arguments(p):
     p.add_argument("--steps", type=int, default=30, help="IG integration steps (default 30)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random orders")
     p.add_argument("--out", default=None, help="output directory (default: faithfulness/MODEL)")
+    add_device_argument(p)
 
 
 def _check(args) -> list[str]:
@@ -150,7 +153,7 @@ def run(args) -> int:
     resolve_model(args.model)
     source = open_source(args.dataset, split=args.split)
     total = min(args.limit, -(-len(source) // args.every))
-    adapter = load_model(args.model)
+    adapter = load_model(args.model, device=args.device)
     examples = itertools.islice(itertools.islice(iter(source), 0, None, args.every), args.limit)
     t0 = time.perf_counter()
     with tqdm(total=total, desc=f"faithfulness {args.model}", unit="ex") as bar:
