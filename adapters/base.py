@@ -143,6 +143,9 @@ class Adapter(ABC):
 
     model_id: str
     max_text_tokens: int
+    # where the weights came from (adapters/loading.checkpoint_info), set by ``load``; None for a
+    # model built in memory (a fresh demo model before it is saved)
+    checkpoint: dict | None = None
 
     # ---- loading and running -----------------------------------------------------------------
     @classmethod
@@ -202,6 +205,7 @@ class Adapter(ABC):
             "architecture": self.architecture,
             "probability_rule": self.probability_rule,
             "device": str(getattr(self, "device", "cpu")),
+            "checkpoint": self.checkpoint or {"kind": "memory"},
             "config": self.config_summary(),
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                          "python": platform.python_version()},

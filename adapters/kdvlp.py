@@ -29,7 +29,7 @@ from PIL import Image
 from adapters.base import probabilities_by_rule
 from adapters.inputs import check_image, check_question, encode_question, encode_questions, text_inputs
 from adapters.kdvlp_model import CheckpointError, KdvlpModel, load_model, save_checkpoint
-from adapters.loading import resolve_device, resolve_source
+from adapters.loading import checkpoint_info, resolve_device, resolve_source
 from adapters.pixels import ResizedPixelCache, normalize, stack_resized
 from adapters.single_stream import SingleStreamAdapter
 from core.errors import AdapterError
@@ -79,7 +79,9 @@ class KdvlpAdapter(SingleStreamAdapter):
         if tokenizer.pad_token_id != model.config.pad_token_id:
             raise AdapterError(f"{source}: tokenizer pad id {tokenizer.pad_token_id} != config pad_token_id "
                                f"{model.config.pad_token_id}")
-        return cls(model, tokenizer, model_id=Path(src).name, device=device)
+        adapter = cls(model, tokenizer, model_id=Path(src).name, device=device)
+        adapter.checkpoint = checkpoint_info(src, local)
+        return adapter
 
     def answers(self) -> list[str]:
         return list(self._answers)

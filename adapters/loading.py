@@ -54,3 +54,34 @@ def resolve_device(device: str | None) -> str:
     if kind == "mps" and not mps_ok:
         raise AdapterError(f"device {device!r}: Apple's MPS backend is not available here (use --device cpu or auto)")
     return name
+
+
+def checkpoint_info(source: str, local: bool, config=None) -> dict:
+    """Where a loaded model's weights came from, for a run's provenance.
+
+    Hub: {"kind": "hub", "id", "revision"}: the commit the files were resolved at (None when it
+    cannot be told). Local directory: {"kind": "local", "path"}: the absolute path; a directory has
+    no revision, so what identifies its contents is a content hash of its files, which the store adds.
+    """
+    if local:
+        return {"kind": "local", "path": str(Path(source).resolve())}
+    return {"kind": "hub", "id": str(source), "revision": hub_revision(str(source), config)}
+
+
+def hub_revision(repo_id: str, config=None) -> str | None:
+    """The commit hash a hub model was loaded at: older transformers put it on the config
+    (``_commit_hash``); otherwise the hub cache's snapshot folder its config.json was read from
+    (models--ORG--NAME/snapshots/COMMIT/, what the default branch points to, online or offline)."""
+    import re
+
+    commit = getattr(config, "_commit_hash", None)
+    if commit:
+        return str(commit)
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(repo_id, "config.json")
+    except (ImportError, ValueError, OSError):
+        return None
+    found = re.search(r"snapshots/([0-9a-f]{40})/", Path(cached).as_posix()) if isinstance(cached, str) else None
+    return found.group(1) if found else None

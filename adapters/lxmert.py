@@ -38,7 +38,7 @@ from adapters.base import (PROBABILITY_RULES, Adapter, AttributionSpec, display_
                            stack_layers, token_geometry)
 from adapters.inputs import check_batch, check_image, check_question, encode_question, encode_questions, pad_words, text_inputs, \
     text_layout
-from adapters.loading import load_error, resolve_device, resolve_source
+from adapters.loading import checkpoint_info, load_error, resolve_device, resolve_source
 from adapters.lxmert_capture import capture
 from adapters.pixels import ResizedPixelCache
 from adapters.regions import GridRegionExtractor, RegionFeatures, load_regions_npz
@@ -114,7 +114,9 @@ class LxmertAdapter(Adapter):
         extractor = GridRegionExtractor.load(src) if local else None
         answers = cls._answer_file(src, int(model.config.num_qa_labels)) if local else None
         model_id = Path(src).name if local else src
-        return cls(model, tokenizer, extractor, model_id=model_id, answers=answers, device=device)
+        adapter = cls(model, tokenizer, extractor, model_id=model_id, answers=answers, device=device)
+        adapter.checkpoint = checkpoint_info(src, local, model.config)
+        return adapter
 
     @staticmethod
     def _answer_file(directory: str, n: int) -> list[str] | None:

@@ -23,7 +23,7 @@ from PIL import Image
 
 from adapters.base import probabilities_by_rule
 from adapters.inputs import check_image, check_question, encode_question, encode_questions, text_inputs
-from adapters.loading import load_error, resolve_device, resolve_source
+from adapters.loading import checkpoint_info, load_error, resolve_device, resolve_source
 from adapters.single_stream import SingleStreamAdapter
 
 
@@ -91,7 +91,9 @@ class ViltAdapter(SingleStreamAdapter):
         except (OSError, ValueError, EnvironmentError) as e:
             raise load_error(str(source), e) from e
         model_id = Path(src).name if local else src
-        return cls(model, tokenizer, image_processor, model_id=model_id, device=device)
+        adapter = cls(model, tokenizer, image_processor, model_id=model_id, device=device)
+        adapter.checkpoint = checkpoint_info(src, local, model.config)
+        return adapter
 
     def answers(self) -> list[str]:
         return list(self._answers)
