@@ -29,7 +29,7 @@ from PIL import Image
 from adapters.base import Adapter, probabilities_by_rule
 from adapters.generative import ATTENTION_ROWS, LayerCapture, LayerObserver, generative_record, greedy_answer, query_rows
 from adapters.inputs import check_image, check_question
-from adapters.loading import load_error, resolve_device, resolve_source
+from adapters.loading import checkpoint_info, load_error, resolve_device, resolve_source
 from core.errors import AdapterError
 from store.schema import Prediction, Record
 
@@ -157,7 +157,9 @@ class LlavaAdapter(Adapter):
         except (OSError, ValueError, EnvironmentError) as e:
             raise load_error(str(source), e) from e
         model_id = Path(src).name if local else src
-        return cls(model, processor, model_id=model_id, device=device)
+        adapter = cls(model, processor, model_id=model_id, device=device)
+        adapter.checkpoint = checkpoint_info(src, local, model.config)
+        return adapter
 
     def answers(self) -> list[str]:
         """A generative model has no answer list: it writes its answer (open vocabulary)."""

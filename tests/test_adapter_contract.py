@@ -7,6 +7,7 @@ soon as it registers.
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -219,3 +220,9 @@ def test_run_batch_rejects_a_ragged_batch(adapter_and_image):
     adapter, image = adapter_and_image
     with pytest.raises(InputError, match="as many questions"):
         adapter.run_batch([image, image], [QUESTION])
+
+
+def test_provenance_names_the_checkpoint_directory(adapter_and_image):
+    adapter, _ = adapter_and_image
+    info = adapter.provenance()["checkpoint"]
+    assert info["kind"] == "local" and Path(info["path"]).is_dir() and Path(info["path"]).is_absolute()
