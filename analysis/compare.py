@@ -192,7 +192,7 @@ def depth_profile(stats_by_kind: Mapping[str, tuple[Sequence[str], np.ndarray]],
     if stat_names is None:
         stat_names = list(dict.fromkeys(s for names, _ in per_kind.values() for s in names))
     layers = {k: ph.shape[1] for k, (_, ph) in per_kind.items()}
-    positions, total = network_positions({**layers, **(layers_per_kind or {})})
+    positions, total = network_positions({**(layers_per_kind or {}), **layers})  # the data wins
     S = len(stat_names)
     mean = np.full((S, total), np.nan)
     spread = np.full((S, total), np.nan)
@@ -208,7 +208,7 @@ def depth_profile(stats_by_kind: Mapping[str, tuple[Sequence[str], np.ndarray]],
             vals = ph[names.index(stat)]  # (layer, head)
             if np.isnan(vals).all():
                 continue  # no value in these examples
-            for layer, pos in enumerate(positions[kind][:len(vals)]):
+            for layer, pos in enumerate(positions[kind]):
                 at_position[pos].append(vals[layer])
             used.append(kind)
         kinds[stat] = tuple(used)
