@@ -127,11 +127,7 @@ def _varies(values) -> bool:
     return bool(np.isfinite(v).all() and np.ptp(v) > 1e-3)
 
 
-@pytest.mark.parametrize("kind", DUAL_STREAM_KINDS)
-def test_every_lxmert_kind_applies_a_statistic_iff_it_can_vary(kind):
-    """On hand-built LXMERT-like records (random softmax rows): a direction can vary iff its raw values
-    differ over heads, layers and two records; a pooled statistic iff one of its directions can."""
-    recs = [dual_stream_record(seed=0), dual_stream_record(seed=1)]
+def _assert_applicable_iff_it_varies(recs, kind):
     can_vary = {d: _varies(np.concatenate([_raw_direction(r, kind, d).ravel() for r in recs])) for d in DIRECTIONS}
     can_vary.update({p: any(can_vary[d] for d in dirs) for p, dirs in POOLED.items()})
     assert set(can_vary) == set(HEAD_STATS)
@@ -142,6 +138,33 @@ def test_every_lxmert_kind_applies_a_statistic_iff_it_can_vary(kind):
         # not applicable: NaN and flagged with its reason, never a 0 or a 1
         assert np.isnan(stored.values[i]).all() == (not applicable), (kind, stat)
         assert (stat in stored.not_applicable) == (not applicable)
+
+
+@pytest.mark.parametrize("kind", DUAL_STREAM_KINDS)
+def test_every_lxmert_kind_applies_a_statistic_iff_it_can_vary(kind):
+    """On hand-built LXMERT-like records (random softmax rows): a direction can vary iff its raw values
+    differ over heads, layers and two records; a pooled statistic iff one of its directions can."""
+    _assert_applicable_iff_it_varies([dual_stream_record(seed=0), dual_stream_record(seed=1)], kind)
+
+
+@pytest.fixture(scope="module")
+def tiny_lxmert_records(tmp_path_factory):
+    from PIL import Image
+
+    from adapters.lxmert import LxmertAdapter
+    from testkit.tiny_lxmert import make_tiny_lxmert
+
+    adapter = LxmertAdapter.load(str(make_tiny_lxmert(tmp_path_factory.mktemp("lx_stats"), l_layers=2, r_layers=2)))
+    rng = np.random.RandomState(0)
+    images = [Image.fromarray((rng.rand(40, 56, 3) * 255).astype(np.uint8)) for _ in range(2)]
+    return [adapter.run(im, q) for im, q in zip(images, ("what color is the shape?", "what shape is it?"))]
+
+
+@pytest.mark.parametrize("kind", DUAL_STREAM_KINDS)
+def test_the_real_tiny_lxmert_agrees_with_the_rule(tiny_lxmert_records, kind):
+    """The same rule on the real adapter's records (grid regions, [CLS]/[SEP] in the language stream)."""
+    assert set(tiny_lxmert_records[0].attention) == set(DUAL_STREAM_KINDS)
+    _assert_applicable_iff_it_varies(tiny_lxmert_records, kind)
 
 
 def test_constant_statistics_and_their_reasons():
