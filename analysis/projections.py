@@ -11,8 +11,17 @@ page projects one layer of each model (``project_layers`` on a single layer, PCA
 each axis explains).
 
 Methods: PCA (exact), t-SNE (``fast_tsne`` below: PCA to 50 dims, sparse perplexity affinities
-over nearest neighbours, repulsion estimated from random negative samples; about 20x faster than
-scikit-learn's Barnes-Hut t-SNE on 13 x 185 points), UMAP (umap-learn, on the same PCA-50 input).
+over nearest neighbours, repulsion estimated from random negative samples), UMAP (umap-learn, on
+the same PCA-50 input).
+
+t-SNE cost, measured in CPU seconds of one thread (median of 3; scikit-learn 1.9.1, numpy 2.4) on
+13 x 185 = 2,405 points (a ViLT-B/32-sized example: random hidden states of width 768 with per-token
+structure across layers, each layer centered): ``fast_tsne`` on the PCA-50 points 0.91 s (250
+iterations, perplexity 10) and the whole ``project_layers(..., "tsne")`` 1.25 s, against 8.85 s
+for scikit-learn's ``TSNE()`` with its defaults (Barnes-Hut, perplexity 30, 1,000 iterations) on the
+same PCA-50 points, 9.11 s on the raw 768-dim points and 6.70 s at perplexity 10. So about 10x
+(fit against fit) or 7x (the whole projection against scikit-learn on the raw points); most of it
+is the 4x fewer iterations, each of ours about 2.4x cheaper (3.6 against 8.9 ms).
 """
 from __future__ import annotations
 
