@@ -66,6 +66,9 @@ def record_examples(adapter: Adapter, examples: Iterable[Example], store: VLStor
                     consolidate: bool = True, batch_size: int = 1) -> RecordResult:
     """Record examples with one adapter into ``store`` under run name ``run``; ``batch_size`` examples
     per forward (pipeline/batches.py; each Record as with one example, up to float16 rounding)."""
+    if batch_size != 1 and getattr(adapter, "architecture", "") == "generative":
+        # its head statistics come from each layer's full map as one example records
+        raise ValueError("--batch-size: a generative model records one example at a time (leave it out)")
     start = time.time()
     writer = store.writer(run, adapter.provenance())
     items, prepare, key_of = examples, example_work(adapter, top_k), lambda ex: ex.source_key
