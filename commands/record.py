@@ -19,6 +19,9 @@ def add_arguments(p):
     p.add_argument("--scheduler", default=None, help="Dask scheduler address (tcp://host:8786) to record on a cluster")
     p.add_argument("--batch-size", type=int, default=1,
                    help="examples per forward pass (default 1); each Record is the same up to float16 rounding")
+    p.add_argument("--attention-rows", choices=("language", "all"), default=None,
+                   help="generative models: record the attention rows of the text and answer tokens (language, "
+                        "the default) or of every token, image tokens too (all: the full maps, much larger)")
     add_device_argument(p)
 
 
@@ -26,6 +29,14 @@ def run_name_for(model: str) -> str:
     import re
 
     return re.sub(r"[^A-Za-z0-9._-]+", "-", model.split(":")[-1].strip("/")).strip("-")[:100] or "run"
+
+
+def set_attention_rows(adapter, rows: str) -> None:
+    """Which query rows a generative adapter records; other adapters always record every row."""
+    if not hasattr(adapter, "attention_rows"):
+        raise ValueError(f"--attention-rows: {adapter.name} records every attention row already "
+                         "(the flag is for generative models)")
+    adapter.attention_rows = rows
 
 
 def run(args) -> int:
@@ -40,6 +51,8 @@ def run(args) -> int:
         raise ValueError("--batch-size must be at least 1")
     if args.batch_size > 1 and (args.workers > 1 or args.scheduler):
         raise ValueError("--batch-size batches one process's forward passes; leave it out with --workers / --scheduler")
+    if args.attention_rows and (args.workers > 1 or args.scheduler):
+        raise ValueError("--attention-rows applies to one recording process; leave out --workers / --scheduler")
     if args.run and len(args.model) > 1:
         raise ValueError("--run names one run; leave it out when recording several models")
     for m in args.model:
@@ -61,6 +74,8 @@ def run(args) -> int:
                                   workers=args.workers, scheduler=args.scheduler, top_k=args.top_k)
         else:
             adapter = load_model(m, device=args.device)
+            if args.attention_rows:
+                set_attention_rows(adapter, args.attention_rows)
             res = record_examples(adapter, limited(iter(source), args.limit), store, run_name, total=total,
                                   top_k=args.top_k, batch_size=args.batch_size)
         print(f"{run_name}: {res.written} written, {res.skipped} already there, {len(res.failed)} failed "

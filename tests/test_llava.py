@@ -211,6 +211,13 @@ def test_record_cli_writes_a_store_that_reads_back(tiny_dir, tmp_path, capsys):
     assert cli.main(["record", "--model", f"llava:{tiny_dir}", "--limit", "2", "--out", str(out),
                      "--batch-size", "2"]) != 0
     assert "one example at a time" in capsys.readouterr().err
+    # --attention-rows all: every token's row, image tokens too (the full causal maps)
+    assert cli.main(["record", "--model", f"llava:{tiny_dir}", "--limit", "1", "--out", str(out), "--run", "full",
+                     "--attention-rows", "all"]) == 0
+    full = VLStore(out).run("full")
+    rec = full.record(full.example_ids()[0])
+    assert len(rec.attention["self"].query_index) == rec.n_tokens
+    assert full.provenance["config"]["attention_rows"] == "all"
 
 
 def test_unreachable_hub_id_is_a_clear_error(monkeypatch):
