@@ -101,14 +101,14 @@ def evaluate(adapter, examples, methods, *, n_steps: int, seed: int, with_mask: 
             "accuracy": float(np.nanmean(correct)) if correct else float("nan"), "n_examples": len(correct)}
 
 
-def _nan_to_none(x):
-    """JSON has no NaN: NaN -> null, recursively."""
-    if isinstance(x, float) and x != x:
-        return None
+def json_ready(x):
+    """JSON has no NaN: NaN -> null; floats rounded to 5 decimals (means of 0..1 values; keeps files small)."""
+    if isinstance(x, float):
+        return None if x != x else round(x, 5)
     if isinstance(x, dict):
-        return {k: _nan_to_none(v) for k, v in x.items()}
+        return {k: json_ready(v) for k, v in x.items()}
     if isinstance(x, list):
-        return [_nan_to_none(v) for v in x]
+        return [json_ready(v) for v in x]
     return x
 
 
@@ -122,7 +122,7 @@ def write_outputs(out: Path, evaluation: dict) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     rows = table_rows(evaluation["summary"], evaluation["localization"])
     paths = [out / "faithfulness.json", out / "faithfulness.csv"]
-    _atomic(paths[0], json.dumps(_nan_to_none(evaluation), indent=1).encode())
+    _atomic(paths[0], json.dumps(json_ready(evaluation), indent=1).encode())
     _atomic(paths[1], pd.DataFrame(rows).round(4).to_csv(index=False).encode())
     chart = curves_chart(evaluation)
     for fmt in ("png", "svg"):

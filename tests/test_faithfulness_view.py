@@ -47,7 +47,10 @@ def test_shows_a_recorded_evaluation(app, tmp_path, monkeypatch):
     (tmp_path / "hand" / "faithfulness.json").write_text(json.dumps(ev))
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "faithfulness.json").write_text("{not json")
+    (tmp_path / "another").mkdir()  # listed first; the link below opens "hand"
+    (tmp_path / "another" / "faithfulness.json").write_text(json.dumps(dict(hand_made_evaluation(), model="other")))
     monkeypatch.setenv("VL_LENS_FAITHFULNESS_DIRS", str(tmp_path))
+    app.query_params["evaluation"] = "hand"
     app.run()
     assert not app.exception, app.exception
     assert app.title[0].value == "Faithfulness"
@@ -59,9 +62,11 @@ def test_shows_a_recorded_evaluation(app, tmp_path, monkeypatch):
     assert any("hand-model" in m.value and "87.5%" in m.value for m in app.markdown)
     assert len(app.get("vega_lite_chart")) == 1
     assert any("--model hand-model" in c.value for c in app.caption)
+    assert app.query_params["evaluation"] == "hand"
     app.radio(key="faith_metric").set_value("probability").run()
     table = app.dataframe[0].value.set_index("method")
     assert table.loc["random", "image + (lower better)"] == pytest.approx(100 * (0.9 + 0.7 + 0.6) / 3, abs=1e-3)
+    assert app.query_params["metric"] == "probability"
 
 
 def test_says_when_there_is_no_evaluation(app, tmp_path, monkeypatch):

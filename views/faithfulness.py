@@ -16,7 +16,9 @@ import streamlit as st
 
 from analysis.perturbation import table_rows
 from core.paths import REPO_ROOT
-from ui.faithfulness_chart import curves_chart
+from ui.charts import export_buttons
+from ui.faithfulness_chart import curves_chart, curves_frame
+from ui.state import qp_get, qp_set
 
 SHIPPED = REPO_ROOT / "docs" / "faithfulness"
 CURVE_COLUMNS = {"image_positive": "image + (lower better)", "image_negative": "image − (higher better)",
@@ -73,7 +75,11 @@ def _label(path: str) -> str:
     return f"{e.get('model', Path(path).parent.name)} · {e.get('dataset', '?')} · {e['n_examples']} examples"
 
 
-path = st.selectbox("Evaluation", list(valid), format_func=_label, key="faith_eval")
+names = {p: Path(p).parent.name for p in valid}  # the URL names an evaluation by its folder
+wanted = qp_get("evaluation")
+paths = list(valid)
+start = next((i for i, p in enumerate(paths) if names[p] == wanted), 0)
+path = st.selectbox("Evaluation", paths, index=start, format_func=_label, key="faith_eval")
 ev = valid[path]
 rows = pd.DataFrame(table_rows({m: {c: {k: _nan(v) for k, v in d.items()} for c, d in curves.items()}
                                 for m, curves in ev["summary"].items()},
@@ -81,11 +87,16 @@ rows = pd.DataFrame(table_rows({m: {c: {k: _nan(v) for k, v in d.items()} for c,
 st.markdown(f"**{ev.get('model', '?')}** on {ev.get('dataset', '?')} ({ev.get('split', '')}), "
             f"{ev['n_examples']} examples, top-answer accuracy {_nan(ev.get('accuracy')):.1%}; "
             f"probabilities by the model's rule ({ev.get('probability_rule') or 'not recorded'}).")
-metric = st.radio("Curves of", ["accuracy", "probability"], horizontal=True, key="faith_metric",
+METRICS = ["accuracy", "probability"]
+metric = st.radio("Curves of", METRICS, horizontal=True, key="faith_metric",
+                  index=METRICS.index(qp_get("metric", "accuracy")) if qp_get("metric") in METRICS else 0,
                   format_func={"accuracy": "accuracy", "probability": "target probability"}.get)
+qp_set(evaluation=names[path], metric=metric if metric != "accuracy" else None)
 columns = table_columns(metric)
 shown = rows[list(columns)].rename(columns=columns)
 st.dataframe(shown.round(3), hide_index=True, key="faith_table")
-st.altair_chart(curves_chart(ev, metric), key="faith_curves")
+chart = curves_chart(ev, metric)
+st.altair_chart(chart, key="faith_curves")
+export_buttons(chart, curves_frame(ev, metric), f"faithfulness_{names[path]}_{metric}", key="faith_export")
 if ev.get("command"):
     st.caption(f"Reproduce: `{ev['command']}`")
