@@ -75,3 +75,18 @@ def test_says_when_there_is_no_evaluation(app, tmp_path, monkeypatch):
     assert not app.exception, app.exception
     assert any("No recorded evaluation" in i.value for i in app.info)
     assert not app.dataframe
+
+
+def test_shipped_evaluations_open(monkeypatch):
+    """docs/faithfulness/ ships one evaluation per demo model; each opens (a fresh session per link) with
+    all five methods and random."""
+    monkeypatch.delenv("VL_LENS_FAITHFULNESS_DIRS", raising=False)
+    for model in ("vilt-easyvqa", "lxmert-easyvqa", "kdvlp-easyvqa"):
+        app = AppTest.from_file(PAGE, default_timeout=60)
+        app.query_params["evaluation"] = model
+        app.run()
+        assert not app.exception, app.exception
+        assert any(f"**{model}**" in m.value for m in app.markdown)
+        table = app.dataframe[0].value
+        assert list(table["method"]) == ["ig", "rollout", "relevance", "occlusion", "attention", "random"]
+        assert table["image + (lower better)"].between(0, 100).all()
