@@ -612,3 +612,23 @@ def test_every_compare_chart_downloads(pair_store, monkeypatch):
                    "compare_pca_B_export"):
         for fmt in ("png", "svg", "csv"):
             assert any(k.endswith(f"{export}_{fmt}") for k in keys), (export, fmt, keys)
+
+
+def test_two_dual_stream_runs_on_a_kind_where_nothing_varies(tmp_path, monkeypatch):
+    """Two LXMERT-like runs, shared kind cross_l2v: every statistic is constant or undefined there."""
+    from tests.view_records import dual_stream_record, write_store
+
+    path = write_store(tmp_path / "dd.zarr", [dual_stream_record(seed=0)], run="d1")
+    write_store(path, [dual_stream_record(seed=0)], run="d2")
+    at = _app(path, monkeypatch, run="d1", run2="d2")
+    assert not at.exception, at.exception
+    at.selectbox(key="compare_kind").set_value("cross_l2v").run()
+    assert not at.exception, at.exception
+    assert any(i.value.startswith("No head statistic varies in kind cross_l2v for either model") for i in at.info)
+    assert not any("does not exist" in w.value for w in at.warning)  # one line, not one per statistic
+    # pooled over all kinds: the profile exists, with no constant in it
+    at.selectbox(key="compare_kind").set_value("all kinds (mean where it applies)").run()
+    depth = _frame(at, "relative_depth", "spread")
+    assert set(depth["stat"]) == {"image_to_text", "image_to_image_nonlocal", "text_to_text", "cross_modal",
+                                  "intra_modal"}
+    np.testing.assert_allclose(sorted(set(depth["relative_depth"])), [0, .25, .5, .75, 1])

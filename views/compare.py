@@ -175,11 +175,14 @@ with tab_data:
     if prof_a is None or prof_b is None:
         st.warning("Head statistics are missing for " + " and ".join(
             n for n, p in ((name_a, prof_a), (name_b, prof_b)) if p is None) + "; re-record the run.")
+    elif not (depth_rows := cmp.profile_rows(prof_a, f"A: {name_a}", kind)
+              + cmp.profile_rows(prof_b, f"B: {name_b}", kind)):
+        st.info(f"No head statistic varies in kind {kind} for either model: each is constant or undefined by "
+                "construction (see the Head summary page for why).")
     else:
         for line in cmp.missing_statistics(prof_a, prof_b, f"A ({name_a})", f"B ({name_b})"):
             st.warning(line)
-        depth_df = pd.DataFrame(cmp.profile_rows(prof_a, f"A: {name_a}", kind)
-                                + cmp.profile_rows(prof_b, f"B: {name_b}", kind))
+        depth_df = pd.DataFrame(depth_rows)
         depth_df["statistic"] = depth_df["stat"].map(_label)
         color = alt.Color("model:N", title="model", scale=alt.Scale(domain=[f"A: {name_a}", f"B: {name_b}"],
                                                                     range=list(MODEL_COLORS)))
@@ -193,13 +196,10 @@ with tab_data:
         chart = alt.layer(band, line, data=depth_df).properties(width=190, height=150).facet(
             facet=alt.Facet("statistic:N", title=None), columns=3).properties(
             usermeta={"chart": "depth_chart"}).configure_legend(orient="top")
-        if depth_df.empty:
-            st.info("No statistic applies to both models in this attention kind.")
-        else:
-            st.altair_chart(chart, key="depth_chart")
-            with st.expander("Chart data and downloads"):
-                st.dataframe(depth_df.drop(columns=["statistic"]), hide_index=True, key="depth_table")
-                export_buttons(chart, depth_df, f"compare_depth_{name_a}_{name_b}", key="depth_export")
+        st.altair_chart(chart, key="depth_chart")
+        with st.expander("Chart data and downloads"):
+            st.dataframe(depth_df.drop(columns=["statistic"]), hide_index=True, key="depth_table")
+            export_buttons(chart, depth_df, f"compare_depth_{name_a}_{name_b}", key="depth_export")
 
 # ---- one example -------------------------------------------------------------------------------
 with tab_example:
