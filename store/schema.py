@@ -31,7 +31,7 @@ import numpy as np
 from core.answers import normalize_answer
 from core.errors import RecordError
 
-SCHEMA_VERSION = 2  # store layout version; see store/zarr_store.py (version 1 stores still read)
+SCHEMA_VERSION = 3  # store layout version; see store/zarr_store.py (versions 1 and 2 still read)
 MODALITIES = ("text", "image", "special")
 ROLES = ("prompt", "answer")
 # Tolerance on attention row sums: values are stored in float16 (about 3 significant digits).

@@ -69,6 +69,15 @@ def _little_endian_zstd(codecs) -> bool:
 _EMPTY = 2**64 - 1  # a shard index entry for a chunk that is not stored
 
 
+STRING = "string"  # the dtype key of a text array (tokens, modality): zarr's variable-length UTF-8 strings
+_VLEN_UTF8 = {"name": "vlen-utf8", "configuration": {}}
+
+
+def dtype_key(data: np.ndarray) -> str:
+    """The template key of an array's dtype: numpy's dtype string, or STRING for text."""
+    return STRING if data.dtype.kind in "UOT" else data.dtype.str
+
+
 @functools.lru_cache(maxsize=32)
 def _metadata_template(dtype: str, ndim: int, sharded: bool) -> str | None:
     """zarr's own metadata document for a dtype, rank and layout (JSON text), or None if the fast
@@ -76,23 +85,26 @@ def _metadata_template(dtype: str, ndim: int, sharded: bool) -> str | None:
 
     Made once per (dtype, rank, sharded) by zarr itself, creating the array in memory; the fast
     path fills in shape, chunk shapes, dimension names and attributes, the only fields that differ
-    between our arrays.
+    between our arrays. ``dtype`` is a numpy dtype string or STRING.
     """
     from zarr.storage import MemoryStore
 
     mem = MemoryStore()
     ones = (1,) * ndim
-    zarr.create_array(store=mem, name="a", shape=ones, dtype=np.dtype(dtype), chunks=ones,
-                      shards=ones if sharded else None, dimension_names=("d",) * ndim,
+    zarr.create_array(store=mem, name="a", shape=ones, dtype=str if dtype == STRING else np.dtype(dtype),
+                      chunks=ones, shards=ones if sharded else None, dimension_names=("d",) * ndim,
                       chunk_key_encoding=CHUNK_KEY_ENCODING, compressors=zstd_codec())
     doc = json.loads(sync(mem.get("a/zarr.json", prototype=_prototype())).to_bytes())
     codecs = [dict(c) for c in doc["codecs"]]
     if sharded:
-        if len(codecs) != 1 or codecs[0].get("name") != "sharding_indexed":
+        if dtype == STRING or len(codecs) != 1 or codecs[0].get("name") != "sharding_indexed":
             return None
         conf = codecs[0]["configuration"]
         if (not _little_endian_zstd(conf.get("codecs")) or conf.get("index_codecs") != _INDEX_CODECS
                 or conf.get("index_location") != "end"):
+            return None
+    elif dtype == STRING:
+        if codecs != [_VLEN_UTF8, _ZSTD]:
             return None
     elif not _little_endian_zstd(codecs):
         return None
@@ -152,52 +164,89 @@ def _encode_shard(data: np.ndarray, inner: tuple[int, ...], compress) -> bytes |
     return b"".join(encoded)
 
 
-def encode_arrays(arrays: list[ArrayPlan]) -> list[tuple[str, bytes]] | None:
-    """Metadata documents and encoded chunk / shard files of an example's arrays, keyed relative to
-    its group.
+class Encoded(NamedTuple):
+    """An example's files keyed relative to its group (array and subgroup metadata, chunks, shards)
+    and the metadata document of every node below the group, by relative path (for consolidation)."""
+
+    files: list[tuple[str, bytes]]
+    metadata: dict[str, dict]
+
+
+def encode_arrays(arrays: list[ArrayPlan]) -> Encoded | None:
+    """Metadata documents and encoded chunk / shard files of an example's arrays.
 
     Zarr's own write path costs a few event-loop trips and thread hops per chunk, which for a
     small model took longer than the forward pass. Here each metadata document is zarr's own
     (``_metadata_template``) with the shape, chunks, names and attributes filled in, and each file
-    is what zarr's codecs produce: little-endian C-order bytes compressed with zstd, in one chunk
-    or in one shard with zarr's index. If zarr's defaults ever differ, returns None and the caller
-    falls back to zarr's writer, so the format cannot drift (a test compares both paths).
+    is what zarr's codecs produce: little-endian C-order bytes (text: zarr's vlen-utf8 encoding)
+    compressed with zstd, in one chunk or in one shard with zarr's index. Every subgroup's document
+    carries the consolidated metadata of what is below it, as ``zarr.consolidate_metadata`` writes
+    it. If zarr's defaults ever differ, returns None and the caller falls back to zarr's writer,
+    so the format cannot drift (a test compares both paths).
     """
+    sep = CHUNK_KEY_ENCODING["configuration"]["separator"]
+    files: list[tuple[str, bytes]] = []
+    metadata: dict[str, dict] = {}
+    for plan in arrays:
+        encoded = _encode_array(plan)
+        if encoded is None:
+            return None
+        doc, payload = encoded
+        metadata[plan.name] = doc
+        files.append((f"{plan.name}/zarr.json", json.dumps(doc).encode()))  # no indent: C encoder
+        files.append((f"{plan.name}/{sep.join(['c'] + ['0'] * len(doc['shape']))}", payload))
+    for group in sorted({"/".join(p.split("/")[:k]) for p in metadata for k in range(1, p.count("/") + 1)}):
+        metadata[group] = _NESTED_GROUP
+    for group in sorted(g for g, d in metadata.items() if d is _NESTED_GROUP):
+        doc = {"attributes": {}, "zarr_format": 3, "consolidated_metadata": consolidated(metadata, group),
+               "node_type": "group"}
+        files.append((f"{group}/zarr.json", json.dumps(doc).encode()))
+    return Encoded(files=files, metadata=metadata)
+
+
+def _encode_array(plan: ArrayPlan) -> tuple[dict, bytes] | None:
+    """(metadata document, chunk or shard bytes) of one array, or None where the fast path steps aside."""
     from numcodecs.zstd import compress as zstd_compress
 
     def compress(block: np.ndarray) -> bytes:
         return zstd_compress(block, ZSTD_LEVEL)
 
-    sep = CHUNK_KEY_ENCODING["configuration"]["separator"]
-    out: list[tuple[str, bytes]] = []
-    groups = set()
-    for plan in arrays:
-        data = np.ascontiguousarray(plan.data)
-        sharded = plan.inner_chunks is not None
-        template = _metadata_template(data.dtype.str, data.ndim, sharded)
-        if template is None or data.ndim == 0 or min(data.shape) < 1:
-            return None
-        little = data.astype(data.dtype.newbyteorder("<"), copy=False)
-        doc = json.loads(template)
-        doc["shape"] = list(data.shape)
-        doc["chunk_grid"]["configuration"]["chunk_shape"] = list(data.shape)  # one chunk / shard
-        doc["dimension_names"] = list(plan.dims)
-        doc["attributes"] = jsonable(plan.attrs or {})
-        if sharded:
-            inner = tuple(int(c) for c in plan.inner_chunks)
-            doc["codecs"][0]["configuration"]["chunk_shape"] = list(inner)
-            payload = _encode_shard(little, inner, compress)
-            if payload is None:
-                return None
-        else:
-            payload = compress(little)
-        out.append((f"{plan.name}/zarr.json", json.dumps(doc).encode()))  # no indent: C encoder
-        out.append((f"{plan.name}/{sep.join(['c'] + ['0'] * data.ndim)}", payload))
-        if "/" in plan.name:
-            groups.add(plan.name.rsplit("/", 1)[0])
-    group_doc = json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {}}).encode()
-    out.extend((f"{g}/zarr.json", group_doc) for g in sorted(groups))
-    return out
+    data = np.ascontiguousarray(plan.data)
+    sharded = plan.inner_chunks is not None
+    key = dtype_key(data)
+    template = _metadata_template(key, data.ndim, sharded)
+    if template is None or data.ndim == 0 or min(data.shape) < 1:
+        return None
+    doc = json.loads(template)
+    doc["shape"] = list(data.shape)
+    doc["chunk_grid"]["configuration"]["chunk_shape"] = list(data.shape)  # one chunk / shard
+    doc["dimension_names"] = list(plan.dims)
+    doc["attributes"] = jsonable(plan.attrs or {})
+    if key == STRING:
+        from numcodecs.vlen import VLenUTF8
+
+        return doc, compress(np.frombuffer(VLenUTF8().encode(data.astype(object)), np.uint8))
+    little = data.astype(data.dtype.newbyteorder("<"), copy=False)
+    if not sharded:
+        return doc, compress(little)
+    inner = tuple(int(c) for c in plan.inner_chunks)
+    doc["codecs"][0]["configuration"]["chunk_shape"] = list(inner)
+    payload = _encode_shard(little, inner, compress)
+    return None if payload is None else (doc, payload)
+
+
+# How a group below the consolidated one appears in consolidated metadata (zarr lists every node
+# flat, by relative path, and shows a nested group's own consolidated metadata empty).
+_NESTED_GROUP = {"attributes": {}, "zarr_format": 3,
+                 "consolidated_metadata": {"kind": "inline", "must_understand": False, "metadata": {}},
+                 "node_type": "group"}
+
+
+def consolidated(metadata: dict[str, dict], group: str = "") -> dict:
+    """The ``consolidated_metadata`` of ``group`` (relative path, "" the example): every node below it."""
+    prefix = f"{group}/" if group else ""
+    return {"kind": "inline", "must_understand": False,
+            "metadata": {p.removeprefix(prefix): d for p, d in metadata.items() if p.startswith(prefix) and p != group}}
 
 
 def _write_files(base: str, encoded: list[tuple[str, bytes]]) -> None:
@@ -235,9 +284,13 @@ def _write_file(path: str, data: bytes) -> None:
         os.close(fd)
 
 
-def group_doc(attrs: dict) -> bytes:
-    """An example's group document with the commit marker: the last thing written for it."""
-    return json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {**attrs, "committed": True}}).encode()
+def group_doc(attrs: dict, consolidated_metadata: dict | None = None) -> bytes:
+    """An example's group document with the commit marker: the last thing written for it. With the
+    consolidated metadata of its arrays, so zarr and xarray open the whole example in one read."""
+    doc = {"zarr_format": 3, "node_type": "group", "attributes": {**attrs, "committed": True}}
+    if consolidated_metadata is not None:
+        doc["consolidated_metadata"] = consolidated_metadata
+    return json.dumps(doc).encode()
 
 
 def is_committed_doc(raw: bytes) -> bool:
@@ -271,10 +324,10 @@ def _write_example_local(root: Path, arrays: list, attrs: dict) -> bool | None:
             pass
         shutil.rmtree(base)  # the leftover of a killed run
         os.mkdir(base)
-    _write_files(base, encoded)
+    _write_files(base, encoded.files)
     # The group document, with the commit marker, goes last and appears atomically.
     tmp = f"{base}/.zarr.json.{os.getpid()}.partial"
-    _write_file(tmp, group_doc(attrs))
+    _write_file(tmp, group_doc(attrs, consolidated(encoded.metadata)))
     os.replace(tmp, f"{base}/zarr.json")
     return True
 
@@ -305,18 +358,22 @@ async def _write_example_async(store, path: str, arrays: list[ArrayPlan], attrs:
     await store.delete_dir(path)
     encoded = await asyncio.to_thread(encode_arrays, arrays)
     if encoded is None:  # zarr's default codecs differ from the fast path's: let zarr encode
-        await _write_arrays_with_zarr(store, path, arrays)
+        metadata = await _write_arrays_with_zarr(store, path, arrays)
     else:
         await asyncio.gather(*(store.set(f"{path}/{key}", proto.buffer.from_bytes(data))
-                               for key, data in encoded))
+                               for key, data in encoded.files))
+        metadata = consolidated(encoded.metadata)
     # The group document, with the commit marker, goes last: until it is there, readers
     # ignore this example (an example directory without it is a leftover).
-    await store.set(f"{path}/zarr.json", proto.buffer.from_bytes(group_doc(attrs)))
+    await store.set(f"{path}/zarr.json", proto.buffer.from_bytes(group_doc(attrs, metadata)))
     return True
 
 
-async def _write_arrays_with_zarr(store, path: str, arrays: list[ArrayPlan]) -> None:
+async def _write_arrays_with_zarr(store, path: str, arrays: list[ArrayPlan]) -> dict:
+    """Write the arrays with zarr itself and consolidate every subgroup (deepest first) with
+    ``zarr.consolidate_metadata``; returns the example group's consolidated metadata."""
     import asyncio
+    import warnings
 
     from zarr.api import asynchronous as azarr
 
@@ -324,11 +381,19 @@ async def _write_arrays_with_zarr(store, path: str, arrays: list[ArrayPlan]) -> 
 
     async def put(plan: ArrayPlan):
         data = np.ascontiguousarray(plan.data)
-        arr = await grp.create_array(plan.name, shape=data.shape, dtype=data.dtype,
+        text = dtype_key(data) == STRING
+        arr = await grp.create_array(plan.name, shape=data.shape, dtype=str if text else data.dtype,
                                      chunks=plan.inner_chunks or data.shape,
                                      shards=data.shape if plan.inner_chunks else None,
                                      dimension_names=plan.dims, attributes=jsonable(plan.attrs or {}),
                                      chunk_key_encoding=CHUNK_KEY_ENCODING, compressors=zstd_codec())
-        await arr.setitem(Ellipsis, data)
+        await arr.setitem(Ellipsis, data.astype(object) if text else data)
 
     await asyncio.gather(*(put(a) for a in arrays))
+    groups = {"/".join(a.name.split("/")[:k]) for a in arrays for k in range(1, a.name.count("/") + 1)}
+    with warnings.catch_warnings():  # "not part of the Zarr format 3 specification": zarr-python reads it
+        warnings.simplefilter("ignore")
+        for group in sorted(groups, key=lambda g: -g.count("/")):
+            await azarr.consolidate_metadata(store, path=f"{path}/{group}")
+        root = await azarr.consolidate_metadata(store, path=path)
+    return root.metadata.consolidated_metadata.to_dict()

@@ -1,23 +1,39 @@
 """Read and write Records in a Zarr v3 store.
 
-Layout (one group per model run; every array has ``dimension_names``)::
+Layout, store version 3 (one group per model run; every array has ``dimension_names``, and every
+dimension a coordinate array, so xarray opens an example or the run index as labelled data)::
 
     <root>/                                   attrs: {"vl_lens": {"format": ..., "schema_version": N}}
       runs/<run>/                             attrs: provenance (model, adapter, versions, config)
         examples/<example_id>/                attrs: tokens, modality, token_boxes / token_grid /
-                                              token_spans, head_stats, prediction, ...; "committed" last
+                                              token_spans, head_stats, prediction, ...; "committed" last;
+                                              consolidated metadata of everything below
           image              (y, x, channel)            uint8
-          attention/<kind>   (layer, head, query, key)  float16, chunk = one (layer, head) block
-          hidden/<stream>    (layer, token, dim)        float16, chunk = one layer
+          tokens, modality   (token)                    text     } coordinates of the
+          token_boxes        (token, coord)  float32    x0 y0 x1 y1 in 0..1 (NaN: not an image token)
+          token_grid         (token, axis)   int32      row col (-1: none)  } ``token`` dimension
+          attention/<kind>/  attention (layer, head, query, key) float16, chunk = one (layer, head) block;
+                             query, key: coordinates, the token positions of queries and keys (left
+                             out where they are every token in order: ViLT, KD-VLP)
+          hidden/<stream>/   hidden (layer, token, dim) float16, chunk = one layer (a stream over some
+                             tokens only: dimension <stream>_token, a coordinate of their positions)
         index/                                attrs: summary rows of the examples it covers
-          head_stats/<kind>  (example, stat, layer, head) float32
+          head_stats/<kind>/ head_stats (example, stat, layer, head) float32; example (ids), stat
+                             (names), layer, head: coordinates; metadata consolidated
 
-Attention and hidden states are sharded: each array is one file holding its chunks and an index of
-their byte ranges (zarr's ``sharding_indexed`` codec), so reading one head still reads one chunk
-(plus the small index). The token coordinates and the example's head statistics are small and go
-in the example's group document beside ``tokens`` and ``modality``. Together this makes an example
-about a dozen files instead of forty, and file creation was most of a small model's recording time.
-Version-1 stores (one file per chunk; token coordinates and head statistics as arrays) still read.
+    xarray.open_datatree("store.zarr/runs/<run>/examples/<id>", engine="zarr")
+    xarray.open_zarr("store.zarr/runs/<run>/index/head_stats/self").head_stats.sel(stat="text_to_image")
+
+(Open the group by its path, as above: xarray looks for consolidated metadata at the root it is
+given, and each example and the index carry theirs.) In an example, layer, head and token are
+positions (``isel``); the index has layer and head coordinates too. Each array costs two files,
+and creating files is most of a small model's write, so an example holds no more than that. Attention and hidden states are sharded: each
+array is one file holding its chunks and an index of their byte ranges (zarr's ``sharding_indexed``
+codec), so reading one head still reads one chunk (plus the small index). The token table and the
+head statistics are also kept as JSON in the example's group document, which is what the app reads
+(one small read). Version 2 (no coordinate arrays; attention/<kind> and hidden/<stream> were the
+arrays themselves) and version 1 (one file per chunk; token coordinates and head statistics as
+arrays) still read.
 
 Commit protocol: an example's arrays are written first and its group attribute ``committed``
 last, so a reader never sees a half-written example and a run killed midway keeps every
@@ -263,8 +279,10 @@ class RunReader:
             idx = zarr.open_group(self.store._store, path=f"{self.path}/index", mode="r")
             rows = list(idx.attrs.get("examples", []))
             stats = {}
-            for kind in _list_dir(self.store._store, f"{self.path}/index/head_stats"):
-                arr = zarr.open_array(self.store._store, path=f"{self.path}/index/head_stats/{kind}", mode="r")
+            base = f"{self.path}/index/head_stats"
+            for kind in _list_dir(self.store._store, base):
+                # version 3: a group per kind holding the values and their coordinates; before, an array
+                arr = _open_array(self.store._store, f"{base}/{kind}/head_stats", f"{base}/{kind}")
                 if arr.shape[0] != len(rows):
                     return [], {}  # being rewritten: fall back to a scan
                 stats[kind] = arr
@@ -342,7 +360,8 @@ class RunReader:
 
     def attention_array(self, eid: str, kind: str):
         """The lazy zarr array (layer, head, query, key); index it to read only what you need."""
-        return zarr.open_array(self.store._store, path=f"{self.path}/examples/{eid}/attention/{kind}", mode="r")
+        base = f"{self.path}/examples/{eid}/attention/{kind}"
+        return _open_array(self.store._store, f"{base}/attention", base)  # version 3, then 1 and 2
 
     def attention_index(self, eid: str, kind: str) -> tuple[np.ndarray, np.ndarray]:
         arr = self.attention_array(eid, kind)
@@ -360,9 +379,13 @@ class RunReader:
 
     def hidden(self, eid: str, stream: str, layer: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(values, token_index): values (token, dim) of one layer, or (layer, token, dim)."""
-        arr = zarr.open_array(self.store._store, path=f"{self.path}/examples/{eid}/hidden/{stream}", mode="r")
+        arr = self._hidden_array(eid, stream)
         vals = arr[:] if layer is None else arr[layer]
         return as_float32(vals), np.asarray(arr.attrs["token_index"], np.int32)
+
+    def _hidden_array(self, eid: str, stream: str):
+        base = f"{self.path}/examples/{eid}/hidden/{stream}"
+        return _open_array(self.store._store, f"{base}/hidden", base)  # version 3, then 1 and 2
 
     def head_stats(self, eid: str, attrs: dict | None = None) -> dict[str, tuple[list[str], np.ndarray]]:
         """kind -> (stat names, (stat, layer, head)). ``attrs``: the example's, if already read."""
@@ -424,7 +447,6 @@ class RunReader:
         """Rebuild the full Record (reads everything of the example)."""
         a = self.attrs(eid)
         tok = self.tokens(eid)
-        base = f"{self.path}/examples/{eid}"
         attention = {}
         for kind in self.attention_kinds(eid):
             arr = self.attention_array(eid, kind)
@@ -432,7 +454,7 @@ class RunReader:
                                              key_index=np.asarray(arr.attrs["key_index"]))
         hidden = {}
         for stream in self.hidden_streams(eid):
-            arr = zarr.open_array(self.store._store, path=f"{base}/hidden/{stream}", mode="r")
+            arr = self._hidden_array(eid, stream)
             hidden[stream] = HiddenBlock(values=arr[:], token_index=np.asarray(arr.attrs["token_index"]))
         try:
             return Record(
@@ -472,15 +494,6 @@ class RunWriter(RunReader):
         rows, _, _ = self._listing()
         return {r["example_id"] for r in rows} & set(names)
 
-    def _array(self, grp, name, data, dims, chunks=None, attrs=None):
-        data = np.ascontiguousarray(data)
-        arr = grp.create_array(name, shape=data.shape, dtype=data.dtype, chunks=chunks or data.shape,
-                               dimension_names=dims, overwrite=True)
-        arr[...] = data
-        if attrs:
-            arr.attrs.update(jsonable(attrs))
-        return arr
-
     def is_committed(self, eid: str) -> bool:
         """Whether example ``eid`` is committed in this run (one small metadata read)."""
         return self._example_attrs(eid) is not None
@@ -514,29 +527,126 @@ class RunWriter(RunReader):
                 stacks.setdefault(kind, []).append(vals)
                 names_by_kind[kind] = snames
         idx = zarr.open_group(self.store._store, path=f"{self.path}/index", mode="w")
+        ids = np.array([r["example_id"] for r in rows], dtype=object)
         for kind, vals in stacks.items():
             if len(vals) != len(rows):
                 continue  # a kind missing from some examples is read per example instead
-            data = np.stack(vals).astype(np.float32)
-            self._array(idx, f"head_stats/{kind}", data, ("example", "stat", "layer", "head"),
-                        attrs={"names": names_by_kind[kind]})
+            _write_index_kind(idx.require_group(f"head_stats/{kind}"), np.stack(vals).astype(np.float32), ids,
+                              names_by_kind[kind])
         idx.attrs["examples"] = jsonable(rows)
         idx.attrs["written"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        _consolidate_metadata(self.store._store, f"{self.path}/index")
         return len(rows)
 
 
+def _open_array(store, *paths: str):
+    """The array at the first of ``paths`` that holds one (layouts of different store versions)."""
+    for path in paths[:-1]:
+        try:
+            return zarr.open_array(store, path=path, mode="r")
+        except Exception:  # noqa: BLE001 - not there (or a group): the next layout
+            continue
+    return zarr.open_array(store, path=paths[-1], mode="r")
+
+
+def _write_index_kind(grp, values: np.ndarray, example_ids: np.ndarray, stat_names: list[str]) -> None:
+    """index/head_stats/<kind>/: (example, stat, layer, head) values and a coordinate per dimension
+    (example ids, statistic names, layer and head indices), so xarray selects by label."""
+    E, S, L, H = values.shape
+    coords = {"example": example_ids, "stat": np.array(stat_names, dtype=object), "layer": np.arange(L, dtype=np.int32),
+              "head": np.arange(H, dtype=np.int32)}
+    _put(grp, "head_stats", values, ("example", "stat", "layer", "head"), {"names": list(stat_names)})
+    for dim, data in coords.items():
+        _put(grp, dim, data, (dim,))
+
+
+def _put(grp, name: str, data: np.ndarray, dims: tuple[str, ...], attrs: dict | None = None) -> None:
+    """One array written by zarr (index arrays: once per run, so zarr's own writer is fast enough)."""
+    text = data.dtype.kind in "UOT"
+    arr = grp.create_array(name, shape=data.shape, dtype=str if text else data.dtype, chunks=data.shape or None,
+                           dimension_names=dims, attributes=jsonable(attrs or {}), overwrite=True)
+    arr[...] = data
+
+
+def _consolidate_metadata(store, path: str) -> None:
+    """Consolidate the metadata of the group at ``path`` and of every group below it (deepest first),
+    so xarray opens any of them in one read and without its "no consolidated metadata" warning."""
+    import warnings
+
+    groups = [path]
+    for g in groups:  # grows while it walks
+        groups += [f"{g}/{c}" for c in _list_dir(store, g) if _is_group(store, f"{g}/{c}")]
+    with warnings.catch_warnings():  # "not part of the Zarr format 3 specification": zarr-python reads it
+        warnings.simplefilter("ignore")
+        for g in sorted(groups, key=lambda g: -g.count("/")):
+            zarr.consolidate_metadata(store, path=g)
+
+
+def _is_group(store, path: str) -> bool:
+    try:
+        zarr.open_group(store, path=path, mode="r")
+        return True
+    except Exception:  # noqa: BLE001 - an array
+        return False
+
+
+# Version 3: the token table as coordinate arrays of the example group (xarray reads them as the
+# coordinates of the ``token`` dimension); name -> (dims, what the columns are). The character
+# spans stay in the group document only: every array is two more files, and creating files is
+# most of a small model's write.
+TOKEN_COORDS = {"tokens": (("token",), None), "modality": (("token",), None),
+                "token_boxes": (("token", "coord"), ["x0", "y0", "x1", "y1"]),
+                "token_grid": (("token", "axis"), ["row", "col"])}
+
+
 def _array_plans(record: Record) -> list[ArrayPlan]:
-    """The example's arrays. Attention and hidden states: one shard per array, one inner chunk per
-    (layer, head) block or per layer. The image: one chunk."""
+    """The example's arrays (store version 3; the module docstring shows the layout)."""
     plans = [ArrayPlan("image", record.image, ("y", "x", "channel"), None, None)]
+    for name, (dims, columns) in TOKEN_COORDS.items():
+        data = getattr(record, name)
+        plans.append(ArrayPlan(name, np.asarray(data, dtype=object) if len(dims) == 1 else data, dims, None,
+                               {"columns": columns} if columns else None))
     for kind, block in record.attention.items():
-        L, H, Q, K = block.values.shape
-        plans.append(ArrayPlan(f"attention/{kind}", block.values, AttentionBlock.DIMS, (1, 1, Q, K),
-                               {"query_index": block.query_index, "key_index": block.key_index}))
+        plans += _attention_plans(kind, block, record.n_tokens)
     for stream, block in record.hidden.items():
-        L, T, D = block.values.shape
-        plans.append(ArrayPlan(f"hidden/{stream}", block.values, HiddenBlock.DIMS, (1, T, D),
-                               {"token_index": block.token_index}))
+        plans += _hidden_plans(stream, block, record.n_tokens)
+    return plans
+
+
+def _attention_plans(kind: str, block: AttentionBlock, n_tokens: int) -> list[ArrayPlan]:
+    """attention/<kind>/: the values (one shard, one inner chunk per (layer, head) block) and, where
+    its queries or keys are not every token in order (LXMERT's kinds), their token positions as
+    the coordinate of ``query`` / ``key``."""
+    L, H, Q, K = block.values.shape
+    base = f"attention/{kind}"
+    plans = [ArrayPlan(f"{base}/attention", block.values, AttentionBlock.DIMS, (1, 1, Q, K),
+                       {"query_index": block.query_index, "key_index": block.key_index})]
+    for dim, index in (("query", block.query_index), ("key", block.key_index)):
+        if not _every_token(index, n_tokens):
+            plans.append(ArrayPlan(f"{base}/{dim}", np.asarray(index, np.int32), (dim,), None, None))
+    return plans
+
+
+def _every_token(index: np.ndarray, n_tokens: int) -> bool:
+    """Whether a block's token positions are 0 .. n_tokens - 1: then positions need no coordinate."""
+    return len(index) == n_tokens and np.array_equal(index, np.arange(n_tokens))
+
+
+def _hidden_plans(stream: str, block: HiddenBlock, n_tokens: int) -> list[ArrayPlan]:
+    """hidden/<stream>/: the values (one shard, one inner chunk per layer).
+
+    A stream over every token, in order, shares the example's ``token`` dimension (its rows are
+    the rows of the token table); a stream over some tokens (LXMERT's language and vision
+    streams) has its own dimension ``<stream>_token``, whose coordinate holds their positions.
+    """
+    L, T, D = block.values.shape
+    every = _every_token(block.token_index, n_tokens)
+    token_dim = "token" if every else f"{stream}_token"
+    plans = [ArrayPlan(f"hidden/{stream}/hidden", block.values, ("layer", token_dim, "dim"), (1, T, D),
+                       {"token_index": block.token_index})]
+    if not every:
+        plans.append(ArrayPlan(f"hidden/{stream}/{token_dim}", np.asarray(block.token_index, np.int32),
+                               (token_dim,), None, None))
     return plans
 
 
@@ -558,6 +668,8 @@ def _example_document(record: Record, head_stats: dict | None, group: str | None
     if record.generative:  # classifier records keep the documents they always had
         attrs["role"] = list(record.role)
         attrs["prediction"]["token_probabilities"] = list(pred.token_probabilities)
+    # xarray: the token table's arrays are coordinates of the example's dataset.
+    attrs["coordinates"] = " ".join(TOKEN_COORDS)
     # Small arrays, already plain JSON (kept out of jsonable's element-by-element walk).
     for name in TOKEN_ARRAYS:
         attrs[name] = array_to_json(getattr(record, name))

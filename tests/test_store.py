@@ -37,12 +37,12 @@ def test_arrays_have_named_dimensions_and_float16(tmp_path):
     write(store, rec)
     root = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")
     ex = root[f"runs/hand/examples/{rec.example_id}"]
-    att = ex["attention/self"]
+    att = ex["attention/self/attention"]
     assert att.metadata.dimension_names == ("layer", "head", "query", "key")
     # one chunk per (layer, head), all in one shard (one file) per array
     assert att.dtype == np.float16 and att.chunks == (1, 1, rec.n_tokens, rec.n_tokens)
     assert att.shards == att.shape
-    hid = ex["hidden/joint"]
+    hid = ex["hidden/joint/hidden"]
     assert hid.metadata.dimension_names == ("layer", "token", "dim") and hid.dtype == np.float16
     assert hid.chunks == (1, *hid.shape[1:]) and hid.shards == hid.shape
     assert ex["image"].metadata.dimension_names == ("y", "x", "channel")
@@ -53,27 +53,74 @@ def test_arrays_have_named_dimensions_and_float16(tmp_path):
     assert np.array(ex.attrs["token_boxes"]).shape == (rec.n_tokens, 4)
 
 
-def test_an_example_is_a_dozen_files(tmp_path):
+def test_an_example_is_its_arrays_and_their_coordinates(tmp_path):
     """File creation dominated a small model's recording: an example is its group document, the
-    image, and one metadata document plus one shard per attention kind and hidden stream."""
+    image, the token table, and per attention kind / hidden stream a shard and its coordinates,
+    each array one metadata document and one chunk or shard file."""
     rec = grid_record(layers=4, heads=4)
     write(VLStore(tmp_path / "s.zarr", mode="a"), rec)
     ex = tmp_path / "s.zarr" / "runs" / "hand" / "examples" / rec.example_id
     files = sorted(p.relative_to(ex).as_posix() for p in ex.rglob("*") if p.is_file())
-    assert files == ["attention/self/c.0.0.0.0", "attention/self/zarr.json", "attention/zarr.json",
-                     "hidden/joint/c.0.0.0", "hidden/joint/zarr.json", "hidden/zarr.json",
-                     "image/c.0.0.0", "image/zarr.json", "zarr.json"]
+    arrays = ["image", "tokens", "modality", "token_boxes", "token_grid",
+              "attention/self/attention", "hidden/joint/hidden"]  # queries, keys, rows: every token in order
+    chunk = {"image": "c.0.0.0", "token_boxes": "c.0.0", "token_grid": "c.0.0",
+             "attention/self/attention": "c.0.0.0.0", "hidden/joint/hidden": "c.0.0.0"}
+    groups = ["", "attention/", "attention/self/", "hidden/", "hidden/joint/"]
+    assert files == sorted([f"{a}/{chunk.get(a, 'c.0')}" for a in arrays] + [f"{a}/zarr.json" for a in arrays]
+                           + [f"{g}zarr.json" for g in groups])
 
 
-def test_xarray_sees_named_dimensions(tmp_path):
-    xr = pytest.importorskip("xarray")
-    rec = grid_record(layers=2, heads=3)
+def _labelled_store(tmp_path):
+    from tests.records import grid_record
+
+    recs = [grid_record(layers=2, heads=3, example_id=f"ex{i}", seed=i) for i in range(3)]
     store = VLStore(tmp_path / "s.zarr", mode="a")
-    write(store, rec)
-    ds = xr.open_zarr(str(tmp_path / "s.zarr"), group=f"runs/hand/examples/{rec.example_id}/attention",
-                      consolidated=False, zarr_format=3)
-    assert ds["self"].dims == ("layer", "head", "query", "key")
-    assert ds["self"].shape == (2, 3, rec.n_tokens, rec.n_tokens)
+    w = store.writer("hand", {"model_id": "hand"})
+    for r in recs:
+        w.write(r, compute_head_stats(r))
+    w.consolidate()
+    return recs
+
+
+def test_xarray_opens_an_example_labelled_and_without_warnings(tmp_path):
+    import warnings
+
+    xr = pytest.importorskip("xarray")
+    rec = _labelled_store(tmp_path)[1]
+    path = tmp_path / "s.zarr" / "runs" / "hand" / "examples" / rec.example_id
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # metadata consolidated: no "falling back" warning
+        tree = xr.open_datatree(str(path), engine="zarr")
+        ds = xr.open_zarr(str(path)).load()
+    assert list(ds.tokens.values) == list(rec.tokens) and list(ds.modality.values) == list(rec.modality)
+    image_boxes = ds.token_boxes.where(ds.modality == "image", drop=True).values
+    np.testing.assert_array_equal(image_boxes, rec.token_boxes[np.asarray(rec.modality) == "image"])
+    np.testing.assert_array_equal(ds.token_grid.values, rec.token_grid)
+    np.testing.assert_array_equal(ds.image.values, rec.image)
+    att = tree["attention/self"].to_dataset().attention
+    assert att.dims == ("layer", "head", "query", "key")
+    head = att.isel(layer=1, head=2)
+    np.testing.assert_array_equal(head.values, rec.attention["self"].values[1, 2])
+    hid = tree["hidden/joint"].to_dataset().hidden  # a stream over every token shares the token dimension
+    assert hid.dims == ("layer", "token", "dim")
+    assert hid.sizes["token"] == tree.to_dataset().sizes["token"] == rec.n_tokens
+    np.testing.assert_array_equal(hid.isel(layer=2, token=4).values, rec.hidden["joint"].values[2, 4])
+
+
+def test_xarray_selects_head_statistics_by_name_in_the_run_index(tmp_path):
+    import warnings
+
+    xr = pytest.importorskip("xarray")
+    recs = _labelled_store(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = xr.open_zarr(str(tmp_path / "s.zarr" / "runs" / "hand" / "index" / "head_stats" / "self"))
+    stats = compute_head_stats(recs[2])["self"]
+    got = ds.head_stats.sel(stat="text_to_image", example="ex2")
+    assert got.dims == ("layer", "head")
+    np.testing.assert_allclose(got.values, stats.values[list(stats.names).index("text_to_image")], atol=1e-6)
+    assert list(ds.stat.values) == list(stats.names) and list(ds.layer.values) == [0, 1]
+    assert sorted(ds.example.values) == ["ex0", "ex1", "ex2"]
 
 
 def test_reading_one_head_reads_one_chunk(tmp_path, monkeypatch):
@@ -94,7 +141,7 @@ def test_reading_one_head_reads_one_chunk(tmp_path, monkeypatch):
     monkeypatch.setattr(LocalStore, "get", counting_get)
     head = reader.attention(rec.example_id, "self", layer=2, head=3)
     np.testing.assert_allclose(head, rec.attention["self"].values[2, 3].astype(np.float32))
-    shard = f"runs/hand/examples/{rec.example_id}/attention/self/c.0.0.0.0"
+    shard = f"runs/hand/examples/{rec.example_id}/attention/self/attention/c.0.0.0.0"
     reads = [(r, n) for k, r, n in seen if "/c." in k]
     assert all(k == shard for k, _, _ in seen if "/c." in k)
     # two ranged reads of the shard: its index (16 chunks x 16 bytes + a 4-byte CRC), then the chunk
@@ -123,7 +170,7 @@ def test_reading_one_layer_of_hidden_states_reads_one_chunk(tmp_path, monkeypatc
     monkeypatch.setattr(LocalStore, "get", counting_get)
     values, token_index = reader.hidden(rec.example_id, "joint", layer=3)
     np.testing.assert_array_equal(values, rec.hidden["joint"].values[3].astype(np.float32))
-    shard = tmp_path / "s.zarr" / "runs" / "hand" / "examples" / rec.example_id / "hidden" / "joint" / "c.0.0.0"
+    shard = tmp_path / "s.zarr" / "runs" / "hand" / "examples" / rec.example_id / "hidden" / "joint" / "hidden" / "c.0.0.0"
     assert len(sizes) == 2 and sum(sizes) < shard.stat().st_size / 2  # index + one of 5 layers
 
 

@@ -46,7 +46,7 @@ def test_fast_writer_matches_zarr_writer(tmp_path, tiny_vilt, rgb_image, monkeyp
     for key in fast_chunks:
         assert (tmp_path / "fast.zarr" / key).read_bytes() == (tmp_path / "slow.zarr" / key).read_bytes(), key
     base = f"runs/r/examples/{rec.example_id}"
-    att = zarr.open_array(str(tmp_path / "fast.zarr"), path=f"{base}/attention/self", mode="r")
+    att = zarr.open_array(str(tmp_path / "fast.zarr"), path=f"{base}/attention/self/attention", mode="r")
     L, H, Q, K = rec.attention["self"].values.shape
     assert att.chunks == (1, 1, Q, K) and att.shards == (L, H, Q, K)  # one chunk per (layer, head)
     for doc in fast_docs:
@@ -138,7 +138,7 @@ def test_version1_stores_still_read_and_take_new_examples(tmp_path, tiny_vilt, r
     assert names == list(old_stats["self"].names)
     np.testing.assert_array_equal(values, old_stats["self"].values.astype(np.float32))
 
-    # Writing into it: the new example is version 2, so the store says version 2 (an older
+    # Writing into it: the new example is version 3, so the store says version 3 (an older
     # VL-Lens then asks to be upgraded instead of failing on it); both examples read.
     new = tiny_vilt.run(rgb_image, "what color is the shape?", label="red")
     assert new.example_id != old.example_id
@@ -146,7 +146,7 @@ def test_version1_stores_still_read_and_take_new_examples(tmp_path, tiny_vilt, r
     writer = zs.VLStore(tmp_path / "old.zarr", mode="a").writer("r", {"model_id": "m"})
     assert writer.write(new, new_stats) is True
     root = json.loads((tmp_path / "old.zarr" / "zarr.json").read_text())
-    assert root["attributes"]["vl_lens"]["schema_version"] == zs.SCHEMA_VERSION == 2
+    assert root["attributes"]["vl_lens"]["schema_version"] == zs.SCHEMA_VERSION == 3
     assert writer.consolidate() == 2
     run = zs.VLStore(tmp_path / "old.zarr").run("r")
     ids, names, stats = run.head_stats_all("self")
@@ -206,3 +206,121 @@ def test_a_leftover_with_an_odd_group_document_is_rewritten(tmp_path, leftover_d
     assert w.write(rec) is True
     assert w.is_committed(rec.example_id)
     np.testing.assert_array_equal(VLStore(tmp_path / "s.zarr").run("r").record(rec.example_id).image, rec.image)
+
+
+def _write_version2(path: Path, recs_stats) -> None:
+    """A store as VL-Lens wrote it in version 2: attention/<kind> and hidden/<stream> are sharded
+    arrays themselves (no coordinate arrays), the token table and head statistics JSON in the
+    example's group document, and the run index one (example, stat, layer, head) array per kind."""
+    root = zarr.open_group(str(path), mode="w")
+    root.attrs["vl_lens"] = {"format": "vl-lens-store", "schema_version": 2}
+    run = root.create_group("runs/r")
+    run.attrs["provenance"] = {"model_id": "m", "attention_kinds": ["self"]}
+    rows = []
+    for rec, stats in recs_stats:
+        ex = run.create_group(f"examples/{rec.example_id}")
+        img = ex.create_array("image", shape=rec.image.shape, dtype="uint8", dimension_names=("y", "x", "channel"))
+        img[...] = rec.image
+        att = rec.attention["self"]
+        L, H, Q, K = att.values.shape
+        a = ex.create_array("attention/self", shape=att.values.shape, dtype="float16", chunks=(1, 1, Q, K),
+                            shards=att.values.shape, dimension_names=("layer", "head", "query", "key"),
+                            attributes={"query_index": att.query_index.tolist(), "key_index": att.key_index.tolist()})
+        a[...] = att.values
+        hid = rec.hidden["joint"]
+        h = ex.create_array("hidden/joint", shape=hid.values.shape, dtype="float16", chunks=(1, *hid.values.shape[1:]),
+                            shards=hid.values.shape, dimension_names=("layer", "token", "dim"),
+                            attributes={"token_index": hid.token_index.tolist()})
+        h[...] = hid.values
+        pred = rec.prediction
+        summary = {"example_id": rec.example_id, "question": rec.question, "label": rec.label, "answer": pred.top,
+                   "confidence": pred.confidence, "answers": list(pred.answers),
+                   "probabilities": list(pred.probabilities), "correct": rec.correct, "source_key": None,
+                   "n_tokens": rec.n_tokens, "group": None}
+        rows.append(summary)
+        nan_free = lambda a: np.where(np.isfinite(a), a.astype(object), None).tolist()  # noqa: E731
+        ex.attrs.update({
+            "question": rec.question, "tokens": list(rec.tokens), "modality": list(rec.modality),
+            "prediction": {"answers": list(pred.answers), "probabilities": list(pred.probabilities)},
+            "label": rec.label, "source_key": None, "notices": [], "meta": {}, "summary": summary,
+            "token_boxes": nan_free(rec.token_boxes), "token_grid": rec.token_grid.tolist(),
+            "token_spans": rec.token_spans.tolist(),
+            "head_stats": {k: {"names": list(hs.names), "dims": ["stat", "layer", "head"],
+                               "values": hs.values.astype(np.float32).tolist()} for k, hs in stats.items()},
+            "committed": True})
+    idx = run.create_group("index")
+    values = np.stack([s["self"].values for _, s in recs_stats]).astype(np.float32)
+    arr = idx.create_array("head_stats/self", shape=values.shape, dtype="float32",
+                           dimension_names=("example", "stat", "layer", "head"),
+                           attributes={"names": list(recs_stats[0][1]["self"].names)})
+    arr[...] = values
+    idx.attrs["examples"] = rows
+
+
+def test_version2_stores_still_read_and_take_version3_examples(tmp_path, tiny_vilt, rgb_image):
+    from analysis.head_stats import compute_head_stats
+    import store.zarr_store as zs
+
+    olds = [tiny_vilt.run(rgb_image, q, label="red") for q in ("what shape is this?", "is it red?")]
+    old_stats = [compute_head_stats(r) for r in olds]
+    _write_version2(tmp_path / "v2.zarr", list(zip(olds, old_stats)))
+    run = zs.VLStore(tmp_path / "v2.zarr").run("r")
+    ids, names, stats = run.head_stats_all("self")  # from the version-2 index array
+    assert ids == [r.example_id for r in olds] and names == list(old_stats[0]["self"].names)
+    np.testing.assert_array_equal(stats[1], old_stats[1]["self"].values.astype(np.float32))
+    old = olds[0]
+    np.testing.assert_array_equal(run.attention(old.example_id, "self", layer=1, head=0),
+                                  old.attention["self"].values[1, 0].astype(np.float32))
+    back = run.record(old.example_id)
+    np.testing.assert_array_equal(back.hidden["joint"].values, old.hidden["joint"].values)
+    np.testing.assert_array_equal(back.token_boxes, old.token_boxes)
+    assert back.tokens == old.tokens and back.prediction == old.prediction
+
+    # A version-3 example beside them: the store says version 3, everything reads, and the index
+    # is rewritten in the version-3 layout over all three.
+    new = tiny_vilt.run(rgb_image, "what color is the shape?", label="red")
+    writer = zs.VLStore(tmp_path / "v2.zarr", mode="a").writer("r", {"model_id": "m"})
+    assert writer.write(new, compute_head_stats(new)) is True
+    assert writer.consolidate() == 3
+    root = json.loads((tmp_path / "v2.zarr" / "zarr.json").read_text())
+    assert root["attributes"]["vl_lens"]["schema_version"] == 3
+    run = zs.VLStore(tmp_path / "v2.zarr").run("r")
+    assert (tmp_path / "v2.zarr" / "runs" / "r" / "index" / "head_stats" / "self" / "head_stats").is_dir()
+    ids, _, stats = run.head_stats_all("self")
+    assert sorted(ids) == sorted([*(r.example_id for r in olds), new.example_id])
+    for r in (*olds, new):
+        got = run.record(r.example_id)
+        np.testing.assert_array_equal(got.attention["self"].values, r.attention["self"].values)
+        np.testing.assert_array_equal(got.hidden["joint"].values, r.hidden["joint"].values)
+        assert got.tokens == r.tokens and got.modality == r.modality
+
+
+def test_dual_stream_example_opens_as_one_aligned_tree(tmp_path):
+    """LXMERT's kinds differ in layers and query / key sizes and its hidden streams cover some tokens
+    only: each kind and stream is its own group, so xarray's tree opens (its groups must align)."""
+    xr = pytest.importorskip("xarray")
+    from adapters.lxmert import LxmertAdapter
+    from analysis.head_stats import compute_head_stats
+    from PIL import Image
+    from store.zarr_store import VLStore
+    from testkit.tiny_lxmert import make_tiny_lxmert
+
+    adapter = LxmertAdapter.load(str(make_tiny_lxmert(tmp_path / "lx")))
+    rec = adapter.run(Image.new("RGB", (48, 32), (200, 30, 30)), "what color is it?")
+    assert len({b.values.shape for b in rec.attention.values()}) > 1  # kinds of different shapes
+    VLStore(tmp_path / "s.zarr", mode="a").writer("lx", adapter.provenance()).write(rec, compute_head_stats(rec))
+    tree = xr.open_datatree(str(tmp_path / "s.zarr" / "runs" / "lx" / "examples" / rec.example_id), engine="zarr")
+    for kind, block in rec.attention.items():
+        att = tree[f"attention/{kind}"].to_dataset().attention
+        for dim, index in (("query", block.query_index), ("key", block.key_index)):
+            positions = att[dim].values if dim in att.coords else np.arange(rec.n_tokens)  # every token: none
+            np.testing.assert_array_equal(positions, index)
+        np.testing.assert_array_equal(att.values, block.values)
+    for stream, block in rec.hidden.items():
+        ds = tree[f"hidden/{stream}"].to_dataset()
+        dim = ds.hidden.dims[1]
+        positions = np.arange(rec.n_tokens) if dim == "token" else ds[dim].values
+        np.testing.assert_array_equal(positions, block.token_index)
+        np.testing.assert_array_equal(ds.hidden.values, block.values)
+    back = VLStore(tmp_path / "s.zarr").run("lx").record(rec.example_id)
+    assert set(back.attention) == set(rec.attention) and set(back.hidden) == set(rec.hidden)
