@@ -50,8 +50,11 @@ def _adapter(model: str):
 
 
 def _provenance(model: str) -> dict:
-    """Runs on a worker: load the model there (warming its cache) and return the run provenance."""
-    return _adapter(model).provenance()
+    """Runs on a worker: load the model there (warming its cache) and return the run provenance
+    (a local checkpoint hashed there, where its directory is)."""
+    from pipeline.provenance import with_checkpoint_hash
+
+    return with_checkpoint_hash(_adapter(model).provenance())
 
 
 def _examples(dataset_spec: str, split: str | None, start: int, stop: int):

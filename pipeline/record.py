@@ -13,6 +13,7 @@ from typing import Callable, Iterable
 from adapters.base import Adapter
 from analysis.head_stats import compute_head_stats
 from core.errors import InputError, SourceError
+from pipeline.provenance import with_checkpoint_hash
 from pipeline.write_loop import Pending, write_records
 from sources.base import Example
 from store.zarr_store import VLStore
@@ -70,7 +71,7 @@ def record_examples(adapter: Adapter, examples: Iterable[Example], store: VLStor
         # its head statistics come from each layer's full map as one example records
         raise ValueError("--batch-size: a generative model records one example at a time (leave it out)")
     start = time.time()
-    writer = store.writer(run, adapter.provenance())
+    writer = store.writer(run, with_checkpoint_hash(adapter.provenance()))
     items, prepare, key_of = examples, example_work(adapter, top_k), lambda ex: ex.source_key
     if batch_size != 1:
         from pipeline.batches import batch_work, batched_items, item_key
