@@ -8,7 +8,7 @@ Layers (a module may import its own layer or any below it, never above):
   3  analysis/                           statistics, projections, attribution, faithfulness
   4  pipeline/                           source -> adapter -> statistics -> store; parallel; importers
   5  training/, demo/                    the fine-tuning loop; demo configs, weights and store builder
-  6  front ends: streamlit_app, views/, ui/, cli, commands/, bench/, vllens (notebook API), testkit/
+  6  front ends: streamlit_app, views/, ui/, charts/, cli, commands/, bench/, vllens (notebook API), testkit/
   7  tests/
 
 Read with ast from the source tree, so a lazy import inside a function counts as much as one at the top.
@@ -28,7 +28,7 @@ LAYERS = [
     ("analysis",),
     ("pipeline",),
     ("training", "demo"),
-    ("streamlit_app", "views", "ui", "cli", "commands", "bench", "vllens", "testkit"),
+    ("streamlit_app", "views", "ui", "charts", "cli", "commands", "bench", "vllens", "testkit"),
     ("tests",),
 ]
 
