@@ -269,16 +269,6 @@ def _gaussian_blur(a: np.ndarray, sigma_y: float, sigma_x: float) -> np.ndarray:
     return p.astype(np.float32)
 
 
-def blend(image: np.ndarray, heat: np.ndarray, opacity: float, color=(255, 64, 0)) -> np.ndarray:
-    """The image with ``heat`` (same height and width, 0..1) painted over it at ``opacity``."""
-    img = np.asarray(image, dtype=np.float32)
-    if img.shape[:2] != heat.shape:
-        raise ValueError(f"heat {heat.shape} does not match image {img.shape[:2]}")
-    a = (np.clip(heat, 0, 1) * float(opacity))[..., None]
-    out = img * (1 - a) + np.asarray(color, np.float32)[None, None] * a
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
-
-
 def grid_shape(token_grid: np.ndarray, modality: Sequence[str]) -> tuple[int, int] | None:
     """(rows, cols) of the image patch grid, or None when image tokens are not grid cells."""
     g = np.asarray(token_grid)[np.asarray(modality) == "image"]

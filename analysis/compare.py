@@ -328,27 +328,3 @@ def word_to_image_row(attention: np.ndarray, query_index: np.ndarray, key_index:
     mod = np.asarray(modality)[np.asarray(key_index)]
     keep = mod == "image"
     return np.asarray(key_index)[keep], row[keep]
-
-
-def attention_overlay(image: np.ndarray, boxes: np.ndarray, weights: np.ndarray, *, alpha: float = 0.6,
-                      vmax: float | None = None) -> np.ndarray:
-    """Draw weights on the image: each box (x0, y0, x1, y1 in 0..1) is filled with its weight.
-
-    Returns a (y, x, 3) uint8 picture: the image darkened where attention is low and tinted
-    red-yellow where it is high (scaled to ``vmax``, default the largest weight).
-    """
-    img = np.asarray(image, dtype=np.float64)
-    h, w = img.shape[:2]
-    heat = np.zeros((h, w))
-    for (x0, y0, x1, y1), wt in zip(np.asarray(boxes, dtype=np.float64), np.asarray(weights, dtype=np.float64)):
-        if not np.isfinite(wt):
-            continue
-        c0, c1 = int(np.floor(x0 * w)), int(np.ceil(x1 * w))
-        r0, r1 = int(np.floor(y0 * h)), int(np.ceil(y1 * h))
-        heat[r0:r1, c0:c1] = np.maximum(heat[r0:r1, c0:c1], wt)
-    top = float(vmax) if vmax is not None else float(heat.max())
-    heat = heat / top if top > 0 else heat
-    heat = np.clip(heat, 0, 1)[..., None]
-    tint = np.stack([np.ones((h, w)), heat[..., 0], np.zeros((h, w))], axis=-1) * 255
-    out = img * (1 - alpha) * (0.35 + 0.65 * heat) + alpha * heat * tint
-    return np.clip(out, 0, 255).astype(np.uint8)

@@ -19,11 +19,17 @@ Selections (names of Altair point parameters, read from ``st.altair_chart(..., o
     head_summary(select=CELL_PARAM) "cell": a clicked head, fields ``layer`` (int) and ``head`` (str, or "mean")
     projection(select=TOKEN_PARAM)  "tok": a clicked point, field ``token_index``
 """
+import altair as alt
+
 from charts.bars import token_bars, word_bars
 from charts.curves import deletion_curves, depth_profiles
 from charts.heatmaps import CELL_PARAM, agreement, attention_matrix, depth_heatmap, head_summary
 from charts.overlay import PATCH_PARAM, overlay
 from charts.scatter import TOKEN_PARAM, projection
+from charts.style import tagged
 
 __all__ = ["CELL_PARAM", "PATCH_PARAM", "TOKEN_PARAM", "agreement", "attention_matrix", "deletion_curves",
-           "depth_heatmap", "depth_profiles", "head_summary", "overlay", "projection", "token_bars", "word_bars"]
+           "depth_heatmap", "depth_profiles", "head_summary", "overlay", "projection", "tagged", "token_bars", "word_bars"]
+
+# An attention matrix of ~80 tokens is 6,400 rows, over Altair's default cap of 5,000 inlined rows.
+alt.data_transformers.disable_max_rows()

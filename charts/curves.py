@@ -38,4 +38,4 @@ def depth_profiles(data: pd.DataFrame, *, y_title: str = "mean attention mass", 
                  alt.Tooltip("mean:Q", format=".3f"), alt.Tooltip("spread:Q", format=".3f"), "heads"])
     return alt.layer(band, line, data=data).properties(width=190, height=150).facet(
         facet=alt.Facet("statistic:N", title=None), columns=columns).properties(
-        usermeta={**SVG, "chart": "depth_chart"}).configure_legend(orient="top")
+        usermeta=SVG).configure_legend(orient="top")

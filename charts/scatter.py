@@ -20,18 +20,21 @@ def projection(data: pd.DataFrame, *, x_title: str, y_title: str, title: str = "
     data: one row per token with x, y (floats), token (display string), modality ("text" | "image" |
     "special"), token_index (record token index); optionally stream. Colour and shape both encode
     modality under one legend. x_domain / y_domain: fixed axis ranges (the same at every layer).
-    selected: the token_index drawn with a ring and its label. select: name of a click selection on
-    field ``token_index`` (None: none).
+    selected: the token_index drawn larger and opaque, with a ring and its label. select: name of a
+    click selection on field ``token_index`` (None: none).
     """
     xs = alt.Scale(domain=list(x_domain)) if x_domain is not None else alt.Scale(zero=False)
     ys = alt.Scale(domain=list(y_domain)) if y_domain is not None else alt.Scale(zero=False)
     enc = dict(x=alt.X("x:Q", scale=xs, title=x_title), y=alt.Y("y:Q", scale=ys, title=y_title))
     tooltip = ["token:N", "modality:N", "token_index:Q"] + (["stream:N"] if "stream" in data else [])
-    points = alt.Chart(data).mark_point(filled=True, size=70).encode(
-        **enc, color=modality_color(), shape=modality_shape(), tooltip=tooltip)
-    if select is not None:
-        param = alt.selection_point(name=select, fields=["token_index"], on="click")
-        points = points.add_params(param).encode(opacity=alt.condition(param, alt.value(0.95), alt.value(0.35)))
+    chosen = alt.datum.token_index == (selected if selected is not None else -1)
+    points = alt.Chart(data).mark_point(filled=True).encode(
+        **enc, color=modality_color(), shape=modality_shape(), tooltip=tooltip,
+        opacity=alt.condition(chosen, alt.value(1.0), alt.value(0.45 if selected is not None else 0.8)),
+        size=alt.condition(chosen, alt.value(260), alt.value(70)),
+    ).properties(name="points")
+    if select is not None:  # a click reports the point; the page decides what is selected (``selected``)
+        points = points.add_params(alt.selection_point(name=select, fields=["token_index"], on="click"))
     layers = [points]
     if selected is not None:
         mark = data[data["token_index"] == selected]

@@ -29,6 +29,11 @@ OUTLINE = {"stroke": "black", "strokeOpacity": 0.35, "strokeWidth": 0.5}
 SVG = {"embedOptions": {"renderer": "svg"}}
 
 
+def tagged(chart, name: str):
+    """The chart with ``usermeta.chart = name`` (tests find a chart on a page by it), still drawn as SVG."""
+    return chart.properties(usermeta={**SVG, "chart": name})
+
+
 def modality_color(field: str = "modality", title: str = "modality", legend: bool = True) -> alt.Color:
     return alt.Color(f"{field}:N", title=title, legend=alt.Legend() if legend else None,
                      scale=alt.Scale(domain=list(MODALITY_COLORS), range=list(MODALITY_COLORS.values())))

@@ -179,3 +179,22 @@ def test_heading_names_the_new_answer_after_each_change_of_input(app, monkeypatc
         app.text_input(key="ask_q_upload").input("what shape is in the image?").run()
         check(f"upload {colour}")
     assert len(set(seen)) >= 2, f"the inputs never changed the answer ({seen}): the test shows nothing"
+
+
+def test_unknown_words_get_a_notice_and_word_bars_show_whole_words(app):
+    import pyarrow as pa
+
+    app.run()
+    app.multiselect(key="ask_methods").set_value(["attention"]).run()
+    app.text_input[0].set_value("is the zebra hat red?").run()  # the question box
+    assert not app.exception, app.exception
+    notice = " ".join(w.value for w in app.warning)
+    # the tiny vocabulary reads "zebra" as [UNK] and spells "hat" out letter by letter
+    assert "unknown to this model (read as [UNK]): zebra" in notice
+    assert "read as pieces: hat" in notice
+    words = None
+    for node in charts(app):  # the word bars: the one chart whose rows say for / against / special
+        rows = [r for ds in node.proto.datasets for r in pa.ipc.open_stream(ds.data.data).read_all().to_pylist()]
+        if rows and "kind" in rows[0]:
+            words = [r["label"] for r in rows]
+    assert words == ["[CLS]", "is", "the", "zebra", "hat", "red", "?", "[SEP]"]

@@ -190,11 +190,6 @@ def test_words_and_attention_row_and_overlay():
     np.testing.assert_allclose(w, [.2, .15])
     with pytest.raises(ValueError):
         cmp.word_to_image_row(att, idx[:2], idx, mod_a, 2)
-    # overlay: left half weight 1, right half weight 0 -> left half tinted, right half darkened
-    image = np.full((4, 4, 3), 100, np.uint8)
-    pic = cmp.attention_overlay(image, np.array([[0, 0, .5, 1], [.5, 0, 1, 1]]), np.array([1.0, 0.0]))
-    assert pic.shape == (4, 4, 3) and pic.dtype == np.uint8
-    assert pic[:, :2, 0].min() > pic[:, 2:, 0].max()
 
 
 # ---- two runs in one store -------------------------------------------------------------------------
@@ -328,7 +323,13 @@ def test_page_relative_depth_axis(pair_store, monkeypatch):
     assert sorted({r["relative_depth"] for r in heat_b}) == [0.0, 0.5, 1.0]
     assert len(heat_b) == 3 * 2
     # both overlays drawn (a word is common to both token lists) and both projections
-    assert len(at.get("image")) == 2
+    from store.zarr_store import VLStore
+
+    eid = at.selectbox(key="compare_example").value
+    for tag, run in (("A", "a"), ("B", "b")):  # drawn by the one overlay renderer, one region per image token
+        regions = [r for r in _chart_data(at, f"compare_overlay_{tag}") if "weight" in r]
+        n_image = VLStore(pair_store).run(run).tokens(eid)["modality"].count("image")
+        assert len(regions) == n_image and sum(r["weight"] for r in regions) <= 1 + 1e-6
     _chart_data(at, "compare_pca_A")
     _chart_data(at, "compare_pca_B")
 
@@ -348,7 +349,7 @@ def test_page_follows_ex_and_reports_answers(pair_store, monkeypatch):
     assert f"{other.answer} ({other.confidence:.2f})" in md
     # depth slider: at relative depth 0 the overlays read layer 0 of both models
     def overlay_captions():
-        return [img.caption for el in at.get("image") for img in el.proto.imgs]
+        return [c.value for c in at.caption]
 
     caps = overlay_captions()  # default: the last layer of each model, counted from 0 (b has 3 layers: 0-2)
     assert any("a · self · layer 1 (0–1), relative depth 1.00" in c for c in caps), caps
@@ -518,7 +519,7 @@ def test_single_vs_dual_stream_compares_what_exists_in_both(mixed_store, monkeyp
     heat_b = _chart_data(at, "compare_heat_B")
     assert {r["value"] for r in heat_b} != {1.0}
     # the same word's overlay from both models (self vs cross_l2v), and both projections
-    captions = [img.caption for el in at.get("image") for img in el.proto.imgs]
+    captions = [c.value for c in at.caption]
     assert any("single · self" in c for c in captions) and any("dual · cross_l2v" in c for c in captions)
     # cross_l2v's keys are all regions: no "'word' sends 100% of its attention to the image"
     dual_cap = next(c for c in captions if "dual · cross_l2v" in c)

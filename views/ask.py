@@ -15,7 +15,6 @@ the model's new answer, never the previous one's target.
 """
 from __future__ import annotations
 
-import base64
 import io
 import os
 
@@ -25,6 +24,8 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
+import charts
+from analysis.words import group_word_pieces, vocabulary_notice
 from core.errors import AdapterError, InputError
 from analysis.attribution import METHODS, attribute, estimate_seconds, resolve_target, time_one_forward
 from analysis.faithfulness import deletion_curve, random_deletion_curve, rank_agreement
@@ -116,45 +117,19 @@ def _target_arg(target: tuple):
 
 
 # ---- drawing glue ---------------------------------------------------------------------------------
-def _data_url(arr: np.ndarray) -> str:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+HEAT_WIDTH = 240  # px: fits a third of the page; drawn at this width (width="content") to keep the picture's shape
 
 
-def heatmap(arr: np.ndarray, res, opacity: float, width: int = 300) -> alt.LayerChart:
-    h, w = arr.shape[:2]
-    height = int(round(width * h / w))
-    boxes = res.region_boxes
-    df = pd.DataFrame({"x0": boxes[:, 0], "y0": boxes[:, 1], "x1": boxes[:, 2], "y1": boxes[:, 3],
-                       "score": res.region_scores, "region": np.arange(len(boxes))})
-    lim = float(np.abs(res.region_scores).max()) or 1.0
-    xs = alt.Scale(domain=[0, 1], nice=False, zero=False)
-    ys = alt.Scale(domain=[0, 1], nice=False, zero=False, reverse=True)
-    # The image spans the unit square through x/x2/y/y2, so it scales with the boxes when Streamlit
-    # resizes the chart (a fixed-pixel image mark drifted off the boxes in the browser).
-    img = alt.Chart(pd.DataFrame({"url": [_data_url(arr)], "x": [0.0], "x2": [1.0], "y": [0.0], "y2": [1.0]})).mark_image(
-        aspect=False).encode(x=alt.X("x:Q", scale=xs, axis=None), x2="x2:Q", y=alt.Y("y:Q", scale=ys, axis=None),
-                             y2="y2:Q", url="url:N")
+def heatmap(arr: np.ndarray, res, opacity: float) -> alt.LayerChart:
     signed = bool((res.region_scores < 0).any())
-    color = alt.Color("score:Q", scale=alt.Scale(scheme="redblue", reverse=True, domain=[-lim, lim]) if signed
-                      else alt.Scale(scheme="reds", domain=[0, lim]), legend=alt.Legend(orient="bottom", title=None))
-    rects = alt.Chart(df).mark_rect(opacity=opacity, stroke=None).encode(
-        x=alt.X("x0:Q", scale=xs, axis=None), x2="x1", y=alt.Y("y0:Q", scale=ys, axis=None), y2="y1", color=color,
-        tooltip=["region", alt.Tooltip("score:Q", format=".3g")])
-    return alt.layer(img, rects).properties(width=width, height=height)
+    labels = [f"region {i}" for i in range(len(res.region_boxes))]
+    return charts.overlay(arr, res.region_boxes, res.region_scores, labels=labels, value_title="attribution",
+                          opacity=opacity, signed=signed, width=HEAT_WIDTH)
 
 
-def word_bars(res, width: int = 300) -> alt.Chart:
-    labels = [f"{i:02d} {t}" for i, t in enumerate(res.tokens)]
-    df = pd.DataFrame({"word": labels, "token": list(res.tokens), "score": res.token_scores,
-                       "kind": np.where(res.token_is_special, "special", np.where(res.token_scores >= 0, "for", "against"))})
-    return alt.Chart(df).mark_bar().encode(
-        x=alt.X("word:N", sort=labels, axis=alt.Axis(labelExpr="slice(datum.label, 3)", title=None, labelAngle=-45)),
-        y=alt.Y("score:Q", title=None),
-        color=alt.Color("kind:N", scale=alt.Scale(domain=["for", "against", "special"],
-                                                  range=["#c0392b", "#2e6da4", "#bbbbbb"]), legend=None),
-        tooltip=["token", alt.Tooltip("score:Q", format=".3g")]).properties(width=width, height=140)
+def word_bars(res, question: str) -> alt.Chart:
+    words = group_word_pieces(res.tokens, res.token_scores, res.token_is_special, question=question)
+    return charts.word_bars(words.words, words.scores, special=words.special)
 
 
 def npz_bytes(res, **extra) -> bytes:
@@ -233,6 +208,10 @@ except (AdapterError, InputError) as e:
     st.stop()
 for notice in spec.notices:
     st.warning(notice)
+# The adapters flag a question made only of unknown words; a person also needs to know about some.
+vocab = vocabulary_notice(group_word_pieces(spec.words, None, spec.word_is_special, question=question))
+if vocab and not any("vocabulary" in n for n in spec.notices):
+    st.warning(vocab)
 
 left, right = st.columns([1, 2])
 left.image(image, caption=f"{image.shape[1]} × {image.shape[0]}", width=220)
@@ -301,8 +280,8 @@ for row_start in range(0, len(names), 3):
         r = results[m]
         with col:
             st.markdown(f"**{METHOD_TITLES[m]}** · {r.seconds:.2f} s")
-            st.altair_chart(heatmap(image, r, opacity), key=f"ask_heat_{m}")
-            st.altair_chart(word_bars(r), key=f"ask_words_{m}")
+            st.altair_chart(heatmap(image, r, opacity), key=f"ask_heat_{m}", width="content")
+            st.altair_chart(word_bars(r, question), key=f"ask_words_{m}")
             share = r.image_share
             st.caption(f"Positive attribution: image {share:.0%} · words {1 - share:.0%}" if share == share
                        else "No positive attribution.")
@@ -323,13 +302,7 @@ st.download_button("Download all scores (.csv)", csv_bytes(results), file_name=f
 if len(results) >= 2:
     st.subheader("Do the methods agree?")
     ag = rank_agreement(results)
-    mdf = pd.DataFrame([{"a": a, "b": b, "rho": ag.matrix[i, j]} for i, a in enumerate(ag.methods)
-                        for j, b in enumerate(ag.methods)])
-    base = alt.Chart(mdf).encode(x=alt.X("a:N", sort=list(ag.methods), title=None),
-                                 y=alt.Y("b:N", sort=list(ag.methods), title=None))
-    st.altair_chart(base.mark_rect().encode(color=alt.Color("rho:Q", scale=alt.Scale(scheme="redblue", domain=[-1, 1],
-                                                                                      reverse=True), title="Spearman"))
-                    + base.mark_text().encode(text=alt.Text("rho:Q", format=".2f")), key="ask_agreement")
+    st.altair_chart(charts.agreement(ag.methods, ag.matrix), key="ask_agreement", width="content")
     st.caption("Spearman rank correlation between the methods' region scores.")
 
 st.subheader("Which map is faithful here?")
@@ -346,11 +319,8 @@ else:
         curves["random"] = deletion(model, eid, question, target, "random", (), image)
     cdf = pd.concat([pd.DataFrame({"removed": c.fractions, "probability": c.probabilities, "order": m})
                      for m, c in curves.items()])
-    st.altair_chart(alt.Chart(cdf).mark_line(point=True).encode(
-        x=alt.X("removed:Q", axis=alt.Axis(format="%"), title="regions removed (most important first)"),
-        y=alt.Y("probability:Q", title=f"p({target_label})" if contrast is None else "p(A) − p(B)"),
-        color="order:N", strokeDash=alt.condition(alt.datum.order == "random", alt.value([4, 3]), alt.value([1, 0]))),
-        key="ask_deletion")
+    st.altair_chart(charts.deletion_curves(cdf, y_title=f"p({target_label})" if contrast is None else "p(A) − p(B)"),
+                    key="ask_deletion")
     areas = pd.DataFrame({"order": list(curves), "area": [c.area for c in curves.values()]})
     areas["vs random"] = areas["area"] - curves["random"].area
     st.dataframe(areas, hide_index=True, key="ask_areas")

@@ -6,14 +6,14 @@ be text x image (LXMERT cross_l2v) rather than a square joint sequence.
 """
 from __future__ import annotations
 
-import altair as alt
 import numpy as np
 import pandas as pd
 import streamlit as st
 
-from analysis.attention_views import (DIRECTIONS, blend, grid_shape, matrix_rows, mean_over_heads, modality_blocks,
-                                      overlay_boxes, overlay_heat, patch_at, restrict, token_attention, top_k)
-from ui.charts import export_buttons, frame, image_layer, modality_color
+import charts
+from analysis.attention_views import (DIRECTIONS, grid_shape, matrix_rows, mean_over_heads, overlay_boxes, patch_at,
+                                      restrict, token_attention, top_k)
+from ui.charts import export_buttons, frame
 from ui.state import example_image, example_tokens, freshness, open_store, page_context, pick_example, summaries_table
 from ui.player import play_layers
 from ui.url import click_to_url, qp_get, qp_set, url_choice, url_int
@@ -89,68 +89,24 @@ def matrix_chart(matrix: np.ndarray, title: str, keep_q: list[str], keep_k: list
     qk = np.isin(q_mods, keep_q)
     kk = np.isin(k_mods, keep_k)
     data = frame(matrix_rows(matrix, qidx, kidx, tokens, modality, query_keep=qk, key_keep=kk))
-    nq, nk = int(qk.sum()), int(kk.sum())
-    cell = max(3, min(18, 640 // max(nq, nk, 1)))
-    w, h = cell * nk, cell * nq
-    heat = alt.Chart(data).mark_rect().encode(
-        x=alt.X("key:O", title="key", sort=None, axis=alt.Axis(labelAngle=-70, labelLimit=80, labelFontSize=9)),
-        y=alt.Y("query:O", title="query", sort=None, axis=alt.Axis(labelLimit=80, labelFontSize=9)),
-        color=alt.Color("weight:Q", scale=alt.Scale(scheme="viridis"), title="attention"),
-        tooltip=["query:N", "key:N", alt.Tooltip("weight:Q", format=".4f")],
-    ).properties(width=w, height=h)
-    # Block marks: a modality strip along each axis, and a white rule at each block boundary.
-    kpos = np.flatnonzero(kk)
-    qpos = np.flatnonzero(qk)
-    kb = modality_blocks(list(k_mods[kpos]))
-    qb = modality_blocks(list(q_mods[qpos]))
-    klabels = data.drop_duplicates("key_pos").sort_values("key_pos")["key"].tolist()
-    qlabels = data.drop_duplicates("query_pos").sort_values("query_pos")["query"].tolist()
-    krules = pd.DataFrame({"key": [klabels[b.start] for b in kb[1:]]})
-    qrules = pd.DataFrame({"query": [qlabels[b.start] for b in qb[1:]]})
-    layers = [heat]
-    if len(krules):
-        layers.append(alt.Chart(krules).mark_rule(color="white", strokeWidth=1.5).encode(
-            x=alt.X("key:O", sort=None, bandPosition=0)))
-    if len(qrules):
-        layers.append(alt.Chart(qrules).mark_rule(color="white", strokeWidth=1.5).encode(
-            y=alt.Y("query:O", sort=None, bandPosition=0)))
-    main = alt.layer(*layers)
-    kstrip = alt.Chart(pd.DataFrame({"key": klabels, "modality": list(k_mods[kpos])})).mark_rect().encode(
-        x=alt.X("key:O", sort=None, axis=None), color=modality_color(), tooltip=["key:N", "modality:N"],
-    ).properties(width=w, height=8)
-    qstrip = alt.Chart(pd.DataFrame({"query": qlabels, "modality": list(q_mods[qpos])})).mark_rect().encode(
-        y=alt.Y("query:O", sort=None, axis=None), color=modality_color(), tooltip=["query:N", "modality:N"],
-    ).properties(width=8, height=h)
-    chart = alt.vconcat(kstrip, alt.hconcat(qstrip, main, spacing=2), spacing=2).resolve_scale(
-        color="independent").properties(title=title)
-    return chart, data
+    return charts.attention_matrix(data, title=title), data
 
 
-def overlay_chart(image: np.ndarray, boxes: dict, opacity: float, smooth: bool, title: str, select=None):
-    h, w = image.shape[:2]
-    size = 360
+OVERLAY_WIDTH = 360  # px; drawn at this width (width="content"), so the picture keeps its proportions
+PICKER_WIDTH = 300  # px: the patch picker shares the row with the bars (2 : 3 of the page)
+
+
+def overlay_chart(image: np.ndarray, boxes: dict, opacity: float, smooth: bool, title: str):
     bdf = pd.DataFrame({k: v for k, v in boxes.items()})
     bdf["label"] = [tokens[t] for t in bdf["token"]]
-    bdf["alpha"] = 0.0 if smooth else bdf["share"] * opacity
-    base = image_layer(blend(image, overlay_heat(boxes, h, w, smooth=True), opacity) if smooth else image, size)
-    rects = alt.Chart(bdf).mark_rect(color="#ff4000", stroke="white", strokeOpacity=0.25).encode(
-        x=alt.X("x0:Q", scale=alt.Scale(domain=[0, 1]), axis=None), x2="x1:Q",
-        y=alt.Y("y0:Q", scale=alt.Scale(domain=[0, 1], reverse=True), axis=None), y2="y1:Q",
-        opacity=alt.Opacity("alpha:Q", scale=None, legend=None),
-        tooltip=["label:N", alt.Tooltip("weight:Q", format=".4f")],
-    )
-    if select is not None:
-        rects = rects.add_params(select)
-    return alt.layer(base, rects).properties(title=title), bdf
+    chart = charts.overlay(image, bdf[["x0", "y0", "x1", "y1"]].to_numpy(), bdf["weight"].to_numpy(),
+                           tokens=bdf["token"].to_numpy(), labels=bdf["label"], title=title, opacity=opacity,
+                           smooth=smooth, width=OVERLAY_WIDTH)
+    return chart, bdf
 
 
 def bars_chart(rows: pd.DataFrame, title: str):
-    return alt.Chart(rows).mark_bar().encode(
-        x=alt.X("weight:Q", title="attention"),
-        y=alt.Y("label:N", sort=None, title=None),
-        color=modality_color(),
-        tooltip=["label:N", alt.Tooltip("weight:Q", format=".4f")],
-    ).properties(title=title, height=max(80, 18 * len(rows)))
+    return charts.token_bars(rows["label"], rows["weight"].to_numpy(), rows["modality"], title=title)
 
 
 head_label = "mean over heads" if head == MEAN else f"head {head}"
@@ -167,14 +123,15 @@ with tab_matrix:
     else:
         def matrix_frame(lyr: int) -> None:
             m = read_attention(store.location, reader.name, eid, kind, lyr, head)
-            st.altair_chart(matrix_chart(m, f"{kind} · layer {lyr} · {head_label}", keep_q, keep_k)[0])
+            st.altair_chart(matrix_chart(m, f"{kind} · layer {lyr} · {head_label}", keep_q, keep_k)[0],
+                            width="content")
 
         playing = play_layers("att_play", n_layers, matrix_frame, container=f3,
                               help="Draw every layer in turn (the slider stays where it is).")
         matrix = read_attention(store.location, reader.name, eid, kind, layer, head)
         chart, data = matrix_chart(matrix, f"{kind} · layer {layer} · {head_label}", keep_q, keep_k)
         if not playing:
-            st.altair_chart(chart, key="att_matrix_chart")
+            st.altair_chart(chart, key="att_matrix_chart", width="content")
         with st.expander("Download"):
             export_buttons(chart, data, f"attention_{kind}_L{layer}_{head}", key="att_matrix_export")
 
@@ -204,10 +161,11 @@ with tab_text:
             def overlay_frame(lyr: int) -> None:
                 m = read_attention(store.location, reader.name, eid, kind, lyr, head)
                 b = overlay_boxes(token_attention(m, qidx, kidx, token, direction), tok["token_boxes"], modality)
-                st.altair_chart(overlay_chart(image, b, opacity, smooth, f"“{tokens[token]}” · layer {lyr}")[0])
+                st.altair_chart(overlay_chart(image, b, opacity, smooth, f"“{tokens[token]}” · layer {lyr}")[0],
+                                width="content")
 
             if not play_layers("att_play_overlay", n_layers, overlay_frame):
-                st.altair_chart(chart, key="att_overlay_chart")
+                st.altair_chart(chart, key="att_overlay_chart", width="content")
         with right:
             st.caption(f"“{tokens[token]}” {verb} image tokens {img_mass:.1%} of its attention"
                        if direction == "attends to" else
@@ -216,7 +174,7 @@ with tab_text:
             st.dataframe(pd.DataFrame([{"token": tokens[t], "weight": w} for t, w in top_k(img_att, 8)]),
                          hide_index=True, key="att_topk_image")
         with st.expander("Download"):
-            export_buttons(chart, bdf.drop(columns=["alpha"]), f"overlay_{kind}_L{layer}_{head}_tok{token}",
+            export_buttons(chart, bdf, f"overlay_{kind}_L{layer}_{head}_tok{token}",
                            key="att_overlay_export")
 
 # ---- image patch -> text bars ----------------------------------------------------------------
@@ -239,15 +197,11 @@ with tab_image:
         left, right = st.columns([2, 3])
         with left:
             # Click a patch on the image (click_to_url writes ?patch=), or pick it by grid cell / list.
-            pick = alt.selection_point(name="patch", fields=["token"], on="click")
-            all_boxes = {"token": np.asarray(image_tokens),
-                         **{k: np.asarray(tok["token_boxes"])[image_tokens][:, i]
-                            for i, k in enumerate(("x0", "y0", "x1", "y1"))},
-                         "weight": np.where(np.asarray(image_tokens) == cur, 1.0, 0.0),
-                         "share": np.where(np.asarray(image_tokens) == cur, 1.0, 0.0)}
-            grid_chart, _ = overlay_chart(image, all_boxes, 0.5, False, "click a patch", select=pick)
-            st.altair_chart(grid_chart, on_select=click_to_url("att_grid", "patch", "token", "patch"),
-                            selection_mode="patch", key="att_grid")
+            grid_chart = charts.overlay(image, np.asarray(tok["token_boxes"])[image_tokens], None, tokens=image_tokens,
+                                        labels=[f"{tokens[t]} (#{t})" for t in image_tokens], title="click a patch",
+                                        width=PICKER_WIDTH, select=charts.PATCH_PARAM, highlight=cur)
+            st.altair_chart(grid_chart, on_select=click_to_url("att_grid", charts.PATCH_PARAM, "token", "patch"),
+                            selection_mode=charts.PATCH_PARAM, key="att_grid", width="content")
             if shape is not None:
                 r0, c0 = (int(x) for x in tok["token_grid"][cur])
                 for k, v in (("att_patch_row", r0), ("att_patch_col", c0)):

@@ -5,11 +5,11 @@ the image and hidden-state projections. Run A is the sidebar run; run B is ``?ru
 left out of every profile; cross-modal / intra-modal are unweighted means of their directions."""
 from __future__ import annotations
 
-import altair as alt
 import numpy as np
 import pandas as pd
 import streamlit as st
 
+import charts
 from analysis import compare as cmp
 from analysis.depth import depth_bins, kind_depths, nearest_layer
 from analysis.head_stats import STAT_LABELS, as_defined, not_applicable, not_applicable_message
@@ -20,7 +20,6 @@ from ui.state import (example_image, example_tokens, freshness, open_store, page
 from ui.url import qp_get, row_to_url, url_choice
 
 ALL_KINDS = "all kinds (mean where it applies)"
-MODEL_COLORS = ("#1f77b4", "#ff7f0e")  # A, B: one colour per model on every chart of the page
 
 
 def percent(v: float) -> str:
@@ -184,18 +183,7 @@ with tab_data:
             st.warning(line)
         depth_df = pd.DataFrame(depth_rows)
         depth_df["statistic"] = depth_df["stat"].map(_label)
-        color = alt.Color("model:N", title="model", scale=alt.Scale(domain=[f"A: {name_a}", f"B: {name_b}"],
-                                                                    range=list(MODEL_COLORS)))
-        base = alt.Chart().encode(x=alt.X("relative_depth:Q", title="relative depth", scale=alt.Scale(domain=[0, 1])))
-        band = base.mark_area(opacity=0.2).encode(y=alt.Y("low:Q", title="mean attention mass"), y2="high:Q",
-                                                  color=color)
-        line = base.mark_line(point=True).encode(
-            y="mean:Q", color=color,
-            tooltip=["model", "statistic", "layer", alt.Tooltip("relative_depth:Q", format=".2f"),
-                     alt.Tooltip("mean:Q", format=".3f"), alt.Tooltip("spread:Q", format=".3f"), "heads"])
-        chart = alt.layer(band, line, data=depth_df).properties(width=190, height=150).facet(
-            facet=alt.Facet("statistic:N", title=None), columns=3).properties(
-            usermeta={"chart": "depth_chart"}).configure_legend(orient="top")
+        chart = charts.tagged(charts.depth_profiles(depth_df), "depth_chart")  # A blue, B orange
         st.altair_chart(chart, key="depth_chart")
         with st.expander("Chart data and downloads"):
             st.dataframe(depth_df.drop(columns=["statistic"]), hide_index=True, key="depth_table")
@@ -256,14 +244,9 @@ with tab_example:
             d = kind_depths(k, layers_here)
             rows = [{"layer": li, "head": h, "relative_depth": float(d[li]), "x0": float(lo[li]), "x1": float(hi[li]),
                      "value": float(m[li, h])} for li in range(L) for h in range(H)]
-            heat = alt.Chart(pd.DataFrame(rows)).mark_rect().encode(
-                x=alt.X("x0:Q", title="relative depth", scale=alt.Scale(domain=[0, 1])), x2="x1:Q",
-                y=alt.Y("head:O", title="head", scale=alt.Scale(type="band")),
-                color=alt.Color("value:Q", title=_label(stat), scale=alt.Scale(scheme="viridis")),
-                tooltip=["layer", "head", alt.Tooltip("relative_depth:Q", format=".2f"),
-                         alt.Tooltip("value:Q", format=".3f")],
-            ).properties(title=f"{tag}: {reader.name} · {k} · {L} layers", height=alt.Step(20),
-                          usermeta={"chart": f"compare_heat_{tag}"})
+            heat = charts.tagged(charts.depth_heatmap(rows, value_title=_label(stat),
+                                                      title=f"{tag}: {reader.name} · {k} · {L} layers"),
+                                 f"compare_heat_{tag}")
             col.altair_chart(heat, key=f"compare_heat_{tag}")
             with col.expander("Download"):
                 export_buttons(heat, pd.DataFrame(rows).assign(stat=stat, kind=k), f"compare_heat_{reader.name}_{k}",
@@ -295,14 +278,16 @@ with tab_example:
             except ValueError as e:
                 col.warning(f"{tag}: {e}")
                 continue
-            pic = cmp.attention_overlay(example_image(loc, reader.name, eid), tok["token_boxes"][img_tok], w)
+            pic = charts.overlay(example_image(loc, reader.name, eid), tok["token_boxes"][img_tok], w,
+                                 tokens=img_tok, labels=[tok["tokens"][i] for i in img_tok], width=256)
             # Where every key is an image token (cross_l2v) the share is 100% by construction: not a finding.
             share = (f"'{word}' sends {w.sum():.0%} of its attention to the image"
                      if not_applicable(okind, "text_to_image") is None
                      else f"{okind}'s keys are all image tokens, so each row sums to 1 over the image")
-            col.image(pic, width=256, caption=f"{tag}: {reader.name} · {okind} · layer {layer} (0–{L - 1}), "
-                                              f"relative depth {kind_depths(okind, layers_here)[layer]:.2f} · "
-                                              f"mean over heads · {share}")
+            col.altair_chart(charts.tagged(pic, f"compare_overlay_{tag}"), key=f"compare_overlay_{tag}",
+                             width="content")
+            col.caption(f"{tag}: {reader.name} · {okind} · layer {layer} (0–{L - 1}), "
+                        f"relative depth {kind_depths(okind, layers_here)[layer]:.2f} · mean over heads · {share}")
 
     # hidden states, PCA per model
     st.subheader("Hidden states (PCA per model)")
@@ -321,16 +306,11 @@ with tab_example:
         x = np.concatenate([p[0] for p in parts])
         idx = np.concatenate([p[1] for p in parts])
         proj = project_layers(x[None], idx, "pca")  # one layer of each model; its mean token removed
-        pdf = pd.DataFrame({"pc1": proj.coords[0, :, 0], "pc2": proj.coords[0, :, 1],
+        pdf = pd.DataFrame({"x": proj.coords[0, :, 0], "y": proj.coords[0, :, 1], "token_index": idx,
                             "token": [tok["tokens"][i] for i in idx], "modality": [tok["modality"][i] for i in idx]})
-        chart = alt.Chart(pdf).mark_circle(size=60).encode(
-            x=alt.X("pc1:Q", title=f"PC1 ({proj.explained[0]:.0%})"),
-            y=alt.Y("pc2:Q", title=f"PC2 ({proj.explained[1]:.0%})"),
-            color=alt.Color("modality:N", scale=alt.Scale(domain=["text", "image", "special"],
-                                                          range=["#d62728", "#1f77b4", "#7f7f7f"])),
-            tooltip=["token", "modality"],
-        ).properties(title=f"{tag}: {reader.name} · layer {', '.join(layers)}", height=300,
-                      usermeta={"chart": f"compare_pca_{tag}"})
+        chart = charts.tagged(charts.projection(
+            pdf, x_title=f"PC1 ({proj.explained[0]:.0%})", y_title=f"PC2 ({proj.explained[1]:.0%})",
+            title=f"{tag}: {reader.name} · layer {', '.join(layers)}", select=None, height=300), f"compare_pca_{tag}")
         col.altair_chart(chart, key=f"compare_pca_{tag}")
         with col.expander("Download"):
             export_buttons(chart, pdf, f"compare_pca_{reader.name}", key=f"compare_pca_{tag}_export")

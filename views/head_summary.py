@@ -5,13 +5,13 @@ one read of the run's consolidated index for a set.
 """
 from __future__ import annotations
 
-import altair as alt
 import numpy as np
 import streamlit as st
 
+import charts
 from analysis.attention_views import MEAN_COLUMN, head_summary, head_summary_rows, select_examples
 from analysis.head_stats import STAT_LABELS, as_defined, not_applicable, not_applicable_message
-from ui.charts import export_buttons, frame, heatmap, selected_points
+from ui.charts import export_buttons, frame, selected_points
 from ui.state import freshness, open_store, page_context, pick_example, summaries_table
 from ui.url import qp_get, qp_set, url_choice, url_flag, url_text
 
@@ -129,27 +129,21 @@ data = frame(head_summary_rows(summary))
 L, H = summary.grid.shape
 label = STAT_LABELS.get(stat, stat)
 value_title = f"z({label})" if zscore else label
-cell = alt.selection_point(name="cell", fields=["layer", "head"], on="click", clear="dblclick")
-head_order = [str(h) for h in range(H)] + [MEAN_COLUMN]
-chart = heatmap(
-    data, x="head", y="layer", color="value", x_title="head (last column: mean over heads)", y_title="layer",
-    color_title=value_title, x_sort=head_order, y_sort="descending",
-    tooltip=[alt.Tooltip("layer:O"), alt.Tooltip("head:N"), alt.Tooltip("value:Q", format=".3f")],
-    scheme="viridis", domain_mid=0.0 if zscore else None, height=max(160, 28 * L), selection=cell,
-).properties(title=f"{value_title} · kind {kind}")
+chart = charts.head_summary(data, value_title=value_title, title=f"{value_title} · kind {kind}", zscored=zscore,
+                            mean_column=MEAN_COLUMN)
 
 if scope == "example":
     st.caption(f"One example · {L} layers × {H} heads · click a cell to open that head in the attention view")
 else:
     st.caption(f"Mean over **{summary.n_examples}** examples of {len(df)} · {L} layers × {H} heads · "
                "click a cell to open that head in the attention view")
-event = st.altair_chart(chart, on_select="rerun", selection_mode="cell", key="hs_chart", width="stretch")
+event = st.altair_chart(chart, on_select="rerun", selection_mode=charts.CELL_PARAM, key="hs_chart", width="stretch")
 
 best = summary.best_cell()
 if best is not None:
     st.caption(f"Highest: layer {best[0]}, head {best[1]} ({summary.grid[best]:.3f})")
 
-picked = selected_points(event, "cell")
+picked = selected_points(event, charts.CELL_PARAM)
 if picked:
     layer = int(picked[0]["layer"])
     head = picked[0]["head"]

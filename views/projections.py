@@ -5,14 +5,14 @@ the projection is cached per (example, stream, method, centering).
 """
 from __future__ import annotations
 
-import altair as alt
 import numpy as np
 import pandas as pd
 import streamlit as st
 
 from analysis.projections import (METHOD_LABELS, METHOD_NOTES, METHODS, nearest_other_modality, project_layers, projection_rows,
                                   stack_streams)
-from ui.charts import export_buttons, modality_color, modality_shape
+import charts
+from ui.charts import export_buttons
 from ui.state import example_tokens, freshness, open_store, page_context, pick_example, summaries_table
 from ui.url import click_to_url, qp_get, qp_set, url_choice, url_flag, url_int
 
@@ -95,23 +95,15 @@ choices = [int(t) for t in proj.token_index if modality[t] in ("text", "image")]
 cur = qp_get("token", None, int)
 cur = cur if cur in choices else (choices[0] if choices else None)
 # A click on a point writes ?token= (click_to_url), and the Token box below shows it; the chosen
-# token is drawn larger and opaque.
-pick = alt.selection_point(name="tok", fields=["token_index"], on="click")
-chosen = alt.datum.token_index == (cur if cur is not None else -1)
-points = alt.Chart(data).mark_point(filled=True).encode(
-    x=alt.X("x:Q", scale=alt.Scale(domain=xdom), title=f"{METHOD_LABELS[method]} 1"),
-    y=alt.Y("y:Q", scale=alt.Scale(domain=ydom), title=f"{METHOD_LABELS[method]} 2"),
-    color=modality_color(), shape=modality_shape(),
-    tooltip=["token:N", "modality:N", "token_index:Q"] + (["stream:N"] if "stream" in data else []),
-    opacity=alt.condition(chosen, alt.value(1.0), alt.value(0.45)),
-    size=alt.condition(chosen, alt.value(260), alt.value(70)),
-).add_params(pick)
-chart = points.properties(title=f"{METHOD_LABELS[method]} · layer {layer} · {eid[:8]}", height=460)
+# token is drawn larger, opaque and ringed, with its label.
+chart = charts.projection(data, x_title=f"{METHOD_LABELS[method]} 1", y_title=f"{METHOD_LABELS[method]} 2",
+                          title=f"{METHOD_LABELS[method]} · layer {layer} · {eid[:8]}", x_domain=xdom, y_domain=ydom,
+                          selected=cur)
 
 left, right = st.columns([3, 2])
 with left:
-    st.altair_chart(chart, on_select=click_to_url("proj_chart", "tok", "token_index", "token"),
-                    selection_mode="tok", key="proj_chart", width="stretch")
+    st.altair_chart(chart, on_select=click_to_url("proj_chart", charts.TOKEN_PARAM, "token_index", "token"),
+                    selection_mode=charts.TOKEN_PARAM, key="proj_chart", width="stretch")
 with right:
     if cur is None:
         st.info("No text or image tokens to compare.")
