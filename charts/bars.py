@@ -11,7 +11,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from charts.style import STEP, SVG, axis, modality_color, unique_labels
+from charts.style import STEP, axis, finish, modality_color, unique_labels
 
 WORD_COLORS = {"for": "#c0392b", "against": "#2e6da4", "special": "#bbbbbb"}
 
@@ -27,12 +27,15 @@ def _rows(labels: Sequence[str], values: np.ndarray, value_field: str) -> pd.Dat
 def _bars(df: pd.DataFrame, value_field: str, value_title: str, color: alt.Color, title: str,
           width: int | str) -> alt.Chart:
     order = df["row"].tolist()
-    chart = alt.Chart(df).mark_bar().encode(
+    chart = alt.Chart(df).mark_bar(height={"band": 1}).encode(  # the scale pads; the theme would shrink bars to 85%
         x=alt.X(f"{value_field}:Q", title=value_title),
-        y=alt.Y("row:N", sort=order, scale=alt.Scale(domain=order), axis=axis(None)),
+        # explicit padding: Streamlit's theme pads bands more, which took a 18 px row's bar under 14 px
+        y=alt.Y("row:N", sort=order, scale=alt.Scale(domain=order, paddingInner=0.15, paddingOuter=0.1),
+                axis=axis(None)),
         color=color,
         tooltip=[alt.Tooltip("label:N", title="token"), alt.Tooltip(f"{value_field}:Q", title=value_title, format=".4f")],
-    ).properties(width=width, height=STEP * max(len(df), 1), usermeta=SVG)
+    ).properties(width=width, height=STEP * max(len(df), 1), name="bars")
+    chart = finish(chart, fit_width=width == "container")
     return chart.properties(title=title) if title else chart
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 
-from charts.style import SVG
+from charts.style import PAD, SVG, finish
 
 PAIR_COLORS = ("#1f77b4", "#ff7f0e")  # model A blue, model B orange
 
@@ -14,12 +14,13 @@ def deletion_curves(data: pd.DataFrame, *, y_title: str, baseline: str = "random
 
     data: one row per (order, step): removed (fraction 0..1), probability, order (method name).
     """
-    return alt.Chart(data).mark_line(point=True).encode(
+    chart = alt.Chart(data).mark_line(point=True).encode(
         x=alt.X("removed:Q", axis=alt.Axis(format="%"), title="regions removed (most important first)"),
         y=alt.Y("probability:Q", title=y_title),
         color=alt.Color("order:N", title="order"),
         strokeDash=alt.condition(alt.datum.order == baseline, alt.value([4, 3]), alt.value([1, 0])),
-    ).properties(usermeta=SVG)
+    ).properties(width="container")
+    return finish(chart, fit_width=True)
 
 
 def depth_profiles(data: pd.DataFrame, *, y_title: str = "mean attention mass", columns: int = 3) -> alt.FacetChart:
@@ -38,4 +39,4 @@ def depth_profiles(data: pd.DataFrame, *, y_title: str = "mean attention mass", 
                  alt.Tooltip("mean:Q", format=".3f"), alt.Tooltip("spread:Q", format=".3f"), "heads"])
     return alt.layer(band, line, data=data).properties(width=190, height=150).facet(
         facet=alt.Facet("statistic:N", title=None), columns=columns).properties(
-        usermeta=SVG).configure_legend(orient="top")
+        usermeta=SVG, autosize=PAD).configure_legend(orient="top")

@@ -11,13 +11,13 @@ import numpy as np
 import pandas as pd
 
 from analysis.attention_views import modality_blocks
-from charts.style import MIN_STEP, SVG, axis, modality_color
+from charts.style import MIN_STEP, axis, finish, modality_color
 
 CELL_PARAM = "cell"  # click selection of the head summary; fields "layer" (int) and "head" (str)
 HEAD_ROW = 24  # px per layer row: a cell to click, not only to read
-MATRIX_ROW = MIN_STEP  # px per query row of an attention matrix
-MATRIX_WIDTH = 720  # px the key columns share before a column reaches its minimum
-MATRIX_MIN_COL, MATRIX_MAX_COL = 10, 18  # px per key column (labels are turned upright, 9 px font)
+MATRIX_ROW = MIN_STEP + 1  # px per query row of an attention matrix (a pixel above the minimum, for rounding)
+MATRIX_WIDTH = 680  # px the key columns share (the page's main column is ~820 px at 1280 px) before the minimum
+MATRIX_MIN_COL, MATRIX_MAX_COL = 9, 18  # px per key column (labels are turned upright, 8 px font)
 STRIP = (-11, -3)  # px of the modality strips outside the plot (above for keys, left of it for queries)
 
 
@@ -39,7 +39,8 @@ def head_summary(rows: pd.DataFrame | list[dict], *, value_title: str, title: st
         y=alt.Y("layer:O", sort="descending", axis=axis("layer")),
         color=alt.Color("value:Q", title=value_title, scale=scale),
         tooltip=[alt.Tooltip("layer:O"), alt.Tooltip("head:N"), alt.Tooltip("value:Q", title=value_title, format=".3f")],
-    ).properties(width="container", height=HEAD_ROW * len(layers), usermeta=SVG)
+    ).properties(width="container", height=HEAD_ROW * len(layers), name="head_cells")
+    chart = finish(chart, fit_width=True)
     chart = chart.properties(title=title) if title else chart
     if select is not None:
         param = alt.selection_point(name=select, fields=["layer", "head"], on="click", clear="dblclick")
@@ -66,10 +67,11 @@ def attention_matrix(data: pd.DataFrame, *, title: str = "", value_title: str = 
     col, row = matrix_size(len(qlabels), len(klabels))
     xs, ys = alt.Scale(domain=klabels), alt.Scale(domain=qlabels)
     heat = alt.Chart(data).mark_rect().encode(
-        x=alt.X("key:O", scale=xs, axis=axis("key", angle=-90, font_size=9)),
+        x=alt.X("key:O", scale=xs, axis=axis("key", angle=-90, font_size=8)),
         y=alt.Y("query:O", scale=ys, axis=axis("query", font_size=9, offset=-STRIP[0] + 1)),
-        color=alt.Color("weight:Q", scale=alt.Scale(scheme="viridis"), title=value_title),
-        tooltip=["query:N", "key:N", alt.Tooltip("weight:Q", format=".4f")])
+        color=alt.Color("weight:Q", scale=alt.Scale(scheme="viridis"), title=value_title,
+                        legend=alt.Legend(orient="bottom")),  # below: the width goes to the key columns
+        tooltip=["query:N", "key:N", alt.Tooltip("weight:Q", format=".4f")]).properties(name="matrix_cells")
     layers = [heat]
     for field, labels, mods, scale in (("key", klabels, k["key_modality"].tolist(), xs),
                                        ("query", qlabels, q["query_modality"].tolist(), ys)):
@@ -82,10 +84,12 @@ def attention_matrix(data: pd.DataFrame, *, title: str = "", value_title: str = 
         where = (dict(x=alt.X(f"{field}:O", scale=scale), y=alt.value(STRIP[0]), y2=alt.value(STRIP[1]))
                  if field == "key" else
                  dict(y=alt.Y(f"{field}:O", scale=scale), x=alt.value(STRIP[0]), x2=alt.value(STRIP[1])))
-        layers.append(alt.Chart(strip).mark_rect().encode(**where, color=modality_color(),
-                                                          tooltip=[f"{field}:N", "modality:N"]))
+        layers.append(alt.Chart(strip).mark_rect().encode(**where, color=modality_color(legend_orient="bottom"),
+                                                          tooltip=[f"{field}:N", "modality:N"])
+                      .properties(name=f"{field}_strip"))
     chart = alt.layer(*layers).resolve_scale(color="independent").properties(
-        width=col * len(klabels), height=row * len(qlabels), usermeta=SVG)
+        width=col * len(klabels), height=row * len(qlabels))
+    chart = finish(chart)
     return chart.properties(title=alt.TitleParams(title, anchor="start", offset=-STRIP[0] + 4)) if title else chart
 
 
@@ -97,11 +101,12 @@ def agreement(methods: Sequence[str], matrix: np.ndarray, *, value_title: str = 
     m = list(methods)
     df = pd.DataFrame([{"a": a, "b": b, "rho": float(matrix[i, j])} for i, a in enumerate(m) for j, b in enumerate(m)])
     base = alt.Chart(df).encode(x=alt.X("a:N", sort=m, axis=axis(None)), y=alt.Y("b:N", sort=m, axis=axis(None)))
-    return alt.layer(
+    chart = alt.layer(
         base.mark_rect().encode(color=alt.Color("rho:Q", title=value_title,
                                                 scale=alt.Scale(scheme="redblue", domain=[-1, 1], reverse=True))),
         base.mark_text().encode(text=alt.Text("rho:Q", format=".2f")),
-    ).properties(width=max(160, 60 * len(m)), height=max(MIN_STEP, 28) * len(m), usermeta=SVG)
+    ).properties(width=max(160, 60 * len(m)), height=max(MIN_STEP, 28) * len(m))
+    return finish(chart)
 
 
 def depth_heatmap(rows: pd.DataFrame | list[dict], *, value_title: str, title: str = "") -> alt.Chart:
@@ -117,6 +122,7 @@ def depth_heatmap(rows: pd.DataFrame | list[dict], *, value_title: str, title: s
         y=alt.Y("head:O", axis=axis("head")),
         color=alt.Color("value:Q", title=value_title, scale=alt.Scale(scheme="viridis")),
         tooltip=["layer", "head", alt.Tooltip("relative_depth:Q", format=".2f"), alt.Tooltip("value:Q", format=".3f")],
-    ).properties(height=max(20, MIN_STEP) * n_heads, usermeta=SVG)
+    ).properties(width="container", height=max(20, MIN_STEP) * n_heads)
+    chart = finish(chart, fit_width=True)
     return chart.properties(title=title) if title else chart
 

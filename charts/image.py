@@ -36,4 +36,4 @@ def image_layer(image: np.ndarray) -> alt.Chart:
     return alt.Chart(df).mark_image(aspect=False).encode(
         x=alt.X("x:Q", scale=UNIT_X, axis=None), x2="x2:Q",
         y=alt.Y("y:Q", scale=UNIT_Y, axis=None), y2="y2:Q",
-        url="url:N")
+        url="url:N").properties(name="picture")

@@ -13,7 +13,7 @@ import pandas as pd
 
 from analysis.attention_views import overlay_heat
 from charts.image import UNIT_X, UNIT_Y, drawn_size, image_layer
-from charts.style import OUTLINE, SVG, colormap, heat_scale
+from charts.style import OUTLINE, colormap, finish, heat_scale
 
 PATCH_PARAM = "patch"  # default name of the click selection on regions; its field is "token"
 
@@ -41,7 +41,7 @@ def overlay(image: np.ndarray, boxes: np.ndarray, weights: np.ndarray | None, *,
     pos = dict(x=alt.X("x0:Q", scale=UNIT_X, axis=None), x2="x1:Q", y=alt.Y("y0:Q", scale=UNIT_Y, axis=None), y2="y1:Q")
     if weights is None:
         base, rects = image_layer(image), alt.Chart(df).mark_rect(fillOpacity=0, **OUTLINE).encode(
-            **pos, tooltip=["label:N"])
+            **pos, tooltip=["label:N"]).properties(name="regions")
     else:
         w = np.asarray(weights, dtype=np.float64).reshape(-1)
         if len(w) != n:
@@ -55,14 +55,14 @@ def overlay(image: np.ndarray, boxes: np.ndarray, weights: np.ndarray | None, *,
         rects = alt.Chart(df).mark_rect(fillOpacity=0.0 if smooth else float(opacity), **OUTLINE).encode(
             **pos, color=alt.Color("weight:Q", scale=heat_scale(peak, signed=signed), legend=legend,
                                    title=value_title),
-            tooltip=["label:N", alt.Tooltip("weight:Q", title=value_title, format=".4f")])
+            tooltip=["label:N", alt.Tooltip("weight:Q", title=value_title, format=".4f")]).properties(name="regions")
     if select is not None:
         rects = rects.add_params(alt.selection_point(name=select, fields=["token"], on="click"))
     layers = [base, rects]
     if highlight is not None and (df["token"] == highlight).any():
         layers.append(alt.Chart(df[df["token"] == highlight]).mark_rect(
             fillOpacity=0, stroke="white", strokeWidth=2.5).encode(**pos))
-    chart = alt.layer(*layers).properties(width=width, height=height, usermeta=SVG, view=alt.ViewBackground(strokeWidth=0))
+    chart = finish(alt.layer(*layers).properties(width=width, height=height, view=alt.ViewBackground(strokeWidth=0)))
     return chart.properties(title=alt.TitleParams(title, anchor="start", fontSize=12, limit=width)) if title else chart
 
 

@@ -6,7 +6,7 @@ from typing import Sequence
 import altair as alt
 import pandas as pd
 
-from charts.style import SVG, modality_color, modality_shape
+from charts.style import finish, modality_color, modality_shape
 
 TOKEN_PARAM = "tok"  # click selection of a point; its field is "token_index"
 
@@ -43,5 +43,5 @@ def projection(data: pd.DataFrame, *, x_title: str, y_title: str, title: str = "
                                                      strokeWidth=2.5).encode(**enc))
             layers.append(alt.Chart(mark).mark_text(align="left", dx=14, dy=-10, fontWeight="bold", fontSize=13)
                           .encode(**enc, text="token:N"))
-    chart = alt.layer(*layers).properties(height=height, width=width, usermeta=SVG)
+    chart = finish(alt.layer(*layers).properties(height=height, width=width), fit_width=width == "container")
     return chart.properties(title=title) if title else chart

@@ -14,7 +14,7 @@ MODALITY_COLORS = {"text": "#d62728", "image": "#1f77b4", "special": "#7f7f7f"} 
 MODALITY_SHAPES = {"text": "circle", "image": "square", "special": "triangle-up"}
 
 MIN_STEP = 14  # px: the smallest row a person can read and click
-STEP = 18  # px per heatmap row or bar
+STEP = 20  # px per heatmap row or bar (a bar is 85% of its row)
 LABEL_LIMIT = 120  # px before an axis label is cut with an ellipsis
 
 # Dark to bright (inferno's stops): low values dim the picture under them and high values glow,
@@ -29,13 +29,25 @@ OUTLINE = {"stroke": "black", "strokeOpacity": 0.35, "strokeWidth": 0.5}
 SVG = {"embedOptions": {"renderer": "svg"}}
 
 
+# Streamlit's theme makes every chart "fit" its width x height, axes, title and legend included, which
+# squeezes a 4-row heatmap into 96 px. A chart says how it grows instead: "pad" keeps width x height for
+# the plot itself; "fit-x" (width "container") fills the column's width and pads only the height.
+PAD = alt.AutoSizeParams(type="pad")
+FIT_X = alt.AutoSizeParams(type="fit-x", contains="padding")
+
+
+def finish(chart, *, fit_width: bool = False):
+    """The chart drawn as SVG, sized by its own width and height (or the column's width when ``fit_width``)."""
+    return chart.properties(usermeta=SVG, autosize=FIT_X if fit_width else PAD)
+
+
 def tagged(chart, name: str):
     """The chart with ``usermeta.chart = name`` (tests find a chart on a page by it), still drawn as SVG."""
     return chart.properties(usermeta={**SVG, "chart": name})
 
 
-def modality_color(field: str = "modality", title: str = "modality", legend: bool = True) -> alt.Color:
-    return alt.Color(f"{field}:N", title=title, legend=alt.Legend() if legend else None,
+def modality_color(field: str = "modality", title: str = "modality", legend_orient: str = "right") -> alt.Color:
+    return alt.Color(f"{field}:N", title=title, legend=alt.Legend(orient=legend_orient),
                      scale=alt.Scale(domain=list(MODALITY_COLORS), range=list(MODALITY_COLORS.values())))
 
 
