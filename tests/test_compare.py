@@ -348,14 +348,14 @@ def test_page_follows_ex_and_reports_answers(pair_store, monkeypatch):
     assert f"{target.answer} ({target.confidence:.2f})" in md
     assert f"{other.answer} ({other.confidence:.2f})" in md
     # depth slider: at relative depth 0 the overlays read layer 0 of both models
-    def overlay_captions():
-        return [c.value for c in at.caption]
+    def overlay_captions():  # the overlays' captions ("A: a · self · layer ...")
+        return [c.value for c in at.caption if c.value.startswith(("A: ", "B: "))]
 
     caps = overlay_captions()  # default: the last layer of each model, counted from 0 (b has 3 layers: 0-2)
     assert any("a · self · layer 1 (0–1), relative depth 1.00" in c for c in caps), caps
     assert any("b · self · layer 2 (0–2), relative depth 1.00" in c for c in caps), caps
     assert not any(" of 2 " in c or " of 1 " in c for c in caps), caps  # not "layer 2 of 2" for 3 layers
-    assert all("% of its attention to the image" in c for c in caps)  # ViLT's joint keys: a real share
+    assert all("% of its attention to the image" in c for c in caps), caps  # ViLT's joint keys: a real share
     at.slider(key="compare_depth").set_value(0.5).run()
     assert not at.exception, at.exception
     caps = overlay_captions()  # 0.5 -> layer 1 of b (exact); a has layers at 0 and 1, the tie goes deeper
@@ -607,10 +607,11 @@ def test_accuracy_has_one_format_on_the_tab(pair_store, monkeypatch):
 def test_every_compare_chart_downloads(pair_store, monkeypatch):
     at = _app(pair_store, monkeypatch, run="a", run2="b")
     charts = {json.loads(n.proto.spec).get("usermeta", {}).get("chart") for n in at.get("vega_lite_chart")}
-    assert charts == {"depth_chart", "compare_heat_A", "compare_heat_B", "compare_pca_A", "compare_pca_B"}
+    assert charts == {"depth_chart", "compare_heat_A", "compare_heat_B", "compare_pca_A", "compare_pca_B",
+                      "compare_overlay_A", "compare_overlay_B"}
     keys = {b.proto.id for b in at.get("download_button")}
     for export in ("depth_export", "compare_heat_A_export", "compare_heat_B_export", "compare_pca_A_export",
-                   "compare_pca_B_export"):
+                   "compare_pca_B_export", "compare_overlay_A_export", "compare_overlay_B_export"):
         for fmt in ("png", "svg", "csv"):
             assert any(k.endswith(f"{export}_{fmt}") for k in keys), (export, fmt, keys)
 

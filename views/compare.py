@@ -288,6 +288,11 @@ with tab_example:
                              width="content")
             col.caption(f"{tag}: {reader.name} · {okind} · layer {layer} (0–{L - 1}), "
                         f"relative depth {kind_depths(okind, layers_here)[layer]:.2f} · mean over heads · {share}")
+            with col.expander("Download"):
+                boxes = np.asarray(tok["token_boxes"])[img_tok]
+                export_buttons(pic, pd.DataFrame({"token": img_tok, "x0": boxes[:, 0], "y0": boxes[:, 1],
+                                                  "x1": boxes[:, 2], "y1": boxes[:, 3], "weight": w}),
+                               f"compare_overlay_{reader.name}_{okind}_L{layer}", key=f"compare_overlay_{tag}_export")
 
     # hidden states, PCA per model
     st.subheader("Hidden states (PCA per model)")
