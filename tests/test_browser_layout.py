@@ -89,32 +89,37 @@ def print_report():
     print(f"\nLAYOUT: {REPORT}")
 
 
+def open_example(tab, app_data, page: str, run: str) -> dict:
+    """Open ``page`` on the run's first example; returns the example's tokens."""
+    eid, tok = tokens_of(app_data, run)
+    tab.open(f"{page}?run={run}&ex={eid}")
+    tab.assert_healthy(f"{page} {run}")
+    return tok
+
+
+def grid(cells: list) -> tuple[int, int, float]:
+    """(rows, columns, smallest height) of heatmap cells given as (x, y, width, height) boxes."""
+    return len({round(b[1]) for b in cells}), len({round(b[0]) for b in cells}), min(b[3] for b in cells)
+
+
 def test_head_summary_cells_and_labels(tab, app_data):
     for run in runs_of(app_data):
-        eid, _tok = tokens_of(app_data, run)
-        tab.open(f"heads?run={run}&ex={eid}")
-        tab.assert_healthy(f"heads {run}")
+        open_example(tab, app_data, "heads", run)
         m = measure(tab, HEATMAP)
-        cells = m["marks"]["head_cells"]
-        heights = [b[3] for b in cells]
-        assert heights and min(heights) >= MIN_PX, (run, min(heights))
+        n_layers, n_cols, low = grid(m["marks"]["head_cells"])
+        assert low >= MIN_PX, (run, low)
         x_labels, y_labels = m["axes"][0], m["axes"][1]
-        n_layers = len({round(b[1]) for b in cells})
-        n_cols = len({round(b[0]) for b in cells})
         assert len(y_labels) == n_layers and len(x_labels) == n_cols and x_labels[-1] == "mean", (run, m["axes"])
-        REPORT.setdefault(run, {})["head summary cell px"] = round(min(heights), 1)
+        REPORT.setdefault(run, {})["head summary cell px"] = round(low, 1)
 
 
 def test_attention_matrix_overlay_and_bars(tab, app_data):
     for run in runs_of(app_data):
-        eid, tok = tokens_of(app_data, run)
-        tab.open(f"attention?run={run}&ex={eid}")
-        tab.assert_healthy(f"attention {run}")
+        tok = open_example(tab, app_data, "attention", run)
         m = measure(tab, MATRIX)
         heat = m["marks"]["matrix_cells"]
-        assert heat and min(b[3] for b in heat) >= MIN_PX, (run, min(b[3] for b in heat))
-        n_q = len({round(b[1]) for b in heat})
-        n_k = len({round(b[0]) for b in heat})
+        n_q, n_k, low = grid(heat)
+        assert low >= MIN_PX, (run, low)
         assert sorted(len(a) for a in m["axes"]) == sorted([n_q, n_k]), (run, [len(a) for a in m["axes"]], n_q, n_k)
         # the key strip sits on the matrix's own columns
         strip = sorted(m["marks"]["key_strip"])
@@ -140,10 +145,7 @@ def test_attention_matrix_overlay_and_bars(tab, app_data):
 
 
 def test_hidden_states_legend(tab, app_data):
-    run = runs_of(app_data)[0]
-    eid, _tok = tokens_of(app_data, run)
-    tab.open(f"projections?run={run}&ex={eid}")
-    tab.assert_healthy("projections")
+    open_example(tab, app_data, "projections", runs_of(app_data)[0])
     m = measure(tab, POINTS)
     assert m["legends"] == ["modality"], m["legends"]
     assert set(m["legend_labels"]) == {"text", "image", "special"}
