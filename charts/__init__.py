@@ -13,6 +13,8 @@ Builders
     word_bars(words, scores, special=...)    one bar per word (attribution; join word pieces first)
     projection(data, ...)                    hidden states in 2-D, modality as colour and shape, one token ringed
     agreement / depth_heatmap / depth_profiles / deletion_curves   the Ask and Compare extras
+    faithfulness.curves_chart(evaluation)    a recorded faithfulness evaluation's four panels
+    export.to_png / to_svg / save_chart      files, by vl-convert
 
 Selections (names of Altair point parameters, read from ``st.altair_chart(..., on_select=...)``):
     overlay(select=PATCH_PARAM)   "patch": a clicked region, field ``token``

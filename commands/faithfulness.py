@@ -117,7 +117,8 @@ def write_outputs(out: Path, evaluation: dict) -> list[Path]:
     import pandas as pd
 
     from analysis.perturbation import table_rows
-    from ui.faithfulness_chart import curves_chart, save_chart
+    from charts.export import save_chart
+    from charts.faithfulness import curves_chart
 
     out.mkdir(parents=True, exist_ok=True)
     rows = table_rows(evaluation["summary"], evaluation["localization"])

@@ -13,21 +13,11 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from charts.export import to_png, to_svg
+
 def frame(columns: Mapping[str, np.ndarray] | list[dict]) -> pd.DataFrame:
     """A DataFrame from long-form columns (as analysis/ returns them) or rows."""
     return pd.DataFrame(columns)
-
-
-def to_png(chart: alt.TopLevelMixin, scale: float = 2.0) -> bytes:
-    import vl_convert as vlc
-
-    return vlc.vegalite_to_png(chart.to_json(), scale=scale)
-
-
-def to_svg(chart: alt.TopLevelMixin) -> str:
-    import vl_convert as vlc
-
-    return vlc.vegalite_to_svg(chart.to_json())
 
 
 def to_csv(data: pd.DataFrame) -> str:

@@ -17,7 +17,7 @@ import streamlit as st
 from analysis.perturbation import table_rows
 from core.paths import REPO_ROOT
 from ui.charts import export_buttons
-from ui.faithfulness_chart import curves_chart, curves_frame
+from charts.faithfulness import curves_chart, curves_frame
 from ui.state import qp_get, qp_set
 
 SHIPPED = REPO_ROOT / "docs" / "faithfulness"

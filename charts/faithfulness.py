@@ -1,11 +1,12 @@
 """The faithfulness curves of one recorded evaluation (commands/faithfulness.py) as one Altair chart, used by
-the command's PNG / SVG export and by the Faithfulness page (one renderer for both)."""
+the command's PNG / SVG export and by the Faithfulness page (one renderer for both; moved from ui/, it needs
+no Streamlit)."""
 from __future__ import annotations
 
 import altair as alt
 import pandas as pd
 
-from ui.charts import to_png, to_svg
+from charts.style import PAD, SVG
 
 CURVE_TITLES = {"image_positive": "image, most relevant removed first (lower = more faithful)",
                 "image_negative": "image, least relevant removed first (higher = more faithful)",
@@ -37,9 +38,4 @@ def curves_chart(evaluation: dict, metric: str = "accuracy") -> alt.TopLevelMixi
     ).properties(width=260, height=180)
     title = f"{evaluation.get('model', '')}: {y_title} as regions / words are removed ({evaluation['n_examples']} examples)"
     return base.facet(facet=alt.Facet("panel:N", title=None, sort=list(CURVE_TITLES.values())), columns=2,
-                      title=title)
-
-
-def save_chart(chart: alt.TopLevelMixin, fmt: str) -> bytes:
-    """PNG or SVG bytes (vl-convert)."""
-    return to_png(chart) if fmt == "png" else to_svg(chart).encode()
+                      title=title).properties(usermeta=SVG, autosize=PAD)
