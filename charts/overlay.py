@@ -48,14 +48,9 @@ def overlay(image: np.ndarray, boxes: np.ndarray, weights: np.ndarray | None, *,
             raise ValueError(f"{len(w)} weights for {n} boxes")
         df["weight"] = w
         peak = float(np.abs(w).max()) if n else 0.0
-        picture = _smoothed(image, df, peak, opacity, signed) if smooth else image
-        base = image_layer(picture)
-        legend = alt.Legend(orient="bottom", direction="horizontal", gradientLength=max(60, min(200, width - 40)),
-                            title=f"{value_title} (opacity {opacity:.0%})" if not smooth else f"{value_title} (smoothed)")
-        rects = alt.Chart(df).mark_rect(fillOpacity=0.0 if smooth else float(opacity), **OUTLINE).encode(
-            **pos, color=alt.Color("weight:Q", scale=heat_scale(peak, signed=signed), legend=legend,
-                                   title=value_title),
-            tooltip=["label:N", alt.Tooltip("weight:Q", title=value_title, format=".4f")]).properties(name="regions")
+        base = image_layer(_smoothed(image, df, peak, opacity, signed) if smooth else image)
+        rects = _weighted_regions(df, pos, peak, opacity=opacity, signed=signed, smooth=smooth,
+                                  value_title=value_title, width=width)
     if select is not None:
         rects = rects.add_params(alt.selection_point(name=select, fields=["token"], on="click"))
     layers = [base, rects]
@@ -64,6 +59,16 @@ def overlay(image: np.ndarray, boxes: np.ndarray, weights: np.ndarray | None, *,
             fillOpacity=0, stroke="white", strokeWidth=2.5).encode(**pos))
     chart = finish(alt.layer(*layers).properties(width=width, height=height, view=alt.ViewBackground(strokeWidth=0)))
     return chart.properties(title=alt.TitleParams(title, anchor="start", fontSize=12, limit=width)) if title else chart
+
+
+def _weighted_regions(df: pd.DataFrame, pos: dict, peak: float, *, opacity: float, signed: bool, smooth: bool,
+                      value_title: str, width: int) -> alt.Chart:
+    """Regions filled by ``heat_scale`` at ``opacity`` (transparent when smoothed), legend below the picture."""
+    legend = alt.Legend(orient="bottom", direction="horizontal", gradientLength=max(60, min(200, width - 40)),
+                        title=f"{value_title} (smoothed)" if smooth else f"{value_title} (opacity {opacity:.0%})")
+    return alt.Chart(df).mark_rect(fillOpacity=0.0 if smooth else float(opacity), **OUTLINE).encode(
+        **pos, color=alt.Color("weight:Q", scale=heat_scale(peak, signed=signed), legend=legend, title=value_title),
+        tooltip=["label:N", alt.Tooltip("weight:Q", title=value_title, format=".4f")]).properties(name="regions")
 
 
 def _smoothed(image: np.ndarray, df: pd.DataFrame, peak: float, opacity: float, signed: bool) -> np.ndarray:
