@@ -137,3 +137,15 @@ def test_projection_has_one_legend_for_colour_and_shape_and_rings_the_selected_t
     svg = render(chart)
     assert legend_titles(svg) == ["modality"]
     assert ">red</text>" in svg  # the selected token's label is written next to its ring
+
+
+def test_charts_import_no_streamlit_so_a_notebook_can_use_them():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, charts, charts.faithfulness, charts.export; "
+            "print(sorted(m for m in ('streamlit', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=str(Path(__file__).resolve().parent.parent))
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
