@@ -166,7 +166,9 @@ def test_play_layers_draws_frames_without_sleeping(twin_store, monkeypatch):
     at = open_page(monkeypatch, twin_store, "views/attention.py", run="a", layer=1)
     at.run()
     monkeypatch.setattr(time, "sleep", sleep)
-    titles = lambda: [str(json.loads(c.proto.spec).get("title")) for c in at.get("vega_lite_chart")]  # noqa: E731
+    def titles() -> list[str]:  # a chart's title is a string or, with its placement, {"text": ...}
+        found = [json.loads(c.proto.spec).get("title") for c in at.get("vega_lite_chart")]
+        return [str(t.get("text") if isinstance(t, dict) else t) for t in found]
     assert any("layer 1" in t for t in titles())
     at.button(key="att_play").click().run()
     assert not at.exception, at.exception
