@@ -29,7 +29,7 @@ PAGES = [
     ("views/ask.py", "Ask", ":material/help:", "ask"),
     ("views/faithfulness.py", "Faithfulness", ":material/fact_check:", "faithfulness"),
 ]
-NO_STORE = {"ask"}  # pages that run a model live and read no store: no store sidebar
+NO_STORE = {"ask", "faithfulness"}  # pages that read no store (a live model, a recorded evaluation): no store sidebar
 
 page = st.navigation([st.Page(str(ROOT / f), title=t, icon=i, url_path=u, default=(u == "examples"))
                       for f, t, i, u in PAGES])

@@ -15,10 +15,10 @@ import pandas as pd
 import streamlit as st
 
 from analysis.perturbation import table_rows
+from charts.faithfulness import curves_chart, curves_frame
 from core.paths import REPO_ROOT
 from ui.charts import export_buttons
-from charts.faithfulness import curves_chart, curves_frame
-from ui.state import qp_get, qp_set
+from ui.url import url_choice
 
 SHIPPED = REPO_ROOT / "docs" / "faithfulness"
 CURVE_COLUMNS = {"image_positive": "image + (lower better)", "image_negative": "image − (higher better)",
@@ -75,11 +75,13 @@ def _label(path: str) -> str:
     return f"{e.get('model', Path(path).parent.name)} · {e.get('dataset', '?')} · {e['n_examples']} examples"
 
 
-names = {p: Path(p).parent.name for p in valid}  # the URL names an evaluation by its folder
-wanted = qp_get("evaluation")
-paths = list(valid)
-start = next((i for i, p in enumerate(paths) if names[p] == wanted), 0)
-path = st.selectbox("Evaluation", paths, index=start, format_func=_label, key="faith_eval")
+# The URL names an evaluation by its folder (the full path only when two folders share a name).
+folder = {p: Path(p).parent.name for p in valid}
+names = {p: folder[p] if list(folder.values()).count(folder[p]) == 1 else p for p in valid}
+by_name = {n: p for p, n in names.items()}
+chosen = url_choice("Evaluation", list(by_name), param="evaluation", key="faith_eval",
+                    format_func=lambda n: _label(by_name[n]))
+path = by_name[chosen]
 ev = valid[path]
 rows = pd.DataFrame(table_rows({m: {c: {k: _nan(v) for k, v in d.items()} for c, d in curves.items()}
                                 for m, curves in ev["summary"].items()},
@@ -87,11 +89,9 @@ rows = pd.DataFrame(table_rows({m: {c: {k: _nan(v) for k, v in d.items()} for c,
 st.markdown(f"**{ev.get('model', '?')}** on {ev.get('dataset', '?')} ({ev.get('split', '')}), "
             f"{ev['n_examples']} examples, top-answer accuracy {_nan(ev.get('accuracy')):.1%}; "
             f"probabilities by the model's rule ({ev.get('probability_rule') or 'not recorded'}).")
-METRICS = ["accuracy", "probability"]
-metric = st.radio("Curves of", METRICS, horizontal=True, key="faith_metric",
-                  index=METRICS.index(qp_get("metric", "accuracy")) if qp_get("metric") in METRICS else 0,
-                  format_func={"accuracy": "accuracy", "probability": "target probability"}.get)
-qp_set(evaluation=names[path], metric=metric if metric != "accuracy" else None)
+metric = url_choice("Curves of", ["accuracy", "probability"], param="metric", key="faith_metric", widget="radio",
+                    omit_default=True, horizontal=True,
+                    format_func={"accuracy": "accuracy", "probability": "target probability"}.get)
 columns = table_columns(metric)
 shown = rows[list(columns)].rename(columns=columns)
 st.dataframe(shown.round(3), hide_index=True, key="faith_table")
