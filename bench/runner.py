@@ -15,7 +15,7 @@ import time
 import traceback
 
 # In table order. Modules written by other parts of the project join when present.
-MODULES = ("recording", "views", "attribution", "scale", "app_start")
+MODULES = ("recording", "batching", "views", "attribution", "scale", "app_start")
 
 
 def machine_info() -> dict:

@@ -6,7 +6,7 @@ def add_arguments(p):
     p.add_argument("--quick", action="store_true", help="fewer examples and repeats (a few minutes)")
     p.add_argument("--out", default="bench.json", help="JSON file to write the table to (default: bench.json)")
     p.add_argument("--only", action="append", default=None,
-                   help="run only this module (recording, views, attribution, scale, app_start); repeatable")
+                   help="run only this module (recording, batching, views, attribution, scale, app_start); repeatable")
 
 
 def run(args) -> int:
