@@ -11,26 +11,31 @@ from __future__ import annotations
 
 import numpy as np
 
-from analysis.head_stats import HEAD_STATS, HeadStats, StatFn, StatInput
+from analysis.head_stats import HEAD_STATS, HeadStats, StatFn, StatInput, not_applicable
 
 
 class FullMapHeadStats:
     """A layer observer: ``observer(layer, values (head, N, N), modality (N,), grid (N, 2))``."""
 
-    def __init__(self, stats: dict[str, StatFn] | None = None):
+    def __init__(self, stats: dict[str, StatFn] | None = None, *, kind: str = "self"):
         self.stats = HEAD_STATS if stats is None else stats
+        self.kind = kind  # the attention kind the maps are (generative models: one joint "self")
         self.layers: dict[int, np.ndarray] = {}  # layer -> (stat, head)
 
     def __call__(self, layer: int, values: np.ndarray, modality: np.ndarray, grid: np.ndarray) -> None:
         idx = np.arange(values.shape[-1])
         inp = StatInput(values=np.asarray(values, np.float32)[None], query_modality=np.asarray(modality),
                         key_modality=np.asarray(modality), query_token=idx, key_token=idx,
-                        query_grid=np.asarray(grid), key_grid=np.asarray(grid))
+                        query_grid=np.asarray(grid), key_grid=np.asarray(grid), kind=self.kind)
         self.layers[layer] = np.stack([np.asarray(fn(inp), np.float32)[0] for fn in self.stats.values()])
 
-    def result(self, kind: str = "self") -> dict[str, HeadStats]:
-        """{kind: HeadStats (stat, layer, head)} over the layers observed, in layer order."""
+    def result(self) -> dict[str, HeadStats]:
+        """{kind: HeadStats (stat, layer, head)} over the layers observed, in layer order, with the
+        same not-applicable rule as ``compute_head_stats``."""
         if not self.layers:
             raise ValueError("no layer was observed")
         values = np.stack([self.layers[k] for k in sorted(self.layers)], axis=1)
-        return {kind: HeadStats(names=tuple(self.stats), values=values)}
+        reasons = {s: r for s in self.stats if (r := not_applicable(self.kind, s)) is not None}
+        for stat in reasons:
+            values[list(self.stats).index(stat)] = np.nan
+        return {self.kind: HeadStats(names=tuple(self.stats), values=values, not_applicable=reasons)}

@@ -176,6 +176,7 @@ def test_head_stats_from_full_maps_match_a_record_of_every_row(tiny_dir):
     assert full.attention["self"].values.shape[2] == full.n_tokens
     expect = compute_head_stats(full)["self"]
     assert stats["self"].names == expect.names and stats["self"].values.shape == expect.values.shape
+    assert dict(stats["self"].not_applicable) == dict(expect.not_applicable)
     i2i = expect.names.index("image_to_image")
     assert np.isfinite(stats["self"].values[i2i]).all()
     np.testing.assert_allclose(stats["self"].values, expect.values, atol=2e-3, equal_nan=True)
