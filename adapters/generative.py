@@ -33,9 +33,10 @@ from store.schema import AttentionBlock, HiddenBlock, Prediction, Record
 # tokens, the generated answer) by default; "all" keeps the image rows too (the full maps).
 ATTENTION_ROWS = ("language", "all")
 
-# observer(layer, values, modality, grid): one decoder layer's full map (head, token, token) float32
-# over every token of the record, with the tokens' modality (token,) and grid (token, 2).
-LayerObserver = Callable[[int, np.ndarray, np.ndarray, np.ndarray], None]
+# observer(layer, values, modality, grid, role): one decoder layer's full map (head, token, token)
+# float32 over every token of the record, with the tokens' modality (token,), grid (token, 2) and
+# role (token,) ("prompt" / "answer").
+LayerObserver = Callable[[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray], None]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,10 +75,10 @@ class LayerCapture:
     """
 
     def __init__(self, attention_modules: Sequence, *, query_index: np.ndarray, modality: np.ndarray,
-                 grid: np.ndarray, observer: LayerObserver | None = None):
+                 grid: np.ndarray, role: np.ndarray, observer: LayerObserver | None = None):
         self.modules = list(attention_modules)
         self.query_index = np.asarray(query_index)
-        self.modality, self.grid = modality, grid
+        self.modality, self.grid, self.role = modality, grid, role
         self.observer = observer
         self.rows: list = [None] * len(self.modules)  # per layer (head, query, key) float16 tensors
         self._handles: list = []
@@ -105,7 +106,7 @@ class LayerCapture:
             full = weights[0].detach()  # (head, token, token)
             self.rows[layer] = full[:, q.to(full.device), :].to(torch.float16).cpu()
             if self.observer is not None:
-                self.observer(layer, full.float().cpu().numpy(), self.modality, self.grid)
+                self.observer(layer, full.float().cpu().numpy(), self.modality, self.grid, self.role)
 
         return hook
 

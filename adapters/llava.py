@@ -299,7 +299,8 @@ class LlavaAdapter(Adapter):
         qidx = query_rows(modality, self.attention_rows)
         layers = self.model.model.language_model.layers
         with torch.no_grad(), LayerCapture([layer.self_attn for layer in layers], query_index=qidx,
-                                           modality=np.asarray(modality), grid=grid, observer=layer_observer) as cap:
+                                           modality=np.asarray(modality), grid=grid, role=np.asarray(role),
+                                           observer=layer_observer) as cap:
             out = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=prompt.inputs["pixel_values"],
                              output_hidden_states=True, use_cache=False)
         notices = list(prompt.notices)

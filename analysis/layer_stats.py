@@ -6,6 +6,11 @@ the Record afterwards. ``FullMapHeadStats`` is the adapter's layer observer: it 
 layer's full (head, token, token) map as the layer runs, computes every statistic of
 analysis/head_stats.py on it (the same definitions, so the numbers match a Record that kept every
 row) and keeps only the (stat, head) result.
+
+Two statistics only a generative record has, of the generated answer: for each generated token,
+the attention of the decoding step that generated it (the row of the token before it) on the image
+tokens (``answer_to_image``) and on the question's words (``answer_to_question``), averaged over
+the generated tokens.
 """
 from __future__ import annotations
 
@@ -15,19 +20,24 @@ from analysis.head_stats import HEAD_STATS, HeadStats, StatFn, StatInput, not_ap
 
 
 class FullMapHeadStats:
-    """A layer observer: ``observer(layer, values (head, N, N), modality (N,), grid (N, 2))``."""
+    """A layer observer: ``observer(layer, values (head, N, N), modality (N,), grid (N, 2), role (N,))``."""
 
     def __init__(self, stats: dict[str, StatFn] | None = None, *, kind: str = "self"):
         self.stats = HEAD_STATS if stats is None else stats
         self.kind = kind  # the attention kind the maps are (generative models: one joint "self")
         self.layers: dict[int, np.ndarray] = {}  # layer -> (stat, head)
+        self.names: tuple[str, ...] = tuple(self.stats)
 
-    def __call__(self, layer: int, values: np.ndarray, modality: np.ndarray, grid: np.ndarray) -> None:
+    def __call__(self, layer: int, values: np.ndarray, modality: np.ndarray, grid: np.ndarray,
+                 role: np.ndarray | None = None) -> None:
         idx = np.arange(values.shape[-1])
         inp = StatInput(values=np.asarray(values, np.float32)[None], query_modality=np.asarray(modality),
                         key_modality=np.asarray(modality), query_token=idx, key_token=idx,
                         query_grid=np.asarray(grid), key_grid=np.asarray(grid), kind=self.kind)
-        self.layers[layer] = np.stack([np.asarray(fn(inp), np.float32)[0] for fn in self.stats.values()])
+        rows = [np.asarray(fn(inp), np.float32)[0] for fn in self.stats.values()]
+        answer = answer_stats(values, np.asarray(modality), role)
+        self.names = tuple(self.stats) + tuple(answer)
+        self.layers[layer] = np.stack(rows + list(answer.values()))
 
     def result(self) -> dict[str, HeadStats]:
         """{kind: HeadStats (stat, layer, head)} over the layers observed, in layer order, with the
@@ -38,4 +48,18 @@ class FullMapHeadStats:
         reasons = {s: r for s in self.stats if (r := not_applicable(self.kind, s)) is not None}
         for stat in reasons:
             values[list(self.stats).index(stat)] = np.nan
-        return {self.kind: HeadStats(names=tuple(self.stats), values=values, not_applicable=reasons)}
+        return {self.kind: HeadStats(names=self.names, values=values, not_applicable=reasons)}
+
+
+def answer_stats(values: np.ndarray, modality: np.ndarray, role: np.ndarray | None) -> dict[str, np.ndarray]:
+    """{"answer_to_image", "answer_to_question"} -> (head,) of one layer's full map (head, N, N);
+    empty without answer tokens."""
+    if role is None or "answer" not in set(np.asarray(role).tolist()):
+        return {}
+    role = np.asarray(role)
+    generating = np.flatnonzero(role == "answer") - 1  # the row that produced each generated token
+    rows = np.asarray(values, np.float32)[:, generating, :]  # (head, answer, key)
+    image = modality == "image"
+    question = (modality == "text") & (role == "prompt")
+    return {"answer_to_image": rows[:, :, image].sum(-1).mean(-1),
+            "answer_to_question": rows[:, :, question].sum(-1).mean(-1)}

@@ -175,11 +175,22 @@ def test_head_stats_from_full_maps_match_a_record_of_every_row(tiny_dir):
     full = a.run(image, QUESTION)
     assert full.attention["self"].values.shape[2] == full.n_tokens
     expect = compute_head_stats(full)["self"]
-    assert stats["self"].names == expect.names and stats["self"].values.shape == expect.values.shape
-    assert dict(stats["self"].not_applicable) == dict(expect.not_applicable)
-    i2i = expect.names.index("image_to_image")
-    assert np.isfinite(stats["self"].values[i2i]).all()
-    np.testing.assert_allclose(stats["self"].values, expect.values, atol=2e-3, equal_nan=True)
+    got = stats["self"]
+    n_shared = len(expect.names)
+    assert got.names == expect.names + ("answer_to_image", "answer_to_question")
+    assert dict(got.not_applicable) == dict(expect.not_applicable)
+    assert np.isfinite(got.values[expect.names.index("image_to_image")]).all()
+    np.testing.assert_allclose(got.values[:n_shared], expect.values, atol=2e-3, equal_nan=True)
+    # answer statistics by hand from the record of every row: the rows that generated each answer token
+    v = full.attention["self"].values.astype(np.float32)  # (layer, head, token, token): every row
+    generating = full.answer_indices() - 1
+    image = np.asarray(full.modality) == "image"
+    words = (np.asarray(full.modality) == "text") & (np.asarray(full.role) == "prompt")
+    by_hand_image = v[:, :, generating][..., image].sum(-1).mean(-1)  # (layer, head)
+    by_hand_words = v[:, :, generating][..., words].sum(-1).mean(-1)
+    np.testing.assert_allclose(got.values[n_shared], by_hand_image, atol=2e-3)
+    np.testing.assert_allclose(got.values[n_shared + 1], by_hand_words, atol=2e-3)
+    assert (by_hand_image > 0.05).all()  # not a vacuous zero
 
 
 def test_generated_answer_is_correct_after_vqa_normalization(adapter):
