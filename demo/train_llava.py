@@ -9,6 +9,11 @@ loss on the answer tokens, every weight trained, one-cycle schedule. The test ac
 of generated answers (greedy) equal to the label after the VQA answer normalization, on the full
 easy-VQA test split. The output directory is an ordinary Hugging Face checkpoint (config.json,
 model.safetensors, tokenizer, processor) that ``adapters.llava`` loads.
+
+Not shipped yet: measured here (2 shared CPU cores), this configuration sat at 67% of generated
+answers correct (first 2,000 test questions) after each of epochs 1-3; by kind after epoch 2 (400
+questions): colour 30%, shape 52%, yes/no 84%. The answers are written correctly (batched and one
+by one agree); the model mostly does not find the shape's colour. README, "Generative models".
 """
 from __future__ import annotations
 
