@@ -84,7 +84,9 @@ def attention_matrix(data: pd.DataFrame, *, title: str = "", value_title: str = 
         where = (dict(x=alt.X(f"{field}:O", scale=scale), y=alt.value(STRIP[0]), y2=alt.value(STRIP[1]))
                  if field == "key" else
                  dict(y=alt.Y(f"{field}:O", scale=scale), x=alt.value(STRIP[0]), x2=alt.value(STRIP[1])))
-        layers.append(alt.Chart(strip).mark_rect().encode(**where, color=modality_color(legend_orient="bottom"),
+        # one modality legend for both strips (the query strip's colours are the key strip's)
+        legend = "bottom" if field == "key" else None
+        layers.append(alt.Chart(strip).mark_rect().encode(**where, color=modality_color(legend_orient=legend),
                                                           tooltip=[f"{field}:N", "modality:N"])
                       .properties(name=f"{field}_strip"))
     chart = alt.layer(*layers).resolve_scale(color="independent").properties(

@@ -46,8 +46,9 @@ def tagged(chart, name: str):
     return chart.properties(usermeta={**SVG, "chart": name})
 
 
-def modality_color(field: str = "modality", title: str = "modality", legend_orient: str = "right") -> alt.Color:
-    return alt.Color(f"{field}:N", title=title, legend=alt.Legend(orient=legend_orient),
+def modality_color(field: str = "modality", title: str = "modality", legend_orient: str | None = "right") -> alt.Color:
+    """Colour by modality (text red, image blue, special grey); ``legend_orient`` None: no legend."""
+    return alt.Color(f"{field}:N", title=title, legend=alt.Legend(orient=legend_orient) if legend_orient else None,
                      scale=alt.Scale(domain=list(MODALITY_COLORS), range=list(MODALITY_COLORS.values())))
 
 

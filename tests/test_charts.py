@@ -66,6 +66,7 @@ def test_attention_matrix_cells_labels_and_strips_on_their_columns():
     strip = sorted((c for c in cells if c[1] < 0), key=lambda c: c[0])
     columns = sorted({round(c[0], 3) for c in heat[: n * n]})
     assert [round(c[0], 3) for c in strip] == columns
+    assert legend_titles(svg) == ["attention", "modality"]  # one modality legend for both strips
 
 
 def test_overlay_keeps_the_image_aspect_ratio_and_has_a_legend():
