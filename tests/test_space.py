@@ -536,3 +536,22 @@ def test_concurrent_attributions_through_the_gate_equal_sequential_ones(tiny_vil
     assert not errors
     for a, b in zip(sequential, out):
         np.testing.assert_array_equal(a, b)
+
+
+def test_ask_link_opens_with_the_methods_it_names(tiny_vilt_dir, monkeypatch):
+    """?methods=rollout,relevance (what the load test's visitors open) runs those two methods only."""
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    monkeypatch.setenv("VL_LENS_ASK_MODELS", f"tiny=vilt:{tiny_vilt_dir}")
+    monkeypatch.setenv("VL_LENS_ASK_LONG_SECONDS", "1000")
+    at = AppTest.from_file(str(ROOT / "views" / "ask.py"), default_timeout=300)
+    at.query_params["methods"] = "rollout,relevance,nonsense"
+    at.run()
+    assert not at.exception, at.exception
+    assert at.multiselect(key="ask_methods").value == ["rollout", "relevance"]  # unknown names dropped
+    md = " ".join(m.value for m in at.markdown)
+    assert "Attention rollout" in md and "Gradient-weighted relevance" in md and "Integrated Gradients" not in md
+    assert set(at.dataframe[1].value["order"]) == {"rollout", "relevance", "random"}

@@ -238,7 +238,9 @@ target = (answer,) if contrast is None else (answer, contrast)
 target_label = answer if contrast is None else f"{answer} rather than {contrast}"
 
 m1, m2, m3 = st.columns([3, 1, 1])
-methods = m1.multiselect("Methods", list(METHODS), default=list(METHODS), key="ask_methods",
+# ?methods=ig,rollout opens the page with those methods (a link, or the load test's visitors)
+url_methods = [m for m in (st.query_params.get("methods") or "").split(",") if m in METHODS]
+methods = m1.multiselect("Methods", list(METHODS), default=url_methods or list(METHODS), key="ask_methods",
                          format_func=lambda m: f"{m} — {METHOD_TITLES[m]}")
 steps = m2.slider("IG steps", 4, 100, 30, step=2, key="ask_steps")
 opacity = m3.slider("Heatmap opacity", 0.0, 1.0, 0.55, 0.05, key="ask_opacity")
