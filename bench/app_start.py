@@ -41,17 +41,7 @@ def cold_start(browser, app: Path, env: dict, selectors: list[str], timeout: flo
     proc = subprocess.Popen(cmd, env=env, cwd=str(REPO_ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     page = None
     try:
-        while True:  # wait for the server to answer
-            if proc.poll() is not None:
-                raise RuntimeError(f"streamlit exited: {proc.stderr.read().decode()[-500:]}")
-            if time.perf_counter() - t0 > timeout:
-                raise TimeoutError(f"streamlit did not answer within {timeout:.0f} s")
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.05)
+        wait_healthy(proc, url, t0, timeout)
         page = browser.new_page()
         page.goto(url, timeout=timeout * 1000)
         for sel in selectors:
@@ -60,12 +50,32 @@ def cold_start(browser, app: Path, env: dict, selectors: list[str], timeout: flo
     finally:
         if page is not None:
             page.close()
-        proc.terminate()
+        stop(proc)
+
+
+def wait_healthy(proc: subprocess.Popen, url: str, t0: float, timeout: float) -> None:
+    """Until the server at ``url`` answers its health check (an exit or ``timeout`` raises)."""
+    while True:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode()[-500:] if proc.stderr else ""
+            raise RuntimeError(f"streamlit exited with {proc.returncode}: {err}")
+        if time.perf_counter() - t0 > timeout:
+            raise TimeoutError(f"streamlit did not answer within {timeout:.0f} s")
         try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.05)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def run(quick: bool = False) -> dict:

@@ -119,7 +119,8 @@ def test_dual_stream_record_renders_every_kind(hand_store, monkeypatch):
     assert "text → image, cross-modal (its keys are all image tokens" not in info  # grouped by reason, not merged
     assert "text → image (its keys are all image tokens, so every row sends 100% of its attention to them)" in info
     assert not at.get("vega_lite_chart")
-    # on to vision_self with image -> text still in the URL (from cross_v2l): said once, then a real statistic
+    # on to vision_self with image -> text in the URL (a link made on cross_v2l): said once, then a real statistic
+    at.query_params["stat"] = "image_to_text"
     at.selectbox(key="hs_kind").select("vision_self").run()
     assert not at.exception, at.exception
     assert [i.value for i in at.info] == [

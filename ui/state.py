@@ -211,10 +211,13 @@ def unique_labels(labels: dict[str, str]) -> dict[str, str]:
     return out
 
 
-def example_label(row) -> str:
+def example_labels(df) -> dict[str, str]:
+    """Example id -> "question [true answer] ✓" (✗ wrong, nothing unlabelled), with a short id
+    after the examples that share question and true answer."""
+    base = unique_labels({r.example_id: f"{r.question} [{r.label or '?'}]" for r in df.itertuples()})
     # Single spaces: a browser collapses runs of spaces in the option list but not in the box.
-    mark = {"correct": " ✓", "incorrect": " ✗", "unlabelled": ""}[verdict(row.correct)]
-    return f"{row.question} [{row.label or '?'}]{mark}"
+    mark = {"correct": " ✓", "incorrect": " ✗", "unlabelled": ""}
+    return {r.example_id: base[r.example_id] + mark[verdict(r.correct)] for r in df.itertuples()}
 
 
 def pick_example(df, key: str = "example", container=None) -> str | None:
@@ -222,6 +225,6 @@ def pick_example(df, key: str = "example", container=None) -> str | None:
     if df.empty:
         st.info("No committed examples in this run yet.")
         return None
-    labels = unique_labels({r.example_id: example_label(r) for r in df.itertuples()})
+    labels = example_labels(df)
     return url_choice("Example", list(labels), param="ex", key=key, format_func=labels.__getitem__,
                       container=container)

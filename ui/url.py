@@ -3,7 +3,9 @@
 The URL is the source of truth, so a copied link reopens the same view. A URL widget takes its
 value from the URL on every run (a link, the browser's Back, a chart click that rewrote ``?ex=``),
 and a person's change goes to the URL in the widget's ``on_change`` callback, which runs before
-the script reads the URL again; so the two never fight.
+the script reads the URL again; so the two never fight. A parameter the URL lacks shows its
+default (a deterministic one: the first example, the last layer), and nothing is written until a
+person changes something: each URL change is a browser history entry, so Back undoes one change.
 
 The choices that span pages (store, run, example) are also remembered in the session: the
 sidebar's page links carry no query parameters, and ``restore_navigation`` puts them back.
@@ -86,9 +88,9 @@ def _url_widget(draw: Callable, args: tuple, *, value, param: str, key: str,
     # Always assigned: a widget whose range or options changed is a new widget to Streamlit, and
     # would otherwise start from its default instead of the value the URL names.
     st.session_state[key] = value
-    out = draw(*args, key=key, on_change=_to_url, args=(key, param, encode), **kwargs)
-    qp_set(**{param: encode(out)})  # an absent or invalid URL value is written as what is shown
-    return out
+    # Only a person's change is written (in on_change): writing what a page shows on arrival would
+    # add a browser history entry per page load, and Back would never leave the page.
+    return draw(*args, key=key, on_change=_to_url, args=(key, param, encode), **kwargs)
 
 
 def url_choice(label: str, options: Sequence, *, param: str, key: str, default=None, omit_default: bool = False,

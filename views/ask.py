@@ -237,13 +237,12 @@ if contrast_on:
 target = (answer,) if contrast is None else (answer, contrast)
 target_label = answer if contrast is None else f"{answer} rather than {contrast}"
 
-m1, m2, m3 = st.columns([3, 1, 1])
+m1, m2 = st.columns([3, 1])
 # ?methods=ig,rollout opens the page with those methods (a link, or the load test's visitors)
 url_methods = [m for m in (st.query_params.get("methods") or "").split(",") if m in METHODS]
 methods = m1.multiselect("Methods", list(METHODS), default=url_methods or list(METHODS), key="ask_methods",
                          format_func=lambda m: f"{m} — {METHOD_TITLES[m]}")
 steps = m2.slider("IG steps", 4, 100, 30, step=2, key="ask_steps")
-opacity = m3.slider("Heatmap opacity", 0.0, 1.0, 0.55, 0.05, key="ask_opacity")
 params_of = {m: (("n_steps", steps),) if m == "ig" else () for m in METHODS}
 
 fwd = forward_seconds(model, eid, question, image)
@@ -275,28 +274,35 @@ if not results:
     st.stop()
 
 st.subheader(f"Why '{target_label}'?")
-names = list(results)
-for row_start in range(0, len(names), 3):
-    cols = st.columns(3)
-    for col, m in zip(cols, names[row_start:row_start + 3]):
-        r = results[m]
-        with col:
-            st.markdown(f"**{METHOD_TITLES[m]}** · {r.seconds:.2f} s")
-            st.altair_chart(heatmap(image, r, opacity), key=f"ask_heat_{m}", width="content")
-            st.altair_chart(word_bars(r, question), key=f"ask_words_{m}")
-            share = r.image_share
-            st.caption(f"Positive attribution: image {share:.0%} · words {1 - share:.0%}" if share == share
-                       else "No positive attribution.")
-            if r.delta is not None:
-                msg = (f"Convergence delta {r.delta:.3g} = {r.relative_delta:.1%} of f(x) − f(baseline) "
-                       f"({r.score_difference:.3g}).")
-                (st.warning if r.delta_is_large else st.caption)(msg + (" Raise the IG steps." if r.delta_is_large
-                                                                         else ""))
-            st.download_button("Download .npz", npz_bytes(r, question=question, model=model_name),
-                               file_name=f"{m}_{eid[:8]}.npz", key=f"ask_dl_{m}")
-            with st.expander("Notes"):
-                for note in r.notes:
-                    st.caption(note)
+@st.fragment
+def method_maps() -> None:
+    """Each method's heatmap and word bars; the opacity slider redraws this part only (a fragment)."""
+    opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.55, 0.05, key="ask_opacity")
+    names = list(results)
+    for row_start in range(0, len(names), 3):
+        cols = st.columns(3)
+        for col, m in zip(cols, names[row_start:row_start + 3]):
+            r = results[m]
+            with col:
+                st.markdown(f"**{METHOD_TITLES[m]}** · {r.seconds:.2f} s")
+                st.altair_chart(heatmap(image, r, opacity), key=f"ask_heat_{m}", width="content")
+                st.altair_chart(word_bars(r, question), key=f"ask_words_{m}")
+                share = r.image_share
+                st.caption(f"Positive attribution: image {share:.0%} · words {1 - share:.0%}" if share == share
+                           else "No positive attribution.")
+                if r.delta is not None:
+                    msg = (f"Convergence delta {r.delta:.3g} = {r.relative_delta:.1%} of f(x) − f(baseline) "
+                           f"({r.score_difference:.3g}).")
+                    (st.warning if r.delta_is_large else st.caption)(msg + (" Raise the IG steps." if r.delta_is_large
+                                                                             else ""))
+                st.download_button("Download .npz", npz_bytes(r, question=question, model=model_name),
+                                   file_name=f"{m}_{eid[:8]}.npz", key=f"ask_dl_{m}")
+                with st.expander("Notes"):
+                    for note in r.notes:
+                        st.caption(note)
+
+
+method_maps()
 
 st.download_button("Download all scores (.csv)", csv_bytes(results), file_name=f"attribution_{eid[:8]}.csv",
                    key="ask_dl_csv")

@@ -59,14 +59,12 @@ if len(kinds) > 1:
                       help="Each kind has its own query and key tokens (e.g. cross_l2v: text queries, image keys).")
 else:
     kind = kinds[0]
-    qp_set(kind=kind)
     c1.markdown(f"**Attention kind:** `{kind}`")
 n_layers, n_heads, qidx, kidx = kind_layout(store.location, reader.name, eid, kind)
 if n_layers > 1:
     layer = url_int("Layer", 0, n_layers - 1, param="layer", key="att_layer", default=n_layers - 1, container=c2)
 else:
     layer = 0
-    qp_set(layer=0)
 head = url_choice("Head", [MEAN] + [str(h) for h in range(n_heads)], param="head", key="att_head", default=MEAN,
                   container=c3, format_func=lambda h: "mean over heads" if h == MEAN else f"head {h}")
 
@@ -185,7 +183,9 @@ def patch_from_grid(grid, modality, row_key: str, col_key: str) -> None:
         qp_set(patch=int(hit))
 
 
-with tab_image:
+@st.fragment
+def patch_to_text() -> None:
+    """A click on a patch (or the Row / Column boxes) redraws this tab only (a fragment), not the page."""
     image_tokens = [int(t) for t in own_axis if mod[t] == "image"]
     if not image_tokens or "text" not in other_mods:
         st.info(f"In kind `{kind}`, no image token {verb_phrase} text tokens. "
@@ -214,7 +214,6 @@ with tab_image:
             else:
                 cur = url_choice("Region", image_tokens, param="patch", key="att_region", default=cur,
                                  format_func=lambda t: f"{tokens[t]} (#{t})")
-        qp_set(patch=cur)
         att = restrict(token_attention(matrix, qidx, kidx, cur, direction), modality, "text")
         rows = pd.DataFrame({"token": att.tokens, "label": [f"{tokens[t]} (#{t})" for t in att.tokens],
                              "modality": [modality[t] for t in att.tokens], "weight": att.weights})
@@ -223,3 +222,7 @@ with tab_image:
             st.altair_chart(chart, key="att_bars_chart")
             with st.expander("Download"):
                 export_buttons(chart, rows, f"patch_{kind}_L{layer}_{head}_tok{cur}", key="att_bars_export")
+
+
+with tab_image:
+    patch_to_text()

@@ -96,7 +96,7 @@ if isinstance(group, str) and group:
                 st.markdown(f"model: {cand['answer']} ({cand['confidence']:.2f})")
                 st.markdown(f"true: {cand['label'] if cand['label'] is not None else '—'}")
                 st.page_link("views/attention.py", label="Attention", icon=":material/visibility:",
-                             query_params=nav_params(ex=cand["example_id"]))
+                             query_params=nav_params(run=reader.name, ex=cand["example_id"]))
 
 # Page links navigate in place (a markdown link opened a new tab, a fresh session each).
 st.markdown("**Open this example in:**")
@@ -105,4 +105,4 @@ for col, (file, title, icon) in zip(st.columns(4), (
         ("views/attention.py", "Attention", ":material/visibility:"),
         ("views/projections.py", "Hidden states", ":material/scatter_plot:"),
         ("views/compare.py", "Compare", ":material/compare:"))):
-    col.page_link(file, label=title, icon=icon, query_params=nav_params(ex=eid))
+    col.page_link(file, label=title, icon=icon, query_params=nav_params(run=reader.name, ex=eid))

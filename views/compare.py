@@ -252,70 +252,75 @@ with tab_example:
                 export_buttons(heat, pd.DataFrame(rows).assign(stat=stat, kind=k), f"compare_heat_{reader.name}_{k}",
                                key=f"compare_heat_{tag}_export")
 
-    # the same word's attention on the image
-    st.subheader("A word's attention on the image")
-    rel = st.slider("Relative depth (0 = first layer, 1 = last)", 0.0, 1.0, 1.0, 0.05, key="compare_depth",
-                    help="Position in the network; each model shows its layer nearest to it.")
-    tok_a = example_tokens(loc, name_a, eid)
-    tok_b = example_tokens(loc, name_b, eid)
-    words = cmp.common_words(tok_a["tokens"], tok_a["modality"], tok_b["tokens"], tok_b["modality"])
-    ov_a, ov_b = cmp.overlay_kind(reader_a.attention_kinds(eid)), cmp.overlay_kind(reader_b.attention_kinds(eid))
-    if not words:
-        st.info("The two models' token lists share no word for this example.")
-    elif ov_a is None or ov_b is None:
-        st.info("One model has no text-to-image attention kind (self or cross_l2v) to overlay.")
-    else:
-        word = st.selectbox("Word (present in both token lists)", words, key="compare_word")
-        cols = st.columns(2)
-        for col, reader, tok, okind, tag in ((cols[0], reader_a, tok_a, ov_a, "A"), (cols[1], reader_b, tok_b, ov_b, "B")):
-            layers_here = _layers(reader, eid)
-            L = layers_here[okind]
-            layer = nearest_layer(rel, okind, layers_here)
-            qi, ki = reader.attention_index(eid, okind)
-            t = cmp.word_token(tok["tokens"], tok["modality"], word)
-            try:
-                img_tok, w = cmp.word_to_image_row(reader.attention(eid, okind, layer), qi, ki, tok["modality"], t)
-            except ValueError as e:
-                col.warning(f"{tag}: {e}")
-                continue
-            pic = charts.overlay(example_image(loc, reader.name, eid), tok["token_boxes"][img_tok], w,
-                                 tokens=img_tok, labels=[tok["tokens"][i] for i in img_tok], width=256)
-            # Where every key is an image token (cross_l2v) the share is 100% by construction: not a finding.
-            share = (f"'{word}' sends {w.sum():.0%} of its attention to the image"
-                     if not_applicable(okind, "text_to_image") is None
-                     else f"{okind}'s keys are all image tokens, so each row sums to 1 over the image")
-            col.altair_chart(charts.tagged(pic, f"compare_overlay_{tag}"), key=f"compare_overlay_{tag}",
-                             width="content")
-            col.caption(f"{tag}: {reader.name} · {okind} · layer {layer} (0–{L - 1}), "
-                        f"relative depth {kind_depths(okind, layers_here)[layer]:.2f} · mean over heads · {share}")
-            with col.expander("Download"):
-                boxes = np.asarray(tok["token_boxes"])[img_tok]
-                export_buttons(pic, pd.DataFrame({"token": img_tok, "x0": boxes[:, 0], "y0": boxes[:, 1],
-                                                  "x1": boxes[:, 2], "y1": boxes[:, 3], "weight": w}),
-                               f"compare_overlay_{reader.name}_{okind}_L{layer}", key=f"compare_overlay_{tag}_export")
+    @st.fragment
+    def at_depth() -> None:
+        """A word's attention and the hidden states at one relative depth: the slider redraws this part only."""
+        # the same word's attention on the image
+        st.subheader("A word's attention on the image")
+        rel = st.slider("Relative depth (0 = first layer, 1 = last)", 0.0, 1.0, 1.0, 0.05, key="compare_depth",
+                        help="Position in the network; each model shows its layer nearest to it.")
+        tok_a = example_tokens(loc, name_a, eid)
+        tok_b = example_tokens(loc, name_b, eid)
+        words = cmp.common_words(tok_a["tokens"], tok_a["modality"], tok_b["tokens"], tok_b["modality"])
+        ov_a, ov_b = cmp.overlay_kind(reader_a.attention_kinds(eid)), cmp.overlay_kind(reader_b.attention_kinds(eid))
+        if not words:
+            st.info("The two models' token lists share no word for this example.")
+        elif ov_a is None or ov_b is None:
+            st.info("One model has no text-to-image attention kind (self or cross_l2v) to overlay.")
+        else:
+            word = st.selectbox("Word (present in both token lists)", words, key="compare_word")
+            cols = st.columns(2)
+            for col, reader, tok, okind, tag in ((cols[0], reader_a, tok_a, ov_a, "A"), (cols[1], reader_b, tok_b, ov_b, "B")):
+                layers_here = _layers(reader, eid)
+                L = layers_here[okind]
+                layer = nearest_layer(rel, okind, layers_here)
+                qi, ki = reader.attention_index(eid, okind)
+                t = cmp.word_token(tok["tokens"], tok["modality"], word)
+                try:
+                    img_tok, w = cmp.word_to_image_row(reader.attention(eid, okind, layer), qi, ki, tok["modality"], t)
+                except ValueError as e:
+                    col.warning(f"{tag}: {e}")
+                    continue
+                pic = charts.overlay(example_image(loc, reader.name, eid), tok["token_boxes"][img_tok], w,
+                                     tokens=img_tok, labels=[tok["tokens"][i] for i in img_tok], width=256)
+                # Where every key is an image token (cross_l2v) the share is 100% by construction: not a finding.
+                share = (f"'{word}' sends {w.sum():.0%} of its attention to the image"
+                         if not_applicable(okind, "text_to_image") is None
+                         else f"{okind}'s keys are all image tokens, so each row sums to 1 over the image")
+                col.altair_chart(charts.tagged(pic, f"compare_overlay_{tag}"), key=f"compare_overlay_{tag}",
+                                 width="content")
+                col.caption(f"{tag}: {reader.name} · {okind} · layer {layer} (0–{L - 1}), "
+                            f"relative depth {kind_depths(okind, layers_here)[layer]:.2f} · mean over heads · {share}")
+                with col.expander("Download"):
+                    boxes = np.asarray(tok["token_boxes"])[img_tok]
+                    export_buttons(pic, pd.DataFrame({"token": img_tok, "x0": boxes[:, 0], "y0": boxes[:, 1],
+                                                      "x1": boxes[:, 2], "y1": boxes[:, 3], "weight": w}),
+                                   f"compare_overlay_{reader.name}_{okind}_L{layer}", key=f"compare_overlay_{tag}_export")
 
-    # hidden states, PCA per model
-    st.subheader("Hidden states (PCA per model)")
-    cols = st.columns(2)
-    for col, reader, tag in ((cols[0], reader_a, "A"), (cols[1], reader_b, "B")):
-        tok = example_tokens(loc, reader.name, eid)
-        parts, layers = [], []
-        for stream in reader.hidden_streams(eid):
-            full, tidx = reader.hidden(eid, stream)
-            layer = cmp.layer_at(rel, full.shape[0])
-            layers.append(f"{stream} {layer} (0–{full.shape[0] - 1})")
-            parts.append((full[layer], tidx))
-        if not parts:
-            col.info(f"{tag}: no hidden states stored.")
-            continue
-        x = np.concatenate([p[0] for p in parts])
-        idx = np.concatenate([p[1] for p in parts])
-        proj = project_layers(x[None], idx, "pca")  # one layer of each model; its mean token removed
-        pdf = pd.DataFrame({"x": proj.coords[0, :, 0], "y": proj.coords[0, :, 1], "token_index": idx,
-                            "token": [tok["tokens"][i] for i in idx], "modality": [tok["modality"][i] for i in idx]})
-        chart = charts.tagged(charts.projection(
-            pdf, x_title=f"PC1 ({proj.explained[0]:.0%})", y_title=f"PC2 ({proj.explained[1]:.0%})",
-            title=f"{tag}: {reader.name} · layer {', '.join(layers)}", select=None, height=300), f"compare_pca_{tag}")
-        col.altair_chart(chart, key=f"compare_pca_{tag}")
-        with col.expander("Download"):
-            export_buttons(chart, pdf, f"compare_pca_{reader.name}", key=f"compare_pca_{tag}_export")
+        # hidden states, PCA per model
+        st.subheader("Hidden states (PCA per model)")
+        cols = st.columns(2)
+        for col, reader, tag in ((cols[0], reader_a, "A"), (cols[1], reader_b, "B")):
+            tok = example_tokens(loc, reader.name, eid)
+            parts, layers = [], []
+            for stream in reader.hidden_streams(eid):
+                full, tidx = reader.hidden(eid, stream)
+                layer = cmp.layer_at(rel, full.shape[0])
+                layers.append(f"{stream} {layer} (0–{full.shape[0] - 1})")
+                parts.append((full[layer], tidx))
+            if not parts:
+                col.info(f"{tag}: no hidden states stored.")
+                continue
+            x = np.concatenate([p[0] for p in parts])
+            idx = np.concatenate([p[1] for p in parts])
+            proj = project_layers(x[None], idx, "pca")  # one layer of each model; its mean token removed
+            pdf = pd.DataFrame({"x": proj.coords[0, :, 0], "y": proj.coords[0, :, 1], "token_index": idx,
+                                "token": [tok["tokens"][i] for i in idx], "modality": [tok["modality"][i] for i in idx]})
+            chart = charts.tagged(charts.projection(
+                pdf, x_title=f"PC1 ({proj.explained[0]:.0%})", y_title=f"PC2 ({proj.explained[1]:.0%})",
+                title=f"{tag}: {reader.name} · layer {', '.join(layers)}", select=None, height=300), f"compare_pca_{tag}")
+            col.altair_chart(chart, key=f"compare_pca_{tag}")
+            with col.expander("Download"):
+                export_buttons(chart, pdf, f"compare_pca_{reader.name}", key=f"compare_pca_{tag}_export")
+
+    at_depth()

@@ -13,7 +13,7 @@ from analysis.attention_views import MEAN_COLUMN, head_summary, head_summary_row
 from analysis.head_stats import STAT_LABELS, as_defined, not_applicable, not_applicable_message
 from ui.charts import export_buttons, frame, selected_points
 from ui.state import freshness, open_store, page_context, pick_example, summaries_table
-from ui.url import qp_get, qp_set, url_choice, url_flag, url_text
+from ui.url import qp_get, url_choice, url_flag, url_text
 
 
 # Stored statistics are read through as_defined: constants are NaN, pooled ones unweighted, in old stores too.
@@ -92,7 +92,6 @@ if len(kinds) > 1:
                       help="Dual-stream models record several attention kinds (self, cross, ...).")
 else:
     kind = kinds[0]
-    qp_set(kind=kind)
     c1.markdown(f"**Attention kind:** `{kind}`")
 
 if scope == "example":

@@ -14,7 +14,7 @@ from analysis.projections import (METHOD_LABELS, METHOD_NOTES, METHODS, nearest_
 import charts
 from ui.charts import export_buttons
 from ui.state import example_tokens, freshness, open_store, page_context, pick_example, summaries_table
-from ui.url import click_to_url, qp_get, qp_set, url_choice, url_flag, url_int
+from ui.url import click_to_url, qp_get, url_choice, url_flag, url_int
 
 JOINT = "all streams"
 
@@ -31,6 +31,12 @@ def cached_projection(location: str, run: str, eid: str, stream: str, method: st
     chosen = streams if stream == JOINT else {stream: streams[stream]}
     values, index, owner = stack_streams(chosen)
     return project_layers(values, index, method, center=center), owner, values
+
+
+@st.cache_resource(show_spinner=False, max_entries=1)
+def fitted_methods() -> set[str]:
+    """Projection methods already fitted in this server process (the first UMAP fit compiles numba code)."""
+    return set()
 
 
 ctx = page_context()
@@ -62,7 +68,6 @@ if len(options) > 1:
                              "are projected one at a time.")
 else:
     stream = options[0]
-    qp_set(stream=None)
     c1.markdown(f"**Stream:** `{stream}`")
 method = url_choice("Method", list(METHODS), param="method", key="proj_method", default="pca", omit_default=True,
                     widget="radio", container=c2, format_func=METHOD_LABELS.get, horizontal=True,
@@ -71,58 +76,72 @@ center = url_flag("Center each layer", param="center", key="proj_center", defaul
                   help="Remove each layer's mean token before the joint fit, so the plot shows how tokens "
                        "sit relative to each other rather than the drift of the whole layer.")
 
-with st.spinner(f"Fitting {METHOD_LABELS[method]} over all layers (cached afterwards)..."):
-    proj, owner, values = cached_projection(store.location, reader.name, eid, stream, method, center)
-n_layers = proj.n_layers
-if n_layers > 1:
-    layer = url_int("Layer (0 = embeddings)", 0, n_layers - 1, param="layer", key="proj_layer", default=n_layers - 1)
+fitted = fitted_methods()
+if method == "umap" and "umap" not in fitted:
+    # UMAP's first fit in a server process compiles its numba code (47 s was seen on a 2-core host).
+    fitting = ("Fitting UMAP over all layers. The first UMAP fit after the server starts also compiles UMAP's "
+               "numba code, which takes up to a minute on a small CPU; later fits take seconds.")
 else:
-    layer = 0
-    qp_set(layer=0)
-st.caption(f"{METHOD_LABELS[method]}: one joint fit over all {n_layers} layers' {len(proj.token_index)} tokens "
-           f"stacked ({n_layers * len(proj.token_index)} points), so coordinates are comparable across layers"
-           f"{'; each layer centered first' if center else ''} · fit in {proj.seconds:.2f} s")
-
-data = pd.DataFrame(projection_rows(proj, layer, tokens, modality, owner if stream == JOINT else None))
-data["position"] = np.arange(len(data))
-# Same axis ranges at every layer, so moving the slider shows movement, not rescaling.
-xs, ys = proj.coords[..., 0], proj.coords[..., 1]
-pad_x, pad_y = 0.05 * float(np.ptp(xs) or 1), 0.05 * float(np.ptp(ys) or 1)
-xdom = [float(xs.min()) - pad_x, float(xs.max()) + pad_x]
-ydom = [float(ys.min()) - pad_y, float(ys.max()) + pad_y]
-
-choices = [int(t) for t in proj.token_index if modality[t] in ("text", "image")]
-cur = qp_get("token", None, int)
-cur = cur if cur in choices else (choices[0] if choices else None)
-# A click on a point writes ?token= (click_to_url), and the Token box below shows it; the chosen
-# token is drawn larger, opaque and ringed, with its label.
-chart = charts.projection(data, x_title=f"{METHOD_LABELS[method]} 1", y_title=f"{METHOD_LABELS[method]} 2",
-                          title=f"{METHOD_LABELS[method]} · layer {layer} · {eid[:8]}", x_domain=xdom, y_domain=ydom,
-                          selected=cur)
-
-left, right = st.columns([3, 2])
-with left:
-    st.altair_chart(chart, on_select=click_to_url("proj_chart", charts.TOKEN_PARAM, "token_index", "token"),
-                    selection_mode=charts.TOKEN_PARAM, key="proj_chart", width="stretch")
-with right:
-    if cur is None:
-        st.info("No text or image tokens to compare.")
+    fitting = f"Fitting {METHOD_LABELS[method]} over all layers (cached afterwards)..."
+with st.spinner(fitting, show_time=True):
+    proj, owner, values = cached_projection(store.location, reader.name, eid, stream, method, center)
+fitted.add(method)
+n_layers = proj.n_layers
+@st.fragment
+def layer_map() -> None:
+    """The layer slider, the map and the chosen token's neighbours: a slider move or a click on a point
+    redraws this part only (a fragment), not the page."""
+    if n_layers > 1:
+        layer = url_int("Layer (0 = embeddings)", 0, n_layers - 1, param="layer", key="proj_layer", default=n_layers - 1)
     else:
-        cur = url_choice("Token", choices, param="token", key="proj_token", default=cur,
-                         format_func=lambda t: f"{tokens[t]} ({modality[t]}, #{t})")
-        # Neighbours in the full hidden space of this layer (the 2-D map distorts distances).
-        neigh = nearest_other_modality(values[layer], proj.token_index, modality, cur, k=5)
-        other = "image" if modality[cur] == "text" else "text"
-        if neigh:
-            st.markdown(f"**Nearest {other} tokens to “{tokens[cur]}” at layer {layer}** (cosine, full hidden space)")
-            st.dataframe(pd.DataFrame([{"token": tokens[n.token], "#": n.token, "cosine": round(n.similarity, 4)}
-                                       for n in neigh]), hide_index=True, key="proj_neighbours")
-        else:
-            st.info(f"No {other} tokens in this stream to compare with (pick '{JOINT}' if offered).")
+        layer = 0
+    st.caption(f"{METHOD_LABELS[method]}: one joint fit over all {n_layers} layers' {len(proj.token_index)} tokens "
+               f"stacked ({n_layers * len(proj.token_index)} points), so coordinates are comparable across layers"
+               f"{'; each layer centered first' if center else ''} · fit in {proj.seconds:.2f} s")
 
-with st.expander("Download"):
-    export_buttons(chart, data.drop(columns=["position"]), f"projection_{method}_L{layer}", key="proj_export")
-    all_layers = pd.concat([pd.DataFrame(projection_rows(proj, l, tokens, modality)) for l in range(n_layers)])
-    st.download_button("CSV, all layers", data=lambda: all_layers.to_csv(index=False),
-                       file_name=f"projection_{method}_all_layers.csv", mime="text/csv", key="proj_export_all",
-                       on_click="ignore")
+    data = pd.DataFrame(projection_rows(proj, layer, tokens, modality, owner if stream == JOINT else None))
+    data["position"] = np.arange(len(data))
+    # Same axis ranges at every layer, so moving the slider shows movement, not rescaling.
+    xs, ys = proj.coords[..., 0], proj.coords[..., 1]
+    pad_x, pad_y = 0.05 * float(np.ptp(xs) or 1), 0.05 * float(np.ptp(ys) or 1)
+    xdom = [float(xs.min()) - pad_x, float(xs.max()) + pad_x]
+    ydom = [float(ys.min()) - pad_y, float(ys.max()) + pad_y]
+
+    choices = [int(t) for t in proj.token_index if modality[t] in ("text", "image")]
+    cur = qp_get("token", None, int)
+    cur = cur if cur in choices else (choices[0] if choices else None)
+    # A click on a point writes ?token= (click_to_url), and the Token box below shows it; the chosen
+    # token is drawn larger, opaque and ringed, with its label.
+    chart = charts.projection(data, x_title=f"{METHOD_LABELS[method]} 1", y_title=f"{METHOD_LABELS[method]} 2",
+                              title=f"{METHOD_LABELS[method]} · layer {layer} · {eid[:8]}", x_domain=xdom, y_domain=ydom,
+                              selected=cur)
+
+    left, right = st.columns([3, 2])
+    with left:
+        st.altair_chart(chart, on_select=click_to_url("proj_chart", charts.TOKEN_PARAM, "token_index", "token"),
+                        selection_mode=charts.TOKEN_PARAM, key="proj_chart", width="stretch")
+    with right:
+        if cur is None:
+            st.info("No text or image tokens to compare.")
+        else:
+            cur = url_choice("Token", choices, param="token", key="proj_token", default=cur,
+                             format_func=lambda t: f"{tokens[t]} ({modality[t]}, #{t})")
+            # Neighbours in the full hidden space of this layer (the 2-D map distorts distances).
+            neigh = nearest_other_modality(values[layer], proj.token_index, modality, cur, k=5)
+            other = "image" if modality[cur] == "text" else "text"
+            if neigh:
+                st.markdown(f"**Nearest {other} tokens to “{tokens[cur]}” at layer {layer}** (cosine, full hidden space)")
+                st.dataframe(pd.DataFrame([{"token": tokens[n.token], "#": n.token, "cosine": round(n.similarity, 4)}
+                                           for n in neigh]), hide_index=True, key="proj_neighbours")
+            else:
+                st.info(f"No {other} tokens in this stream to compare with (pick '{JOINT}' if offered).")
+
+    with st.expander("Download"):
+        export_buttons(chart, data.drop(columns=["position"]), f"projection_{method}_L{layer}", key="proj_export")
+        all_layers = pd.concat([pd.DataFrame(projection_rows(proj, l, tokens, modality)) for l in range(n_layers)])
+        st.download_button("CSV, all layers", data=lambda: all_layers.to_csv(index=False),
+                           file_name=f"projection_{method}_all_layers.csv", mime="text/csv", key="proj_export_all",
+                           on_click="ignore")
+
+
+layer_map()
