@@ -760,8 +760,10 @@ def test_click_on_a_patch_selects_it(tab):
     tab.assert_healthy("attention: patch click")
     assert tab.widget("stNumberInput", "Row").first.locator("input").input_value() == row
     assert tab.widget("stNumberInput", "Column").first.locator("input").input_value() == col
-    lit = tab.page.locator('[class*="st-key-att_grid"] svg path[aria-label*="weight: 1.0000"]')
-    assert f"label: patch {row},{col};" in lit.first.get_attribute("aria-label")
+    # the bars now show that patch's attention (their title names it)
+    bars = tab.page.locator('[data-testid="stMain"] [data-testid="stVegaLiteChart"]:visible',
+                            has_text=f"patch {row},{col} ")
+    assert bars.count() >= 1, "the bars do not name the clicked patch"
 
 
 def test_click_on_a_point_selects_that_token(tab):
