@@ -2,8 +2,9 @@
 
 One `streamlit run` of the app at ``--app`` (default: this checkout; pass another checkout to
 measure the code before a change) on a demo store, driven by headless chromium. On each page one
-interaction is repeated: the clock starts at the key press or click and stops when the app's
-script (or fragment) run is over, i.e. the changed part is drawn.
+interaction is repeated: the clock starts just before the key press or click and stops when the
+app's first script (or fragment) run after it is over, i.e. the changed part is drawn (a watcher on
+the app's script state, in the page, so polling adds nothing).
 
     python -m bench.interactions [--app DIR] [--store PATH] [--repeats 7] [--json out.json]
 
@@ -80,7 +81,7 @@ def act(page, how: str, k: int) -> None:
     """Do interaction ``how`` once (the k-th time: alternate directions / options)."""
     kind, label = how.split(":", 1)
     if kind == "slider":
-        thumb = _widget(page, "stSlider", label).locator('[role="slider"]').first
+        thumb = _widget(page, "stSlider", label).locator('input[type="range"], [role="slider"]').first
         thumb.focus()
         page.keyboard.press("ArrowLeft" if k % 2 == 0 else "ArrowRight")
     elif kind == "toggle":
@@ -91,21 +92,32 @@ def act(page, how: str, k: int) -> None:
         page.locator('[role="listbox"] [role="option"]').nth(2 if k % 2 == 0 else 0).click()
 
 
+# Watches the app's script state: the end of the first run that starts after the action.
+WATCH = """() => {
+  const app = document.querySelector('[data-testid=stApp]');
+  window.__vl = {t0: performance.now(), started: false, ended: null};
+  const obs = new MutationObserver(() => {
+    const state = app.getAttribute('data-test-script-state');
+    if (state === 'running') window.__vl.started = true;
+    else if (window.__vl.started && window.__vl.ended === null) { window.__vl.ended = performance.now(); obs.disconnect(); }
+  });
+  obs.observe(app, {attributes: true, attributeFilter: ['data-test-script-state']});
+}"""
+
+
 def time_page(page, url: str, path: str, how: str, repeats: int) -> list[float]:
     page.goto(f"{url}/{'' if path == 'examples' else path}")
     page.wait_for_selector('[data-testid="stMain"] h1', timeout=300_000)
     settled(page, quiet_s=1.5)
     times = []
     for k in range(repeats + 1):  # the first one warms caches and is dropped
-        t0 = time.perf_counter()
+        page.evaluate(WATCH)
         act(page, how, k)
-        # the run starts a moment after the event reaches the server: wait for it, then for its end
-        with contextlib.suppress(Exception):
-            page.wait_for_function("() => document.querySelector('[data-testid=stApp]')"
-                                   ".getAttribute('data-test-script-state') !== 'notRunning'", timeout=3000)
-        settled(page, quiet_s=0.05)
+        page.wait_for_function("() => window.__vl.ended !== null", timeout=120_000)
+        seconds = page.evaluate("() => (window.__vl.ended - window.__vl.t0) / 1000")
+        settled(page, quiet_s=0.3)
         if k:
-            times.append(time.perf_counter() - t0)
+            times.append(seconds)
     return times
 
 
