@@ -26,7 +26,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from adapters.base import probabilities_by_rule
 from adapters.inputs import check_image, check_question, encode_question, encode_questions, text_inputs
 from adapters.kdvlp_model import CheckpointError, KdvlpModel, load_model, save_checkpoint
 from adapters.loading import checkpoint_info, resolve_device, resolve_source
@@ -82,12 +81,6 @@ class KdvlpAdapter(SingleStreamAdapter):
         adapter = cls(model, tokenizer, model_id=Path(src).name, device=device)
         adapter.checkpoint = checkpoint_info(src, local)
         return adapter
-
-    def answers(self) -> list[str]:
-        return list(self._answers)
-
-    def answer_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        return probabilities_by_rule(logits, self.probability_rule)
 
     def config_summary(self) -> dict:
         c = self.config

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from adapters.base import Adapter, AttributionSpec, display_copy, stack_layers, token_geometry
+from adapters.base import (Adapter, AttributionSpec, display_copy, probabilities_by_rule, stack_layers,
+                           token_geometry)
 from adapters.inputs import IMAGE_TOKEN, check_batch, encode_question, pad_words, text_layout
 from core.errors import AdapterError
 from core.ids import example_id_of
@@ -91,6 +92,12 @@ class SingleStreamAdapter(Adapter):
     image_token_name: ClassVar[str] = "cell"  # image tokens are named "<name> row,col"
     # ViLT learns where its patches lie only from a forward (it reorders them inside the model)
     layout_needs_forward: ClassVar[bool] = False
+
+    def answers(self) -> list[str]:
+        return list(self._answers)
+
+    def answer_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return probabilities_by_rule(logits, self.probability_rule)
 
     # ---- what a subclass provides ----------------------------------------------------------------
     @abstractmethod

@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from adapters.base import probabilities_by_rule
 from adapters.inputs import check_image, check_question, encode_question, encode_questions, text_inputs
 from adapters.loading import checkpoint_info, load_error, resolve_device, resolve_source
 from adapters.single_stream import SingleStreamAdapter
@@ -94,12 +93,6 @@ class ViltAdapter(SingleStreamAdapter):
         adapter = cls(model, tokenizer, image_processor, model_id=model_id, device=device)
         adapter.checkpoint = checkpoint_info(src, local, model.config)
         return adapter
-
-    def answers(self) -> list[str]:
-        return list(self._answers)
-
-    def answer_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        return probabilities_by_rule(logits, self.probability_rule)
 
     def config_summary(self) -> dict:
         c = self.model.config

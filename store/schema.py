@@ -78,6 +78,18 @@ def _fail(field_name: str, problem: str):
     raise RecordError(f"{field_name}: {problem}")
 
 
+def _frozen_float16(field_name: str, values, dims: tuple[str, ...]) -> np.ndarray:
+    """``values`` as a read-only float16 array with one axis per name in ``dims``."""
+    v = np.asarray(values)
+    if v.ndim != len(dims):
+        _fail(field_name, f"must have dims {dims}, got shape {v.shape}")
+    if not np.issubdtype(v.dtype, np.floating):
+        _fail(field_name, f"must be floating point, got {v.dtype}")
+    v = v.astype(np.float16, copy=False)
+    v.setflags(write=False)
+    return v
+
+
 def _as_index(name: str, value, n_tokens: int | None) -> np.ndarray:
     arr = np.asarray(value)
     if arr.ndim != 1:
@@ -103,13 +115,7 @@ class AttentionBlock:
     key_index: np.ndarray  # (key,)  -> Record.tokens
 
     def __post_init__(self):
-        v = np.asarray(self.values)
-        if v.ndim != 4:
-            _fail("attention.values", f"must have dims {self.DIMS}, got shape {v.shape}")
-        if not np.issubdtype(v.dtype, np.floating):
-            _fail("attention.values", f"must be floating point, got {v.dtype}")
-        v = v.astype(np.float16, copy=False)
-        v.setflags(write=False)
+        v = _frozen_float16("attention.values", self.values, self.DIMS)
         object.__setattr__(self, "values", v)
         qi = _as_index("attention.query_index", self.query_index, None)
         ki = _as_index("attention.key_index", self.key_index, None)
@@ -138,13 +144,7 @@ class HiddenBlock:
     token_index: np.ndarray  # (token,) -> Record.tokens
 
     def __post_init__(self):
-        v = np.asarray(self.values)
-        if v.ndim != 3:
-            _fail("hidden.values", f"must have dims {self.DIMS}, got shape {v.shape}")
-        if not np.issubdtype(v.dtype, np.floating):
-            _fail("hidden.values", f"must be floating point, got {v.dtype}")
-        v = v.astype(np.float16, copy=False)
-        v.setflags(write=False)
+        v = _frozen_float16("hidden.values", self.values, self.DIMS)
         object.__setattr__(self, "values", v)
         ti = _as_index("hidden.token_index", self.token_index, None)
         if len(ti) != v.shape[1]:
