@@ -59,6 +59,7 @@ def synthetic_record(i: int, *, layers: int, heads: int, n_words: int, grid: tup
     uniform); hidden states drift from layer to layer as a residual stream does.
     """
     from store.schema import AttentionBlock, HiddenBlock, Prediction, Record
+    from testkit.records import grid_geometry, word_spans
 
     rng = np.random.default_rng((seed, i))
     gh, gw = grid
@@ -66,18 +67,8 @@ def synthetic_record(i: int, *, layers: int, heads: int, n_words: int, grid: tup
     tokens = ["[CLS]", *words, "[SEP]", "[IMG]"] + [f"patch {r},{c}" for r in range(gh) for c in range(gw)]
     modality = ["special"] + ["text"] * n_words + ["special", "special"] + ["image"] * (gh * gw)
     n = len(tokens)
-    boxes = np.full((n, 4), np.nan, np.float32)
-    token_grid = np.full((n, 2), -1, np.int32)
-    spans = np.full((n, 2), -1, np.int32)
-    pos = 0
-    for k, w in enumerate(words):
-        spans[1 + k] = (pos, pos + len(w))
-        pos += len(w) + 1
-    first = n_words + 3
-    for k in range(gh * gw):
-        r, c = divmod(k, gw)
-        boxes[first + k] = (c / gw, r / gh, (c + 1) / gw, (r + 1) / gh)
-        token_grid[first + k] = (r, c)
+    boxes, token_grid = grid_geometry(n, n_words + 3, gh, gw)
+    spans = word_spans(n, {1 + k: w for k, w in enumerate(words)}, " ".join(words))
     logits = rng.standard_normal((layers, heads, n, n), dtype=np.float32) * np.float32(3.0)
     logits -= logits.max(axis=-1, keepdims=True)
     att = np.exp(logits, out=logits)

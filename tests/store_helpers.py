@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from store.schema import AttentionBlock, HiddenBlock, Prediction, Record
+from testkit.records import grid_geometry, word_spans
 
 
 def softmax_rows(x: np.ndarray) -> np.ndarray:
@@ -20,17 +21,8 @@ def synthetic_record(i: int, *, n_text: int = 4, grid: int = 3, layers: int = 2,
     tokens = ["[CLS]"] + words + ["[SEP]"] + [f"patch {r},{c}" for r in range(grid) for c in range(grid)]
     modality = ["special"] + ["text"] * n_text + ["special"] + ["image"] * grid * grid
     n = len(tokens)
-    boxes = np.full((n, 4), np.nan, np.float32)
-    grid_idx = np.full((n, 2), -1, np.int32)
-    spans = np.full((n, 2), -1, np.int32)
-    pos = 0
-    for k, w in enumerate(words):
-        spans[1 + k] = (pos, pos + len(w))
-        pos += len(w) + 1
-    for k in range(grid * grid):
-        r, c = divmod(k, grid)
-        boxes[n_text + 2 + k] = (c / grid, r / grid, (c + 1) / grid, (r + 1) / grid)
-        grid_idx[n_text + 2 + k] = (r, c)
+    boxes, grid_idx = grid_geometry(n, n_text + 2, grid, grid)
+    spans = word_spans(n, {1 + k: w for k, w in enumerate(words)}, question)
     attn = softmax_rows(rng.randn(layers, heads, n, n).astype(np.float32))
     hidden = rng.randn(layers + 1, n, dim).astype(np.float32)
     idx = np.arange(n)

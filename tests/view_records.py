@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from store.schema import AttentionBlock, HiddenBlock, Prediction, Record
+from testkit.records import grid_geometry, word_spans
 
 
 def softmax_rows(rng, *shape) -> np.ndarray:
@@ -16,6 +17,7 @@ def softmax_rows(rng, *shape) -> np.ndarray:
 
 TEXT = ["[CLS]", "what", "color", "is", "it", "[SEP]"]
 TEXT_MODALITY = ["special", "text", "text", "text", "text", "special"]
+TEXT_WORDS = {i: t for i, t in enumerate(TEXT) if TEXT_MODALITY[i] == "text"}
 
 
 def single_stream_record(*, layers=3, heads=4, grid=(3, 3), hot=(1, 2), focus=(2, (1, 2)), dims=16,
@@ -33,18 +35,8 @@ def single_stream_record(*, layers=3, heads=4, grid=(3, 3), hot=(1, 2), focus=(2
     modality = TEXT_MODALITY + ["special"] + ["image"] * (rows * cols)
     n = len(tokens)
     n_text = len(TEXT)
-    boxes = np.full((n, 4), np.nan, np.float32)
-    grid_idx = np.full((n, 2), -1, np.int32)
-    for k, (r, c) in enumerate((r, c) for r in range(rows) for c in range(cols)):
-        boxes[n_text + 1 + k] = (c / cols, r / rows, (c + 1) / cols, (r + 1) / rows)
-        grid_idx[n_text + 1 + k] = (r, c)
-    spans = np.full((n, 2), -1, np.int32)
-    start = 0
-    for i, t in enumerate(TEXT):
-        if TEXT_MODALITY[i] == "text":
-            s = question.index(t, start)
-            spans[i] = (s, s + len(t))
-            start = s + len(t)
+    boxes, grid_idx = grid_geometry(n, n_text + 1, rows, cols)
+    spans = word_spans(n, TEXT_WORDS, question)
     att = softmax_rows(rng, layers, heads, n, n)
     text_q = [i for i, m in enumerate(modality) if m == "text"]
     image_k = [i for i, m in enumerate(modality) if m == "image"]
@@ -87,13 +79,7 @@ def dual_stream_record(*, seed=0, question="what color is it") -> Record:
     for k, t in enumerate(regions):
         x0, y0 = rng.uniform(0, 0.5, 2)
         boxes[t] = (x0, y0, x0 + rng.uniform(0.1, 0.5), y0 + rng.uniform(0.1, 0.5))
-    spans = np.full((n, 2), -1, np.int32)
-    start = 0
-    for i, t in enumerate(TEXT):
-        if TEXT_MODALITY[i] == "text":
-            s = question.index(t, start)
-            spans[i] = (s, s + len(t))
-            start = s + len(t)
+    spans = word_spans(n, TEXT_WORDS, question)
 
     def block(q, k, layers, heads=2):
         return AttentionBlock(values=softmax_rows(rng, layers, heads, len(q), len(k)), query_index=q, key_index=k)
