@@ -47,6 +47,8 @@ MODELS = {
     "lxmert-easyvqa": ("lxmert", "demo/models/lxmert-easyvqa"),
     "lxmert-vqa": ("lxmert", "unc-nlp/lxmert-vqa-uncased"),
     "kdvlp-easyvqa": ("kdvlp", "demo/models/kdvlp-easyvqa"),
+    # generative; not a DEMO_MODELS entry (the app's Ask page needs attribution, which it lacks yet)
+    "llava-easyvqa": ("llava", "demo/models/llava-easyvqa"),
 }
 
 # Models the app offers with no network: the shipped easy-VQA demos; the first is the Ask page's

@@ -267,3 +267,23 @@ def test_finetune_teaches_the_answer_tokens(tiny_dir):
     assert evaluate(a, exs)["accuracy"] == 1.0
     assert [a.predict(ex.image(), QUESTION).top for ex in exs] == list(colours)
 
+
+
+def test_shipped_demo_answers_easy_vqa():
+    """The shipped easy-VQA demo LLaVA (demo/train_llava.py: 82.1% on the full test split) writes the
+    label on most test questions, and a record's answer tokens are the label's word and the end token."""
+    from adapters.registry import MODELS, load_model
+    from core.paths import REPO_ROOT
+    from sources.easyvqa import EasyVQA
+    from training.finetune import evaluate
+
+    assert MODELS["llava-easyvqa"] == ("llava", "demo/models/llava-easyvqa")
+    if not (REPO_ROOT / "demo/models/llava-easyvqa/config.json").exists():
+        pytest.skip("demo weights not present")
+    adapter = load_model("llava-easyvqa")
+    tests = [ex for _, ex in zip(range(64), EasyVQA("test"))]
+    assert evaluate(adapter, tests)["accuracy"] >= 0.7
+    ex = next(ex for ex in tests if adapter.predict(ex.image(), ex.question).top == ex.label)
+    rec = adapter.run(ex.image(), ex.question, label=ex.label)
+    assert rec.correct and [rec.tokens[i] for i in rec.answer_indices()] == [ex.label, "</s>"]
+    assert rec.modality[rec.answer_indices()[-1]] == "special"
