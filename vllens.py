@@ -32,7 +32,6 @@ from analysis.attribution import AttributionResult, resolve_target
 from analysis.attribution import attribute as _attribute
 from analysis.head_stats import as_defined
 from analysis.projections import project_layers, projection_rows, stack_streams
-from analysis.words import group_word_pieces
 from core.errors import InputError, StoreError
 from pipeline.record import RecordResult, limited, record_examples
 from sources import open_source
@@ -221,13 +220,9 @@ def projection_chart(reader: RunReader, example_id: str, layer: int, *, method: 
 def attribution_heatmap(result: AttributionResult, image: ImageLike, *, opacity: float = 0.7,
                         width: int = 320) -> alt.LayerChart:
     """The result's region scores over the image (diverging colours when some are negative). Data: R rows."""
-    picture = np.asarray(_image(image))
-    return charts.overlay(picture, result.region_boxes, result.region_scores,
-                          labels=[f"region {i}" for i in range(len(result.region_boxes))], value_title="attribution",
-                          opacity=opacity, signed=bool((result.region_scores < 0).any()), width=width)
+    return charts.attribution_overlay(np.asarray(_image(image)), result, opacity=opacity, width=width)
 
 
 def word_bars_chart(result: AttributionResult, question: str | None = None) -> alt.Chart:
     """One bar per word (word pieces joined, their scores summed). Data: one row per word."""
-    words = group_word_pieces(result.tokens, result.token_scores, result.token_is_special, question=question)
-    return charts.word_bars(words.words, words.scores, special=words.special)
+    return charts.attribution_word_bars(result, question)

@@ -121,15 +121,11 @@ HEAT_WIDTH = 240  # px: fits a third of the page; drawn at this width (width="co
 
 
 def heatmap(arr: np.ndarray, res, opacity: float) -> alt.LayerChart:
-    signed = bool((res.region_scores < 0).any())
-    labels = [f"region {i}" for i in range(len(res.region_boxes))]
-    return charts.overlay(arr, res.region_boxes, res.region_scores, labels=labels, value_title="attribution",
-                          opacity=opacity, signed=signed, width=HEAT_WIDTH)
+    return charts.attribution_overlay(arr, res, opacity=opacity, width=HEAT_WIDTH)
 
 
 def word_bars(res, question: str) -> alt.Chart:
-    words = group_word_pieces(res.tokens, res.token_scores, res.token_is_special, question=question)
-    return charts.word_bars(words.words, words.scores, special=words.special)
+    return charts.attribution_word_bars(res, question)
 
 
 def npz_bytes(res, **extra) -> bytes:
