@@ -30,7 +30,7 @@ from analysis.attention_views import (head_summary, head_summary_rows, matrix_ro
                                       token_attention)
 from analysis.attribution import AttributionResult, resolve_target
 from analysis.attribution import attribute as _attribute
-from analysis.head_stats import as_defined
+from analysis.head_stats import STAT_LABELS, as_defined
 from analysis.projections import project_layers, projection_rows, stack_streams
 from core.errors import InputError, StoreError
 from pipeline.record import RecordResult, limited, record_examples
@@ -158,7 +158,7 @@ def record(model: Adapter, dataset: str, location: str | Path, *, run: str, limi
     under run ``run``, with a progress bar. Resumes: examples already in the run are skipped."""
     source = open_source(dataset, split=split)
     store = open_store(location, mode="a")
-    total = None if limit is None else limit
+    total = len(source) if limit is None else min(limit, len(source))
     return record_examples(model, limited(iter(source), limit), store, run, total=total, progress=progress,
                            batch_size=batch_size)
 
@@ -169,12 +169,13 @@ def head_summary_chart(reader: RunReader, example_ids: str | Sequence[str] | Non
     """The layers x heads map of one head statistic (plus a mean column), for one example or the mean
     over ``example_ids`` (None: every example of the run). Data: L x (H + 1) rows."""
     ids = [example_ids] if isinstance(example_ids, str) else (None if example_ids is None else list(example_ids))
-    kind = kind or (reader.attention_kinds() or ["self"])[0]
+    kinds = reader.attention_kinds()
+    kind = kind or ("self" if "self" in kinds or not kinds else kinds[0])
     _, names, values = reader.head_stats_all(kind, ids)
     if not len(values):
         raise StoreError(f"run {reader.name!r} has no head statistics of kind {kind!r} for these examples")
     summary = head_summary(as_defined(kind, names, values), names, stat, zscore=zscore)
-    title = f"z({stat})" if zscore else stat
+    title = f"z({STAT_LABELS.get(stat, stat)})" if zscore else STAT_LABELS.get(stat, stat)
     return charts.head_summary(pd.DataFrame(head_summary_rows(summary)), value_title=title,
                                title=f"{title} · kind {kind}", zscored=zscore, select=None)
 

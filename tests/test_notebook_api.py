@@ -75,6 +75,35 @@ def test_a_missing_kind_or_image_file_is_a_one_line_error(model, reader, tmp_pat
         vllens.predict(model, tmp_path / "missing.png", "what?")
 
 
+def test_open_run_asks_for_a_name_when_the_store_has_several(model, reader, tmp_path):
+    location = tmp_path / "two.zarr"
+    for name in ("a", "b"):
+        vllens.record(model, "easyvqa:test", location, run=name, limit=1, progress=False)
+    with pytest.raises(StoreError, match="runs a, b: name one with run="):
+        vllens.open_run(location)
+    assert vllens.open_run(location, "b").name == "b"
+
+
+def test_dual_stream_kinds_give_non_square_labelled_arrays_and_matrices(tmp_path):
+    from testkit.tiny_lxmert import make_tiny_lxmert
+
+    lxmert = vllens.load_model(f"lxmert:{make_tiny_lxmert(tmp_path / 'lx')}", device="cpu")
+    vllens.record(lxmert, "easyvqa:test", tmp_path / "lx.zarr", run="lx", limit=1, progress=False)
+    reader = vllens.open_run(tmp_path / "lx.zarr")
+    eid = reader.example_ids()[0]
+    rec = vllens.get_record(reader, eid)
+    (kind,) = [k for k in rec.attention if k.startswith("cross_l2v")][:1]
+    block = rec.attention[kind]
+    a = vllens.head_attention(reader, eid, 0, 1, kind=kind)
+    assert set(a.query_modality.values) <= {"text", "special"} and set(a.key_modality.values) == {"image"}
+    np.testing.assert_array_equal(a.values, block.values[0, 1].astype(np.float32))
+    matrix = _frame_with(vllens.attention_matrix_chart(reader, eid, 0, 1, kind=kind), "weight")
+    assert len(matrix) == len(block.query_index) * len(block.key_index)
+    overlay = _frame_with(vllens.attention_overlay_chart(reader, eid, int(block.query_index[0]), 0, 1, kind=kind),
+                          "weight")
+    assert len(overlay) == len(block.key_index)
+
+
 @pytest.mark.parametrize("method,params", [("rollout", {}), ("ig", {"n_steps": 4})])
 def test_attribute_equals_the_analysis_module_on_the_same_input(model, method, params):
     from sources import open_source
