@@ -706,6 +706,11 @@ def test_twin_example_stays_selected_through_every_control(tab, app_data):
     tab.wait_idle()
     tab.page.locator('[data-testid="stMain"] h1', has_text="Head summary").wait_for()
     still("heads: Back after the jump")
+    cell = tab.page.locator('[class*="st-key-hs_chart"] svg path[aria-label*="head: 1"]').first
+    cell.click()  # the same cell again: it opens again
+    tab.page.wait_for_function(on_page.format("attention"), timeout=60_000)
+    tab.wait_idle()
+    still("heads: the same cell again -> attention")
     tab.open(f"attention?run=tiny&ex={twin}")
     tab.nudge_slider(tab.widget("stSlider", re.compile(r"^layer$", re.I)).first)
     still("attention: layer")

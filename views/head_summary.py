@@ -143,6 +143,10 @@ if best is not None:
     st.caption(f"Highest: layer {best[0]}, head {best[1]} ({summary.grid[best]:.3f})")
 
 picked = selected_points(event, charts.CELL_PARAM)
+if not picked:
+    # Back from the attention view draws this chart afresh, with no selection: the next click on
+    # any cell, the same one included, opens it again.
+    st.session_state.pop("hs_last_open", None)
 if picked:
     layer = int(picked[0]["layer"])
     head = picked[0]["head"]
