@@ -33,6 +33,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.app_start import stop
 from core.paths import REPO_ROOT
 
 MAX_SESSIONS = 16
@@ -128,15 +129,6 @@ def start_server(store: Path, home: Path) -> tuple[subprocess.Popen, str]:
             time.sleep(0.2)
     proc.kill()
     raise TimeoutError("streamlit did not answer within 120 s")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 # ---- one visitor ----------------------------------------------------------------------------------
@@ -275,7 +267,7 @@ def run_phase(store: Path, home: Path, n: int, limit_s: float, methods: tuple[st
         return summarize(visits, sampler.stop(), time.perf_counter() - t0)
     finally:
         sampler.stop()
-        stop_server(proc)
+        stop(proc)
 
 
 def build_store(path: Path, limit: int) -> None:

@@ -12,13 +12,13 @@ format of ``adapters/kdvlp_model.py`` (config.json + model.safetensors + tokeniz
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
 
 from adapters.kdvlp_model import KdvlpConfig, KdvlpModel
+from demo.report import save_result
 from sources.base import Example
 
 
@@ -95,10 +95,7 @@ def train(out: Path, *, epochs: int = 6, batch_size: int = 64, lr: float = 5e-4,
         "trained_with": cmd, "test_accuracy": result["test_accuracy"], "epochs_done": len(history),
         "data": "easy-VQA (full train split; accuracy on the full test split)"})
     adapter.save(out)  # again, with the provenance above in config.json
-    (Path(out) / "training_result.json").write_text(json.dumps(result, indent=2))
-    print(f"test accuracy {result['test_accuracy']:.4f} on {result['test_questions']} questions; "
-          f"wall time {result['wall_seconds']:.0f} s")
-    return result
+    return save_result(out, result)
 
 
 def main(argv=None):

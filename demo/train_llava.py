@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 from pathlib import Path
 
 import torch
 
 from demo.llava_init import LlavaShape
+from demo.report import save_result
 from sources.base import Example
 
 # Sized for 2 shared CPU cores. A narrower one (vision width 96, language model width 64) sat at 67%
@@ -84,11 +84,7 @@ def train(out: Path, *, epochs: int = 2, batch_size: int = 64, lr: float = 1e-3,
         "parameters": sum(p.numel() for p in adapter.model.parameters()), "torch_threads": torch.get_num_threads(),
     }
     adapter.save(out)
-    (Path(out) / "training_result.json").write_text(json.dumps(result, indent=2))
-    print(f"test accuracy {result['test_accuracy']:.4f} on {result['test_questions']} questions "
-          f"({', '.join(f'{k} {v:.3f}' for k, v in result['by_kind'].items())}); "
-          f"wall time {result['wall_seconds']:.0f} s")
-    return result
+    return save_result(out, result, by_kind=result['by_kind'])
 
 
 def main(argv=None):

@@ -15,13 +15,13 @@ checkpoint (config.json, model.safetensors, tokenizer, answers.json) plus
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
 
 from adapters.regions import GridRegionExtractor
+from demo.report import save_result
 from sources.base import Example
 
 DEMO_IMAGE_SIZE = 64
@@ -113,10 +113,7 @@ def train(out: Path, *, epochs: int = 6, images_per_batch: int = 8, lr: float = 
         "extractor_parameters": sum(p.numel() for p in extractor.parameters()),
         "torch_threads": torch.get_num_threads(),
     }
-    (Path(out) / "training_result.json").write_text(json.dumps(result, indent=2))
-    print(f"test accuracy {result['test_accuracy']:.4f} on {result['test_questions']} questions; "
-          f"wall time {result['wall_seconds']:.0f} s")
-    return result
+    return save_result(out, result)
 
 
 def main(argv=None):

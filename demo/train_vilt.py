@@ -9,12 +9,12 @@ model.safetensors, tokenizer, preprocessor_config.json) that ``adapters.vilt`` l
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
 
+from demo.report import save_result
 from sources.base import Example
 
 DEMO_IMAGE_SIZE = 64
@@ -129,11 +129,7 @@ def train(out: Path, *, epochs: int = 10, batch_size: int = 64, lr: float = 1e-3
         "parameters": sum(p.numel() for p in adapter.model.parameters()),
         "torch_threads": torch.get_num_threads(),
     }
-    (Path(out) / "training_result.json").write_text(json.dumps(result, indent=2))
-    print(f"test accuracy {result['test_accuracy']:.4f} on {result['test_questions']} questions "
-          f"({', '.join(f'{k} {v:.3f}' for k, v in history[-1]['by_kind'].items())}); "
-          f"wall time {result['wall_seconds']:.0f} s")
-    return result
+    return save_result(out, result, by_kind=history[-1]['by_kind'])
 
 
 def main(argv=None):

@@ -228,3 +228,25 @@ def pick_example(df, key: str = "example", container=None) -> str | None:
     labels = example_labels(df)
     return url_choice("Example", list(labels), param="ex", key=key, format_func=labels.__getitem__,
                       container=container)
+
+
+def page_example(title: str, key: str) -> tuple[PageContext, str, dict]:
+    """A one-example page's top: its title and example picker. (context, example id, the example's
+    tokens and modality); stops the page while the run has no committed example."""
+    ctx = page_context()
+    st.title(title)
+    df = summaries_table(ctx.store.location, ctx.reader.name, freshness(ctx.reader))
+    eid = pick_example(df, key=key)
+    if eid is None:
+        st.stop()
+    return ctx, eid, example_tokens(ctx.store.location, ctx.reader.name, eid)
+
+
+def pick_kind(kinds: list[str], *, key: str, container, help: str) -> str:
+    """The attention kind (``?kind=``): a select box when the model records several, else a caption."""
+    if len(kinds) > 1:
+        return url_choice("Attention kind", kinds, param="kind", key=key, default="self", container=container,
+                          help=help)
+    container.markdown(f"**Attention kind:** `{kinds[0]}`")
+    return kinds[0]
+

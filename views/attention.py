@@ -14,7 +14,7 @@ import charts
 from analysis.attention_views import (DIRECTIONS, grid_shape, matrix_rows, mean_over_heads, overlay_boxes, patch_at,
                                       restrict, token_attention, top_k)
 from ui.charts import export_buttons, frame
-from ui.state import example_image, example_tokens, freshness, open_store, page_context, pick_example, summaries_table
+from ui.state import example_image, open_store, page_example, pick_kind
 from ui.player import play_layers
 from ui.url import click_to_url, qp_get, qp_set, url_choice, url_int
 
@@ -39,14 +39,8 @@ def kind_layout(location: str, run: str, eid: str, kind: str):
     return int(arr.shape[0]), int(arr.shape[1]), qi, ki
 
 
-ctx = page_context()
+ctx, eid, tok = page_example("Attention", key="att_example")
 store, reader = ctx.store, ctx.reader
-st.title("Attention")
-df = summaries_table(store.location, reader.name, freshness(reader))
-eid = pick_example(df, key="att_example")
-if eid is None:
-    st.stop()
-tok = example_tokens(store.location, reader.name, eid)
 tokens, modality = tok["tokens"], tok["modality"]
 kinds = reader.attention_kinds(eid)
 if not kinds:
@@ -54,12 +48,8 @@ if not kinds:
     st.stop()
 
 c1, c2, c3 = st.columns([1, 3, 1])
-if len(kinds) > 1:
-    kind = url_choice("Attention kind", kinds, param="kind", key="att_kind", default="self", container=c1,
-                      help="Each kind has its own query and key tokens (e.g. cross_l2v: text queries, image keys).")
-else:
-    kind = kinds[0]
-    c1.markdown(f"**Attention kind:** `{kind}`")
+kind = pick_kind(kinds, key="att_kind", container=c1,
+                 help="Each kind has its own query and key tokens (e.g. cross_l2v: text queries, image keys).")
 n_layers, n_heads, qidx, kidx = kind_layout(store.location, reader.name, eid, kind)
 if n_layers > 1:
     layer = url_int("Layer", 0, n_layers - 1, param="layer", key="att_layer", default=n_layers - 1, container=c2)

@@ -12,7 +12,7 @@ import charts
 from analysis.attention_views import MEAN_COLUMN, head_summary, head_summary_rows, select_examples
 from analysis.head_stats import STAT_LABELS, as_defined, not_applicable, not_applicable_message
 from ui.charts import export_buttons, frame, selected_points
-from ui.state import freshness, open_store, page_context, pick_example, summaries_table
+from ui.state import freshness, open_store, page_context, pick_example, pick_kind, summaries_table
 from ui.url import qp_get, url_choice, url_flag, url_text
 
 
@@ -87,12 +87,8 @@ if not kinds:
     st.warning("This run stores no head statistics (record it again with `python cli.py record`).")
     st.stop()
 c1, c2, c3 = st.columns([1, 2, 1])
-if len(kinds) > 1:
-    kind = url_choice("Attention kind", kinds, param="kind", key="hs_kind", default="self", container=c1,
-                      help="Dual-stream models record several attention kinds (self, cross, ...).")
-else:
-    kind = kinds[0]
-    c1.markdown(f"**Attention kind:** `{kind}`")
+kind = pick_kind(kinds, key="hs_kind", container=c1,
+                 help="Dual-stream models record several attention kinds (self, cross, ...).")
 
 if scope == "example":
     if kind not in stats_by_kind:

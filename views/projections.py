@@ -13,7 +13,7 @@ from analysis.projections import (METHOD_LABELS, METHOD_NOTES, METHODS, nearest_
                                   stack_streams)
 import charts
 from ui.charts import export_buttons
-from ui.state import example_tokens, freshness, open_store, page_context, pick_example, summaries_table
+from ui.state import open_store, page_example
 from ui.url import click_to_url, qp_get, url_choice, url_flag, url_int
 
 JOINT = "all streams"
@@ -39,14 +39,8 @@ def fitted_methods() -> set[str]:
     return set()
 
 
-ctx = page_context()
+ctx, eid, tok = page_example("Hidden states", key="proj_example")
 store, reader = ctx.store, ctx.reader
-st.title("Hidden states")
-df = summaries_table(store.location, reader.name, freshness(reader))
-eid = pick_example(df, key="proj_example")
-if eid is None:
-    st.stop()
-tok = example_tokens(store.location, reader.name, eid)
 tokens, modality = tok["tokens"], tok["modality"]
 streams = read_hidden(store.location, reader.name, eid)
 if not streams:
