@@ -100,13 +100,13 @@ def dual_stream_record(*, seed=0, question="what color is it") -> Record:
     )
 
 
-def write_store(path: Path, records, run: str = "hand", consolidate: bool = True) -> Path:
+def write_store(path: Path, records, run: str = "hand", consolidate: bool = True, provenance: dict | None = None) -> Path:
     from analysis.head_stats import compute_head_stats
     from store.zarr_store import VLStore
 
     store = VLStore(path, mode="a")
     writer = store.writer(run, {"model_id": f"hand-built-{run}", "adapter": "hand", "architecture": "test",
-                                "config": {"layers": "?", "heads": "?"}})
+                                "config": {"layers": "?", "heads": "?"}, **(provenance or {})})
     for rec in records:
         writer.write(rec, compute_head_stats(rec))
     if consolidate:

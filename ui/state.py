@@ -113,7 +113,23 @@ def draw_sidebar() -> PageContext:
         cfg = prov.get("config", {})
         st.caption(f"{prov.get('adapter', '?')} · {prov.get('architecture', '?')} · "
                    f"{cfg.get('layers', '?')} layers × {cfg.get('heads', '?')} heads")
+        if checkpoint := checkpoint_line(prov):
+            st.caption(checkpoint, help="Which weights recorded this run: the hub revision, or a content hash "
+                                        "of the local checkpoint directory (its rule is in the run's provenance).")
     return PageContext(store=store, reader=store.run(chosen))
+
+
+def checkpoint_line(provenance: dict) -> str | None:
+    """One line naming the weights a run was recorded with: ``hub id @ revision`` or ``local dir · hash``."""
+    ck = provenance.get("checkpoint")
+    if not isinstance(ck, dict):
+        return None
+    if ck.get("kind") == "hub":
+        rev = ck.get("revision")
+        return f"weights: {ck.get('id', '?')} @ {str(rev)[:12] if rev else 'revision unknown'}"
+    name = Path(str(ck.get("path", "?"))).name
+    digest = str(ck.get("content_hash") or "no content hash")
+    return f"weights: {name} · {digest.removeprefix('sha256:')[:12]}"
 
 
 def default_run(store: VLStore, runs: list[str]) -> str:
