@@ -29,6 +29,7 @@ def load_error(source: str, exc: Exception) -> AdapterError:
     return AdapterError(f"cannot load {source!r}: {msg.splitlines()[0] if msg else type(exc).__name__}")
 
 
+DEVICE_ENV = "VL_LENS_DEVICE"  # cpu, cuda, cuda:N or mps: overrides what "auto" picks (the app's setting)
 DEVICES = ("auto", "cpu", "cuda", "mps")  # what --device accepts ("cuda:N" picks one GPU)
 
 
@@ -38,6 +39,12 @@ def resolve_device(device: str | None) -> str:
     import torch
 
     name = (device or "auto").strip().lower()
+    if name == "auto" and os.environ.get(DEVICE_ENV, "").strip().lower() not in ("", "auto"):
+        # The app's device setting (and bench --device): what "auto" means in this process.
+        try:
+            return resolve_device(os.environ[DEVICE_ENV])
+        except AdapterError as e:
+            raise AdapterError(f"{DEVICE_ENV}: {e}") from None
     kind, _, index = name.partition(":")
     if kind not in DEVICES or (":" in name and (kind != "cuda" or not index.isdigit())):
         raise AdapterError(f"unknown device {device!r}; use one of {', '.join(DEVICES)} (or cuda:N)")

@@ -78,7 +78,7 @@ def vilt_b32_adapter(*, quick: bool = False, seed: int = 0):
     model = ViltForQuestionAnswering(config).eval()
     tok = build_tokenizer([QUESTION, "is there a red circle?", "what shape is it?"])
     proc = ViltImageProcessorPil(size={"shortest_edge": image}, size_divisor=32)
-    return ViltAdapter(model, tok, proc, model_id="vilt-b32-random")
+    return ViltAdapter(model, tok, proc, model_id="vilt-b32-random", device="auto")
 
 
 def bench_image(side: int = 384):
@@ -143,13 +143,13 @@ def demo_adapter():
     from adapters.vilt import ViltAdapter
 
     if (DEMO_VILT / "config.json").exists():
-        return ViltAdapter.load(str(DEMO_VILT)), "vilt-easyvqa"
+        return ViltAdapter.load(str(DEMO_VILT), device="auto"), "vilt-easyvqa"
     import tempfile
 
     from testkit.tiny_vilt import make_tiny_vilt
 
     d = make_tiny_vilt(Path(tempfile.mkdtemp(prefix="vl-lens-bench-")) / "tiny", image_size=64)
-    return ViltAdapter.load(str(d)), "tiny random ViLT (demo weights absent)"
+    return ViltAdapter.load(str(d), device="auto"), "tiny random ViLT (demo weights absent)"
 
 
 def all_methods_seconds(adapter, n_examples: int = 3) -> dict:

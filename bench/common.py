@@ -48,14 +48,14 @@ def demo_vilt():
     from adapters.vilt import ViltAdapter
 
     if (DEMO_VILT_DIR / "config.json").exists():
-        return ViltAdapter.load(str(DEMO_VILT_DIR)), "demo ViLT (trained, demo/models/vilt-easyvqa)"
+        return ViltAdapter.load(str(DEMO_VILT_DIR), device="auto"), "demo ViLT (trained, demo/models/vilt-easyvqa)"
     from demo.train_vilt import build_image_processor, build_model, build_tokenizer
     from sources.easyvqa import EasyVQA
 
     src = EasyVQA("train")
     tok = build_tokenizer([src[i].question for i in range(0, len(src), 10)])
     model = build_model(len(tok), src.answers())
-    adapter = ViltAdapter(model, tok, build_image_processor(), model_id="vilt-demo-size-random")
+    adapter = ViltAdapter(model, tok, build_image_processor(), model_id="vilt-demo-size-random", device="auto")
     return adapter, "demo-sized random ViLT (hidden 128, 4 layers, 4 heads, 64 px, patch 8; demo weights absent)"
 
 
@@ -80,5 +80,5 @@ def vilt_b32_random():
     )
     model = ViltForQuestionAnswering(config)
     processor = ViltImageProcessorPil(size={"shortest_edge": 384}, size_divisor=32)
-    return (ViltAdapter(model, tok, processor, model_id="vilt-b32-size-random"),
+    return (ViltAdapter(model, tok, processor, model_id="vilt-b32-size-random", device="auto"),
             "ViLT-B/32-sized random ViLT (hidden 768, 12 layers, 12 heads, 384 px, patch 32)")

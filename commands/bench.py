@@ -3,6 +3,9 @@ from __future__ import annotations
 
 
 def add_arguments(p):
+    from commands.devices import add_device_argument
+
+    add_device_argument(p)
     p.add_argument("--quick", action="store_true", help="fewer examples and repeats (a few minutes)")
     p.add_argument("--out", default="bench.json", help="JSON file to write the table to (default: bench.json)")
     p.add_argument("--only", action="append", default=None,
@@ -12,7 +15,13 @@ def add_arguments(p):
 def run(args) -> int:
     import sys
 
+    import os
+
+    from adapters.loading import DEVICE_ENV, resolve_device
     from bench.runner import MODULES, format_report, run_all, write_json
+
+    # Every benchmark model is built with device "auto", which this makes mean the chosen device.
+    os.environ[DEVICE_ENV] = resolve_device(args.device)
 
     for name in args.only or []:
         if name not in MODULES:

@@ -92,3 +92,35 @@ def test_lxmert_offloaded_capture_is_the_float16_of_the_maps(tmp_path):
         for ref, ours in zip(maps, off["attention"][kind]):
             assert ours.dtype == torch.float16 and ours.device.type == "cpu"
             torch.testing.assert_close(ours, ref.to(torch.float16), rtol=0, atol=0)
+
+
+def test_the_device_setting_decides_what_auto_means(gpus, monkeypatch):
+    """VL_LENS_DEVICE (the app's setting; bench --device sets it) overrides auto; explicit devices stay."""
+    from adapters.loading import DEVICE_ENV
+
+    gpus(cuda=1)
+    monkeypatch.setenv(DEVICE_ENV, "cpu")
+    assert resolve_device("auto") == "cpu" and resolve_device(None) == "cpu"
+    assert resolve_device("cuda") == "cuda"
+    monkeypatch.setenv(DEVICE_ENV, "auto")
+    assert resolve_device("auto") == "cuda"
+    gpus(cuda=0)
+    monkeypatch.setenv(DEVICE_ENV, "cuda")
+    with pytest.raises(AdapterError, match="VL_LENS_DEVICE: .*no CUDA GPU"):
+        resolve_device("auto")
+
+
+def test_bench_device_flag_sets_the_setting(monkeypatch):
+    import argparse
+    import os
+
+    from adapters.loading import DEVICE_ENV
+    from commands import bench
+
+    p = argparse.ArgumentParser()
+    bench.add_arguments(p)
+    args = p.parse_args(["--device", "cpu", "--only", "nonexistent"])
+    monkeypatch.setenv(DEVICE_ENV, "auto")  # restored (unset) after the test
+    with pytest.raises(ValueError, match="unknown benchmark"):
+        bench.run(args)
+    assert os.environ[DEVICE_ENV] == "cpu"
