@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from demo.llava_init import LlavaShape
+from demo.options import add_polish_option, parsed_polish
 from demo.report import save_result
 from sources.base import Example
 
@@ -97,13 +98,9 @@ def main(argv=None):
                    help="a batch holds every question of this many images (about 10 each); 0: random questions")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None, help="use only the first N questions (smoke runs)")
-    p.add_argument("--polish", default=",".join(f"{e}:{lr:g}" for e, lr in DEFAULT_POLISH),
-                   help="gentler one-cycles after the first, EPOCHS:LR,... ('' for none)")
+    add_polish_option(p, DEFAULT_POLISH)
     a = p.parse_args(argv)
-    try:
-        polish = tuple((int(e), float(lr)) for e, lr in (c.split(":") for c in a.polish.split(",") if c.strip()))
-    except ValueError:
-        p.error(f"--polish takes EPOCHS:LR,... (e.g. 2:3e-4), not {a.polish!r}")
+    polish = parsed_polish(p, a.polish)
     train(a.out, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed, limit=a.limit, polish=polish,
           images_per_batch=a.images_per_batch or None)
 

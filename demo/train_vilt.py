@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from demo.options import add_polish_option, parsed_polish
 from demo.report import save_result
 from sources.base import Example
 
@@ -145,13 +146,9 @@ def main(argv=None):
     p.add_argument("--augment", default="none", choices=["none", "dihedral"],
                    help="image augmentation (dihedral slowed learning here: 78%% after 3 epochs vs 85%% after 5 without)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N questions (smoke runs)")
-    p.add_argument("--polish", default=",".join(f"{e}:{lr:g}" for e, lr in DEFAULT_POLISH),
-                   help="gentler one-cycles after the first, EPOCHS:LR,... ('' for none)")
+    add_polish_option(p, DEFAULT_POLISH)
     a = p.parse_args(argv)
-    try:
-        polish = tuple((int(e), float(lr)) for e, lr in (c.split(":") for c in a.polish.split(",") if c.strip()))
-    except ValueError:
-        p.error(f"--polish takes EPOCHS:LR,... (e.g. 3:3e-4,2:1e-4), not {a.polish!r}")
+    polish = parsed_polish(p, a.polish)
     train(a.out, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed, hidden=a.hidden,
           layers=a.layers, heads=a.heads, limit=a.limit, augment=a.augment,
           polish=polish)
