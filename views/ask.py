@@ -238,7 +238,8 @@ m1, m2 = st.columns([3, 1])
 url_methods = [m for m in (st.query_params.get("methods") or "").split(",") if m in METHODS]
 methods = m1.multiselect("Methods", list(METHODS), default=url_methods or list(METHODS), key="ask_methods",
                          format_func=lambda m: f"{m} — {METHOD_TITLES[m]}")
-steps = m2.slider("IG steps", 4, 100, 30, step=2, key="ask_steps")
+steps = m2.slider("IG steps", 4, 300, 30, step=2, key="ask_steps",
+                  help="More steps, smaller convergence delta: the demo ViLT needs about 200 for a delta near 10%.")
 params_of = {m: (("n_steps", steps),) if m == "ig" else () for m in METHODS}
 
 fwd = forward_seconds(model, eid, question, image)
