@@ -1,7 +1,10 @@
 """What generative (decoder) vision-language adapters share: greedy answers, layer-by-layer capture
 of the language model's attention, and the Record of a prompt followed by its generated answer.
 
-How a generated answer is recorded (adapters/llava.py and later families):
+``GenerativeAdapter`` is the base of every generative family (adapters/llava.py, adapters/idefics3.py,
+...): a family supplies its geometry and a few named hooks (see the class docstring).
+
+How a generated answer is recorded:
 
 1. ``greedy_answer``: greedy decoding with the model's KV cache, up to a token limit, stopping at
    an end-of-sequence token; each generated token keeps the probability it had when chosen.
@@ -19,12 +22,15 @@ How a generated answer is recorded (adapters/llava.py and later families):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from pathlib import Path
+from typing import Callable, ClassVar, Sequence
 
 import numpy as np
 from PIL import Image
 
-from adapters.base import display_copy, stack_layers
+from adapters.base import Adapter, display_copy, probabilities_by_rule, stack_layers
+from adapters.inputs import check_image, check_question
+from adapters.loading import checkpoint_info, load_error, resolve_device, resolve_source
 from core.errors import AdapterError
 from core.ids import example_id_of
 from store.schema import AttentionBlock, HiddenBlock, Prediction, Record
@@ -32,6 +38,7 @@ from store.schema import AttentionBlock, HiddenBlock, Prediction, Record
 # Which query rows a recording keeps: every non-image token (question words, template and special
 # tokens, the generated answer) by default; "all" keeps the image rows too (the full maps).
 ATTENTION_ROWS = ("language", "all")
+DEFAULT_MAX_NEW_TOKENS = 16
 
 # observer(layer, values, modality, grid, role): one decoder layer's full map (head, token, token)
 # float32 over every token of the record, with the tokens' modality (token,), grid (token, 2) and
@@ -150,3 +157,394 @@ def generative_record(*, image: Image.Image, question: str, tokens: list[str], m
                               token_probabilities=answer.token_probabilities),
         label=label, source_key=source_key, notices=tuple(notices), meta=meta,
     )
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerativePrompt:
+    """An encoded prompt: model inputs and the record coordinates of its N tokens."""
+
+    inputs: dict  # input_ids, attention_mask (1, N) and the family's image inputs (``image_input_names``)
+    tokens: list
+    modality: list
+    boxes: np.ndarray  # (N, 4)
+    grid: np.ndarray  # (N, 2)
+    spans: np.ndarray  # (N, 2)
+    notices: list
+
+    def image_inputs(self, names: Sequence[str]) -> dict:
+        return {k: self.inputs[k] for k in names}
+
+
+@dataclass(frozen=True, kw_only=True)
+class PromptCoordinates:
+    """Per-token record coordinates of a prompt of N tokens, filled by the text pass and then by
+    the family's image hook (``GenerativeAdapter._place_image_tokens``), which writes its tokens in place."""
+
+    tokens: list  # (N,) token strings
+    modality: list  # (N,) "text" / "image" / "special"
+    boxes: np.ndarray  # (N, 4) x0, y0, x1, y1 in 0..1 of the source image; NaN off the image
+    grid: np.ndarray  # (N, 2) row, col; -1 off the image
+    spans: np.ndarray  # (N, 2) character span in the question; -1 off it
+
+
+class GenerativeAdapter(Adapter):
+    """What every generative (decoder) family shares: the prompt, question truncation, greedy answers,
+    the recording (module docstring), batches for training and batched answers, saving.
+
+    A family sets the class attributes and implements the hooks marked "family hook" below:
+    ``_read_config`` (its config fields), ``_place_image_tokens`` (image token geometry),
+    ``_n_image_tokens`` / ``_max_image_tokens``, ``decoder_layers``, ``projector``,
+    ``_image_features``; and overrides ``_expanded_prompt_text`` when the processor expands its image
+    placeholder into more than ``n`` copies of ``image_token`` (tile markers and the like).
+    Attribution methods (a mixin, adapters/generative_attribution.py) reach the model through
+    ``input_embeddings``, ``patch_embedding`` and the record's token boxes.
+    """
+
+    architecture = "generative"
+    probability_rule = "softmax"  # over the vocabulary: the next token's probabilities
+    # transformers classes ``load`` uses (names in transformers' top-level namespace)
+    model_class: ClassVar[str]
+    processor_class: ClassVar[str]
+    # keys of the processor's output that carry the image to the model (besides input_ids / attention_mask)
+    image_input_names: ClassVar[tuple[str, ...]] = ("pixel_values",)
+    # the prompt for checkpoints that ship no chat template ("<image>" stands for the image placeholder)
+    fallback_template: ClassVar[str] = "USER: <image>\n{question} ASSISTANT:"
+
+    def __init__(self, model, processor, model_id: str, device: str = "cpu", *,
+                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, attention_rows: str = "language"):
+        if attention_rows not in ATTENTION_ROWS:
+            raise AdapterError(f"attention rows must be one of {', '.join(ATTENTION_ROWS)}")
+        device = resolve_device(device)  # "auto" -> a GPU when one is visible
+        self.model = model.eval().to(device)
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.image_processor = processor.image_processor
+        self.model_id = model_id
+        self.device = device
+        self.max_new_tokens = max_new_tokens
+        self.attention_rows = attention_rows
+        cfg = model.config
+        self.image_token_id = int(cfg.image_token_id)
+        self.context = int(getattr(cfg.text_config, "max_position_embeddings", 0) or 2048)
+        eos = cfg.text_config.eos_token_id if cfg.text_config.eos_token_id is not None else self.tokenizer.eos_token_id
+        self.eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (int(eos),)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
+        self._read_config(cfg)
+        self._fixed_tokens = self._count_fixed_tokens()
+        # Text and answer tokens one example may hold: the context minus image and template tokens.
+        self.max_text_tokens = max(1, self.context - self._fixed_tokens)
+
+    # ---- family hooks ------------------------------------------------------------------------------
+    def _read_config(self, cfg) -> None:
+        """Family hook: read the config fields the geometry needs (patch size, ...)."""
+
+    def _place_image_tokens(self, image: Image.Image, ids: list[int], coords: PromptCoordinates, enc) -> None:
+        """Family hook: name the image-placeholder tokens of ``ids`` and write their modality, box and
+        grid into ``coords`` (in place); ``enc``: the processor's output for this prompt."""
+        raise NotImplementedError
+
+    def _n_image_tokens(self, image: Image.Image) -> int:
+        """Family hook: how many ``image_token`` placeholders the processor puts in for ``image``."""
+        raise NotImplementedError
+
+    def _max_image_tokens(self) -> int:
+        """Family hook: the most image-related prompt tokens one image takes (for the context budget)."""
+        raise NotImplementedError
+
+    def decoder_layers(self) -> list:
+        """Family hook: the language model's decoder layers, in order (each has ``self_attn``)."""
+        raise NotImplementedError
+
+    def projector(self):
+        """Family hook: the module that maps vision features into the language model (trained by default)."""
+        raise NotImplementedError
+
+    def _image_features(self, image_inputs: dict) -> list:
+        """Family hook: per distinct image of ``image_inputs`` (the image processor's tensors), its
+        (image tokens, dim) features in the order of its placeholders."""
+        raise NotImplementedError
+
+    def patch_embedding(self):
+        """The vision tower's patch-embedding module (its output: one vector per vision patch)."""
+        raise NotImplementedError(f"{self.name}: no patch embedding hook")
+
+    def input_embeddings(self):
+        """The language model's token embedding module."""
+        return self.model.get_input_embeddings()
+
+    def _config_extra(self) -> dict:
+        """Family fields of ``config_summary``."""
+        return {}
+
+    def _meta_extra(self, image: Image.Image) -> dict:
+        """Family fields of a record's ``meta``."""
+        return {}
+
+    # ---- loading ---------------------------------------------------------------------------------
+    @classmethod
+    def _model_classes(cls, source: str):
+        """(model class, processor class) for a checkpoint (a family may pick by its model_type)."""
+        import transformers
+
+        return getattr(transformers, cls.model_class), getattr(transformers, cls.processor_class)
+
+    @classmethod
+    def load(cls, source: str | Path | None = None, *, device: str = "cpu") -> "GenerativeAdapter":
+        src, local = resolve_source(source or cls.default_source)
+        try:
+            model_cls, processor_cls = cls._model_classes(src)
+            # eager: SDPA / flash attention compute no attention weights to record
+            model = model_cls.from_pretrained(src, attn_implementation="eager")
+            processor = processor_cls.from_pretrained(src)
+        except (OSError, ValueError, EnvironmentError) as e:
+            raise load_error(str(source), e) from e
+        model_id = Path(src).name if local else src
+        adapter = cls(model, processor, model_id=model_id, device=device)
+        adapter.checkpoint = checkpoint_info(src, local, model.config)
+        return adapter
+
+    def answers(self) -> list[str]:
+        """A generative model has no answer list: it writes its answer (open vocabulary)."""
+        return []
+
+    def answer_probabilities(self, logits):
+        """(batch, vocabulary) next-token logits -> probabilities (what greedy decoding picks from)."""
+        return probabilities_by_rule(logits, self.probability_rule)
+
+    def config_summary(self) -> dict:
+        t = self.model.config.text_config
+        return {"layers": t.num_hidden_layers, "heads": t.num_attention_heads, "hidden": t.hidden_size,
+                "vision_layers": self.model.config.vision_config.num_hidden_layers, **self._config_extra(),
+                "context": self.context, "max_text_tokens": self.max_text_tokens,
+                "max_new_tokens": self.max_new_tokens, "attention_rows": self.attention_rows,
+                "attention": "eager (SDPA and flash attention return no weights)",
+                "hidden_last": "last decoder layer's output (language model)",
+                "probability": "product of the generated tokens' probabilities (greedy decoding)"}
+
+    # ---- prompt ----------------------------------------------------------------------------------
+    def _prompt_text(self, question: str) -> str:
+        if getattr(self.processor, "chat_template", None):
+            messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+            return self.processor.apply_chat_template(messages, add_generation_prompt=True)
+        return self.fallback_template.format(question=question).replace("<image>", self.processor.image_token)
+
+    def _expanded_prompt_text(self, prompt: str, image: Image.Image) -> str:
+        """``prompt`` as the processor expands it for ``image`` (what its token offsets refer to)."""
+        token = self.processor.image_token
+        return prompt.replace(token, token * self._n_image_tokens(image))
+
+    def _count_fixed_tokens(self) -> int:
+        """Tokens of a prompt that are not the question: image tokens plus the template's."""
+        probe = "what"
+        with_q = len(self.tokenizer(self._prompt_text(probe), add_special_tokens=False)["input_ids"])
+        alone = len(self.tokenizer(probe, add_special_tokens=False)["input_ids"])
+        return with_q - alone - 1 + self._max_image_tokens()  # the unexpanded prompt holds one image placeholder
+
+    def _truncate(self, question: str) -> tuple[str, list[str]]:
+        """The part of the question that fits the context with room for the answer, and notices."""
+        limit = max(1, self.max_text_tokens - self.max_new_tokens)
+        enc = self.tokenizer(question, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offsets = enc["input_ids"], enc["offset_mapping"]
+        notices = []
+        unk = self.tokenizer.unk_token_id
+        if ids and unk is not None and all(i == unk for i in ids):
+            notices.append("none of the question's words are in this model's vocabulary (all unknown)")
+        if len(ids) <= limit:
+            return question, notices
+        notices.append(f"question truncated: {len(ids)} tokens, this model reads at most {limit} beside the image "
+                       f"and its answer; words after the cut were ignored")
+        return question[:offsets[limit - 1][1]], notices
+
+    def _encode(self, image: Image.Image, question: str) -> tuple[Image.Image, str, GenerativePrompt]:
+        image = check_image(image)
+        question = check_question(question)
+        kept, notices = self._truncate(question)
+        prompt = self._prompt_text(kept)
+        enc = self.processor(images=image, text=prompt, return_tensors="pt", return_offsets_mapping=True)
+        ids = enc["input_ids"][0].tolist()
+        # Offsets are in the prompt as the processor expanded it (its image placeholders written out).
+        q_start = self._expanded_prompt_text(prompt, image).rfind(kept)
+        coords = self._text_coordinates(ids, enc["offset_mapping"][0].tolist(), q_start, len(kept))
+        self._place_image_tokens(image, ids, coords, enc)
+        inputs = {k: enc[k].to(self.device) for k in ("input_ids", "attention_mask", *self.image_input_names)}
+        return image, question, GenerativePrompt(inputs=inputs, tokens=coords.tokens, modality=coords.modality,
+                                                 boxes=coords.boxes, grid=coords.grid, spans=coords.spans,
+                                                 notices=notices)
+
+    def _text_coordinates(self, ids: list[int], offsets: list, q_start: int, q_len: int) -> PromptCoordinates:
+        """Every token special except the question's words: tokens inside the question's characters."""
+        n = len(ids)
+        coords = PromptCoordinates(tokens=self.tokenizer.convert_ids_to_tokens(ids), modality=["special"] * n,
+                                   boxes=np.full((n, 4), np.nan, np.float32), grid=np.full((n, 2), -1, np.int32),
+                                   spans=np.full((n, 2), -1, np.int32))
+        for i, (s, e) in enumerate(offsets):
+            if ids[i] != self.image_token_id and q_start >= 0 and e > s and s >= q_start and e <= q_start + q_len:
+                coords.modality[i], coords.spans[i] = "text", (s - q_start, e - q_start)
+        return coords
+
+    # ---- the contract ----------------------------------------------------------------------------
+    def _answer_text(self, token_ids) -> str:
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True).strip()
+
+    def _generate(self, prompt: GenerativePrompt) -> GeneratedAnswer:
+        return greedy_answer(self.model, prompt.inputs, max_new_tokens=self.max_new_tokens, eos_ids=self.eos_ids,
+                             pad_id=self.pad_id)
+
+    def predict(self, image: Image.Image, question: str, *, top_k: int = 5) -> Prediction:
+        """The generated answer (one: ``top_k`` does not apply to a generated text)."""
+        _, _, prompt = self._encode(image, question)
+        answer = self._generate(prompt)
+        return Prediction(answers=(self._answer_text(answer.token_ids),), probabilities=(min(1.0, answer.probability),),
+                          token_probabilities=answer.token_probabilities)
+
+    def run(self, image: Image.Image, question: str, *, top_k: int = 5, label: str | None = None,
+            source_key: str | None = None, layer_observer: LayerObserver | None = None) -> Record:
+        """Generate the answer, then capture the language model's attention layer by layer over
+        prompt + answer (module docstring). ``layer_observer`` sees each layer's full map."""
+        import torch
+
+        rgb, q, prompt = self._encode(image, question)
+        answer = self._generate(prompt)
+        gen = list(answer.token_ids)
+        specials = set(self.tokenizer.all_special_ids)
+        tokens = prompt.tokens + self.tokenizer.convert_ids_to_tokens(gen)
+        modality = prompt.modality + ["special" if t in specials else "text" for t in gen]
+        role = ["prompt"] * len(prompt.tokens) + ["answer"] * len(gen)
+        n_gen = len(gen)
+        boxes = np.concatenate([prompt.boxes, np.full((n_gen, 4), np.nan, np.float32)])
+        grid = np.concatenate([prompt.grid, np.full((n_gen, 2), -1, np.int32)])
+        spans = np.concatenate([prompt.spans, np.full((n_gen, 2), -1, np.int32)])
+        ids = torch.cat([prompt.inputs["input_ids"], torch.tensor([gen], dtype=torch.long, device=self.device)], 1)
+        qidx = query_rows(modality, self.attention_rows)
+        with torch.no_grad(), LayerCapture([layer.self_attn for layer in self.decoder_layers()], query_index=qidx,
+                                           modality=np.asarray(modality), grid=grid, role=np.asarray(role),
+                                           observer=layer_observer) as cap:
+            out = self.model(input_ids=ids, attention_mask=torch.ones_like(ids),
+                             **prompt.image_inputs(self.image_input_names), output_hidden_states=True, use_cache=False)
+        notices = list(prompt.notices)
+        if not answer.stopped:
+            notices.append(f"answer cut at {self.max_new_tokens} tokens (no end-of-sequence token before the limit)")
+        return generative_record(
+            image=rgb, question=q, tokens=tokens, modality=modality, role=role, token_boxes=boxes, token_grid=grid,
+            token_spans=spans, attention=cap.attention(), query_index=qidx, hidden_states=out.hidden_states,
+            answer_text=self._answer_text(gen), answer=answer, label=label, source_key=source_key, notices=notices,
+            meta={"model_id": self.model_id, "adapter": self.name, "adapter_version": self.version,
+                  "image_size": [rgb.width, rgb.height], **self._meta_extra(rgb),
+                  "attention_rows": self.attention_rows, "attention_implementation": "eager",
+                  "answer_rows": "the row of token i is its causal row as a query; the row of token i-1 is the one "
+                                 "that generated token i"},
+        )
+
+    # ---- batches: training (language-model loss on the answer tokens) and batched answers --------
+    def _expanded_prompts(self, images: list[Image.Image], questions: list[str]):
+        """Checked images, and each prompt's token ids with its image placeholder expanded."""
+        imgs = [check_image(im) for im in images]
+        texts = [self._expanded_prompt_text(self._prompt_text(self._truncate(check_question(q))[0]), im)
+                 for im, q in zip(imgs, questions)]
+        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return imgs, ids
+
+    def _pixels(self, images: list[Image.Image]) -> dict:
+        """The image processor's tensors (``image_input_names``) for ``images``, on the device."""
+        out = self.image_processor(images, return_tensors="pt")
+        return {k: out[k].to(self.device) for k in self.image_input_names}
+
+    def _distinct_pixels(self, images: list[Image.Image]) -> tuple[dict, "torch.Tensor"]:
+        """Pixels of each distinct image object once, and each example's index into them (a
+        training batch holds several questions per image: the vision tower then runs once each)."""
+        import torch
+
+        first: dict[int, int] = {}
+        index = [first.setdefault(id(im), len(first)) for im in images]
+        distinct = list({id(im): im for im in images}.values())
+        return self._pixels(distinct), torch.tensor(index, dtype=torch.long, device=self.device)
+
+    def encode_batch(self, images: list[Image.Image], questions: list[str], answers: list[str] | None = None) -> dict:
+        """Right-padded prompts, followed by each answer and an end-of-sequence token when ``answers``
+        is given; ``labels`` then holds the answer tokens' ids and -100 everywhere else."""
+        import torch
+
+        imgs, prompts = self._expanded_prompts(images, questions)
+        seqs, labels = [], []
+        if answers is None:
+            seqs, labels = prompts, [[-100] * len(p) for p in prompts]
+        else:
+            answer_ids = self.tokenizer([str(a) for a in answers], add_special_tokens=False)["input_ids"]
+            for p, a in zip(prompts, answer_ids):
+                a = list(a) + [self.eos_ids[0]]
+                seqs.append(p + a)
+                labels.append([-100] * len(p) + a)
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        lab = torch.full((len(seqs), width), -100, dtype=torch.long)
+        for i, (s, lb) in enumerate(zip(seqs, labels)):
+            ids[i, :len(s)] = torch.tensor(s)
+            mask[i, :len(s)] = 1
+            lab[i, :len(lb)] = torch.tensor(lb)
+        pixels, image_index = self._distinct_pixels(images)  # by object identity: before any copy
+        out = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device), **pixels,
+               "image_index": image_index}
+        if answers is not None:
+            out["labels"] = lab.to(self.device)
+        return out
+
+    def answer_loss(self, inputs: dict):
+        """Mean cross-entropy of the answer tokens (``labels`` of ``encode_batch``), next-token style."""
+        return self.model(**self._with_image_features(inputs), use_cache=False).loss
+
+    def forward_logits(self, **inputs):
+        """(batch, vocabulary) logits of the token after each prompt of ``encode_batch`` (without
+        answers): what the first answer token is chosen from."""
+        import torch
+
+        inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        logits = self.model(**self._with_image_features(inputs), use_cache=False).logits
+        last = inputs["attention_mask"].sum(1) - 1  # right padding: each prompt's last token
+        return logits[torch.arange(len(last), device=logits.device), last]
+
+    def _with_image_features(self, inputs: dict) -> dict:
+        """``inputs`` with the image features put in place as input embeddings: one vision tower
+        run per distinct image (``image_index`` maps examples to them)."""
+        import torch
+
+        feats = self._image_features({k: inputs[k] for k in self.image_input_names})
+        feats = torch.cat([feats[i] for i in inputs["image_index"].tolist()])  # (image tokens of the batch, dim)
+        ids = inputs["input_ids"]
+        embeds = self.input_embeddings()(ids)
+        mask = (ids == self.image_token_id)[..., None].expand_as(embeds)
+        embeds = embeds.masked_scatter(mask, feats.to(embeds.dtype))
+        rest = {k: v for k, v in inputs.items() if k not in ("input_ids", "image_index", *self.image_input_names)}
+        return {"inputs_embeds": embeds, **rest}
+
+    def generate_batch(self, images: list[Image.Image], questions: list[str]) -> list[str]:
+        """Greedy answers of a batch (left-padded prompts); the same texts as ``predict`` one by one."""
+        import torch
+
+        imgs, prompts = self._expanded_prompts(images, questions)
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p):] = torch.tensor(p)
+            mask[i, width - len(p):] = 1
+        with torch.no_grad():
+            out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                      **self._pixels(imgs), max_new_tokens=self.max_new_tokens, do_sample=False,
+                                      num_beams=1, eos_token_id=list(self.eos_ids), pad_token_id=self.pad_id,
+                                      temperature=None, top_p=None, top_k=None)
+        return [self._answer_text(row[width:].tolist()) for row in out]
+
+    def trainable_parameters(self, full: bool = False) -> list:
+        """Every weight, or (not ``full``) the projector and the language model's output layer."""
+        if full:
+            return list(self.model.parameters())
+        return list(self.projector().parameters()) + list(self.model.lm_head.parameters())
+
+    def set_training(self, training: bool) -> None:
+        self.model.train(training)
+
+    def save(self, directory: str | Path) -> None:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(directory)
+        self.processor.save_pretrained(directory)
