@@ -280,6 +280,18 @@ class GenerativeAdapter(Adapter):
         """Family fields of a record's ``meta``."""
         return {}
 
+    def _extra_model_inputs(self, input_ids) -> dict:
+        """Family hook: model inputs derived from a batch of prompt ids besides the image's (e.g.
+        Qwen2-VL's ``mm_token_type_ids``), for generate and the prompt's inputs."""
+        return {}
+
+    def _sequence_inputs(self, ids, prompt: GenerativePrompt) -> dict:
+        """Model inputs for the recording's one causal forward over prompt + generated tokens
+        (``ids``, (1, N)); a family overrides it when the model needs more (rotary positions...)."""
+        import torch
+
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), **prompt.image_inputs(self.image_input_names)}
+
     # ---- loading ---------------------------------------------------------------------------------
     @classmethod
     def _model_classes(cls, source: str):
@@ -367,6 +379,7 @@ class GenerativeAdapter(Adapter):
         coords = self._text_coordinates(ids, enc["offset_mapping"][0].tolist(), q_start, len(kept))
         self._place_image_tokens(image, ids, coords, enc)
         inputs = {k: enc[k].to(self.device) for k in ("input_ids", "attention_mask", *self.image_input_names)}
+        inputs.update(self._extra_model_inputs(inputs["input_ids"]))
         return image, question, GenerativePrompt(inputs=inputs, tokens=coords.tokens, modality=coords.modality,
                                                  boxes=coords.boxes, grid=coords.grid, spans=coords.spans,
                                                  notices=notices)
@@ -419,8 +432,7 @@ class GenerativeAdapter(Adapter):
         with torch.no_grad(), LayerCapture([layer.self_attn for layer in self.decoder_layers()], query_index=qidx,
                                            modality=np.asarray(modality), grid=grid, role=np.asarray(role),
                                            observer=layer_observer) as cap:
-            out = self.model(input_ids=ids, attention_mask=torch.ones_like(ids),
-                             **prompt.image_inputs(self.image_input_names), output_hidden_states=True, use_cache=False)
+            out = self.model(**self._sequence_inputs(ids, prompt), output_hidden_states=True, use_cache=False)
         notices = list(prompt.notices)
         if not answer.stopped:
             notices.append(f"answer cut at {self.max_new_tokens} tokens (no end-of-sequence token before the limit)")
@@ -530,7 +542,8 @@ class GenerativeAdapter(Adapter):
             mask[i, width - len(p):] = 1
         with torch.no_grad():
             out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                                      **self._pixels(imgs), max_new_tokens=self.max_new_tokens, do_sample=False,
+                                      **self._pixels(imgs), **self._extra_model_inputs(ids.to(self.device)),
+                                      max_new_tokens=self.max_new_tokens, do_sample=False,
                                       num_beams=1, eos_token_id=list(self.eos_ids), pad_token_id=self.pad_id,
                                       temperature=None, top_p=None, top_k=None)
         return [self._answer_text(row[width:].tolist()) for row in out]

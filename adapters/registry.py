@@ -31,12 +31,19 @@ def _llava():
     return LlavaAdapter
 
 
+def _qwen2_vl():
+    from adapters.qwen2_vl import Qwen2VLAdapter
+
+    return Qwen2VLAdapter
+
+
 # name -> zero-argument function returning the class (imports stay lazy so `cli.py models` is fast)
 ADAPTERS = {
     "vilt": _vilt,
     "lxmert": _lxmert,
     "kdvlp": _kdvlp,
     "llava": _llava,
+    "qwen2_vl": _qwen2_vl,
 }
 
 # Named, ready-to-use models: what `cli.py models` lists and the app offers.

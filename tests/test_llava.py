@@ -7,13 +7,13 @@ import dataclasses
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from adapters.llava import LlavaAdapter, image_frame
 from core.errors import AdapterError
 from store.schema import Prediction
 from testkit.tiny_llava import make_tiny_llava
+from tests.generative_checks import assert_answer_rows_match_generate, covering_cells, record_and_read_back
 
 QUESTION = "what color is the shape?"
 
@@ -54,15 +54,7 @@ def _changed_cells(adapter, before: np.ndarray, after: np.ndarray) -> set[tuple[
 
 def _covering_cells(adapter, image: np.ndarray, area) -> set[tuple[int, int]]:
     """(row, col) of the image tokens whose box overlaps ``area`` (x0, y0, x1, y1 in source pixels)."""
-    h, w = image.shape[:2]
-    x0, y0, x1, y1 = area[0] / w, area[1] / h, area[2] / w, area[3] / h
-    rec = adapter.run(Image.fromarray(image), QUESTION)
-    out = set()
-    for i in rec.indices("image"):
-        b = rec.token_boxes[i]
-        if b[0] < x1 and b[2] > x0 and b[1] < y1 and b[3] > y0:
-            out.add(tuple(int(v) for v in rec.token_grid[i]))
-    return out
+    return covering_cells(adapter.run(Image.fromarray(image), QUESTION), (image.shape[1], image.shape[0]), area)
 
 
 # (image width, height, brightened area x0, y0, x1, y1 in source pixels). Areas under a resize keep
@@ -134,28 +126,7 @@ def test_answer_rows_are_the_rows_incremental_decoding_computed(adapter):
     """generate(output_attentions=True) computes each step's row with the KV cache; the record's rows
     come from one causal forward afterwards: they must be the same rows."""
     image = Image.fromarray((np.random.RandomState(3).rand(48, 64, 3) * 255).astype(np.uint8))
-    rec = adapter.run(image, QUESTION)
-    _, _, prompt = adapter._encode(image, QUESTION)
-    with torch.no_grad():
-        out = adapter.model.generate(**prompt.inputs, max_new_tokens=adapter.max_new_tokens, do_sample=False,
-                                     output_attentions=True, output_logits=True, return_dict_in_generate=True,
-                                     eos_token_id=list(adapter.eos_ids), pad_token_id=adapter.pad_id)
-    n_prompt = prompt.inputs["input_ids"].shape[1]
-    gen = out.sequences[0, n_prompt:].tolist()
-    answer = rec.answer_indices()
-    assert [rec.tokens[i] for i in answer] == adapter.tokenizer.convert_ids_to_tokens(gen)
-    assert rec.prediction.top == adapter.tokenizer.decode(gen, skip_special_tokens=True).strip()
-    probs = [float(torch.softmax(step[0], -1)[t]) for step, t in zip(out.logits, gen)]
-    np.testing.assert_allclose(rec.prediction.token_probabilities, probs, rtol=1e-5)
-    block = rec.attention["self"]
-    row_of = {int(q): k for k, q in enumerate(block.query_index)}
-    for step, layers in enumerate(out.attentions):
-        position = n_prompt - 1 + step  # the query whose row produced generated token `step`
-        for layer, att in enumerate(layers):
-            expect = att[0, :, -1, :].float().numpy()  # (head, keys so far)
-            got = block.values[layer, :, row_of[position], :expect.shape[-1]].astype(np.float32)
-            np.testing.assert_allclose(got, expect, atol=2e-3)
-            assert not block.values[layer, :, row_of[position], expect.shape[-1]:].any()  # later keys: 0
+    assert_answer_rows_match_generate(adapter, image, QUESTION)
 
 
 def test_head_stats_from_full_maps_match_a_record_of_every_row(tiny_dir):
@@ -208,18 +179,7 @@ def test_record_cli_writes_a_store_that_reads_back(tiny_dir, tmp_path, capsys):
     from store.zarr_store import VLStore
 
     out = tmp_path / "s.zarr"
-    assert cli.main(["record", "--model", f"llava:{tiny_dir}", "--limit", "2", "--out", str(out), "--run", "gen"]) == 0
-    assert "2 written" in capsys.readouterr().out
-    reader = VLStore(out).run("gen")
-    assert reader.provenance["adapter"] == "llava" and "eager" in reader.provenance["config"]["attention"]
-    eid = reader.example_ids()[0]
-    back = reader.record(eid)
-    assert back.generative and back.role.count("answer") == len(back.prediction.token_probabilities) >= 1
-    assert reader.tokens(eid)["role"] == list(back.role)
-    names, values = reader.head_stats(eid)["self"]  # from the full maps: image rows included
-    assert np.isfinite(values[list(names).index("image_to_image")]).all()
-    summary = next(s for s in reader.summaries() if s.example_id == eid)
-    assert summary.answer == back.prediction.top and summary.correct == back.correct
+    record_and_read_back(f"llava:{tiny_dir}", "llava", out, capsys)
     assert cli.main(["record", "--model", f"llava:{tiny_dir}", "--limit", "2", "--out", str(out),
                      "--batch-size", "2"]) != 0
     assert "one example at a time" in capsys.readouterr().err
