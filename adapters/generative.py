@@ -159,6 +159,13 @@ def generative_record(*, image: Image.Image, question: str, tokens: list[str], m
     )
 
 
+def _as_ids(value) -> tuple[int, ...]:
+    """A config's token id field (None, one id or a list of them) as a tuple."""
+    if value is None:
+        return ()
+    return tuple(value) if isinstance(value, (list, tuple)) else (int(value),)
+
+
 @dataclass(frozen=True, kw_only=True)
 class GenerativePrompt:
     """An encoded prompt: model inputs and the record coordinates of its N tokens."""
@@ -227,7 +234,10 @@ class GenerativeAdapter(Adapter):
         self.image_token_id = int(cfg.image_token_id)
         self.context = int(getattr(cfg.text_config, "max_position_embeddings", 0) or 2048)
         eos = cfg.text_config.eos_token_id if cfg.text_config.eos_token_id is not None else self.tokenizer.eos_token_id
-        self.eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (int(eos),)
+        # The config's end token first (what training appends), then any other the checkpoint's generation
+        # config stops at (Qwen2-VL: <|im_end|>, then <|endoftext|>).
+        gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        self.eos_ids = tuple(dict.fromkeys(int(i) for i in (*_as_ids(eos), *_as_ids(gen_eos))))
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
         self._read_config(cfg)
         self._fixed_tokens = self._count_fixed_tokens()

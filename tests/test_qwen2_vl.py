@@ -133,6 +133,44 @@ def test_answer_rows_are_the_rows_incremental_decoding_computed(tmp_path_factory
     np.testing.assert_allclose(block.values.astype(np.float32).sum(-1), 1.0, atol=1e-2)  # causal rows sum to 1
 
 
+def test_a_generated_image_placeholder_is_embedded_as_text(tiny_dir):
+    """A model may generate <|image_pad|>: generate embeds it as a plain token; so does the recording
+    forward (no image features there), and the rows still equal generate's."""
+    a = Qwen2VLAdapter.load(str(tiny_dir))
+    a.max_new_tokens = 2
+    a.model.generation_config.sequence_bias = {(a.image_token_id,): 100.0}  # generate and run both read it
+    image = Image.fromarray(_gray(56, 40))
+    rec, n_prompt = assert_answer_rows_match_generate(a, image, QUESTION)
+    assert [rec.tokens[i] for i in rec.answer_indices()] == ["<|image_pad|>"] * 2
+    assert all(rec.modality[i] == "special" for i in rec.answer_indices())
+    assert len(rec.indices("image")) == 12 and max(rec.indices("image")) < n_prompt
+
+
+def test_loads_a_hub_style_directory(tmp_path):
+    """A released checkpoint's layout: preprocessor_config.json with min / max pixels (processor class
+    Qwen2VLProcessor), chat_template.json, tokenizer files, a generation config with two end tokens."""
+    from testkit.tiny_qwen2_vl import ANSWERS, CHAT_TEMPLATE, QUESTIONS, build_model, build_tokenizer
+
+    shape = TinyQwenShape()
+    tok = build_tokenizer(QUESTIONS + ANSWERS, context=shape.context)
+    model = build_model(tok, shape, family="qwen2_vl", seed=0)
+    end, text_end = tok.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
+    model.generation_config.eos_token_id = [end, text_end]
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({
+        "min_pixels": 784, "max_pixels": 3136, "patch_size": 7, "temporal_patch_size": 2, "merge_size": 2,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+        "image_processor_type": "Qwen2VLImageProcessor", "processor_class": "Qwen2VLProcessor"}))
+    (tmp_path / "chat_template.json").write_text(json.dumps({"chat_template": CHAT_TEMPLATE}))
+    a = Qwen2VLAdapter.load(str(tmp_path))
+    assert a.eos_ids == (end, text_end)  # stops at either; training appends the first
+    assert a.config_summary()["max_pixels"] == 3136
+    a.max_new_tokens = 1
+    rec = a.run(Image.fromarray(_gray(56, 40)), QUESTION)
+    assert rec.meta["patch_grid"] == [3, 4] and rec.tokens[rec.indices("image")[0] - 1] == "<|vision_start|>"
+
+
 def test_rotary_positions_matter(adapter):
     """The recording's forward must use the multimodal positions: with plain 1-D positions the rows differ."""
     image = Image.fromarray((np.random.RandomState(5).rand(64, 64, 3) * 255).astype(np.uint8))
