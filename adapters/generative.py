@@ -406,6 +406,12 @@ class GenerativeAdapter(Adapter):
         return coords
 
     # ---- the contract ----------------------------------------------------------------------------
+    def _special_ids(self) -> set[int]:
+        """Ids of the tokenizer's special tokens, added ones included (a processor may register its
+        markers as added special tokens without listing them among ``all_special_ids``)."""
+        added = getattr(self.tokenizer, "added_tokens_decoder", {}) or {}
+        return set(self.tokenizer.all_special_ids) | {int(i) for i, t in added.items() if getattr(t, "special", False)}
+
     def _answer_text(self, token_ids) -> str:
         return self.tokenizer.decode(list(token_ids), skip_special_tokens=True).strip()
 
@@ -429,7 +435,7 @@ class GenerativeAdapter(Adapter):
         rgb, q, prompt = self._encode(image, question)
         answer = self._generate(prompt)
         gen = list(answer.token_ids)
-        specials = set(self.tokenizer.all_special_ids)
+        specials = self._special_ids()
         tokens = prompt.tokens + self.tokenizer.convert_ids_to_tokens(gen)
         modality = prompt.modality + ["special" if t in specials else "text" for t in gen]
         role = ["prompt"] * len(prompt.tokens) + ["answer"] * len(gen)

@@ -37,6 +37,12 @@ def _qwen2_vl():
     return Qwen2VLAdapter
 
 
+def _idefics3():
+    from adapters.idefics3 import Idefics3Adapter
+
+    return Idefics3Adapter
+
+
 # name -> zero-argument function returning the class (imports stay lazy so `cli.py models` is fast)
 ADAPTERS = {
     "vilt": _vilt,
@@ -44,6 +50,7 @@ ADAPTERS = {
     "kdvlp": _kdvlp,
     "llava": _llava,
     "qwen2_vl": _qwen2_vl,
+    "idefics3": _idefics3,
 }
 
 # Named, ready-to-use models: what `cli.py models` lists and the app offers.
