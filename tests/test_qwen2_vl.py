@@ -226,7 +226,7 @@ def test_record_cli_writes_a_store_that_reads_back(tiny_dir, tmp_path, capsys):
     assert len(img) == int(np.prod(back.meta["patch_grid"])) and not np.isnan(back.token_boxes[img]).any()
 
 
-def test_finetune_lowers_the_answer_loss(tiny_dir):
+def test_finetune_lowers_the_answer_loss(tiny_dir, tmp_path):
     """The fine-tuning loop on this adapter: the labels are exactly the answer tokens and their
     end-of-sequence token, and a few steps lower the loss on a tiny batch."""
     from sources.base import Example
@@ -255,3 +255,7 @@ def test_finetune_lowers_the_answer_loss(tiny_dir):
     res = finetune(a, exs * 4, config=FinetuneConfig(epochs=10, lr=3e-3, batch_size=8, full=True, progress=False,
                                                       schedule="constant"), eval_examples=exs)
     assert res.losses[1] < res.losses[0] and res.losses[-1] < res.losses[0] / 2
+    a.save(tmp_path / "tuned")  # what `cli.py finetune --out` writes: it loads back, answering the same
+    again = Qwen2VLAdapter.load(str(tmp_path / "tuned"))
+    again.max_new_tokens = a.max_new_tokens
+    assert [again.predict(ex.image(), QUESTION) for ex in exs] == [a.predict(ex.image(), QUESTION) for ex in exs]
