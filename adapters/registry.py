@@ -61,13 +61,13 @@ MODELS = {
     "lxmert-easyvqa": ("lxmert", "demo/models/lxmert-easyvqa"),
     "lxmert-vqa": ("lxmert", "unc-nlp/lxmert-vqa-uncased"),
     "kdvlp-easyvqa": ("kdvlp", "demo/models/kdvlp-easyvqa"),
-    # generative; not a DEMO_MODELS entry (the app's Ask page needs attribution, which it lacks yet)
+    # generative: the Ask page shows its answer token by token
     "llava-easyvqa": ("llava", "demo/models/llava-easyvqa"),
 }
 
-# Models the app offers with no network: the shipped easy-VQA demos; the first is the Ask page's
-# default model.
-DEMO_MODELS = ("lxmert-easyvqa", "kdvlp-easyvqa", "vilt-easyvqa")
+# Models the app offers with no network (and the demo store records): the shipped easy-VQA demos;
+# the first is the Ask page's default model.
+DEMO_MODELS = ("lxmert-easyvqa", "kdvlp-easyvqa", "vilt-easyvqa", "llava-easyvqa")
 
 
 def adapter_class(name: str) -> type[Adapter]:

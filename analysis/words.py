@@ -81,3 +81,16 @@ def vocabulary_notice(words: Words) -> str | None:
     if split:
         parts.append(f"not in its vocabulary, read as pieces: {', '.join(split)}")
     return ("Words " + "; words ".join(parts) + ". The answer may not rest on what they mean.") if parts else None
+
+
+# Tokenizers' word-boundary marks: SentencePiece's "▁" and byte-level BPE's "Ġ" (a space), "Ċ" (a newline).
+_BOUNDARY_MARKS = {"\u2581": " ", "\u0120": " ", "\u010a": "\n"}
+
+
+def token_text(token: str) -> str:
+    """A generated token as a person reads it: boundary marks as spaces, trimmed; a token of only
+    white space shows as "␣" (or "⏎" for a newline), so no chip on the page is blank."""
+    text = "".join(_BOUNDARY_MARKS.get(ch, ch) for ch in str(token))
+    if text.strip():
+        return text.strip()
+    return "⏎" if "\n" in text else "␣"

@@ -6,6 +6,10 @@ image is downscaled first, long methods show a cost estimate and wait for a clic
 result is cached by (model, example id, question, target, method, parameters), so moving a slider
 recomputes nothing.
 
+Generative models (adapter architecture "generative") answer in generated tokens: the page shows
+them token by token with each token's probability (ui/answer_tokens.py: click a token, the first
+to start), and explains that token, the whole answer, or the answer rather than another typed one.
+
 Models: ui.models.ask_models (the registry's models that can load here, plus any given as
 VL_LENS_ASK_MODELS="name=ADAPTER:DIR_OR_HUB_ID,...").
 
@@ -29,7 +33,9 @@ from analysis.words import group_word_pieces, vocabulary_notice
 from core.errors import AdapterError, InputError
 from analysis.attribution import METHODS, attribute, estimate_seconds, resolve_target, time_one_forward
 from analysis.faithfulness import deletion_curve, random_deletion_curve, rank_agreement
+from analysis.generated import AnswerTokens, answer_tokens
 from core.ids import example_id_of
+from ui.answer_tokens import pick_target, pick_token
 from ui.compute import GATE, queue_notice
 from ui.models import ask_models
 
@@ -75,6 +81,15 @@ def demo_examples(n: int) -> list[dict]:
 def get_spec(model: str, eid: str, question: str, _image: np.ndarray):
     with GATE.hold(model):
         return get_adapter(model).attribution_spec(Image.fromarray(_image), question)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def generated_answer(model: str, eid: str, question: str, _image: np.ndarray) -> tuple[AnswerTokens, tuple[str, ...]]:
+    """What a generative model answers here, token by token, and its notices (a cut answer, a
+    truncated question): from the adapter's own Record, so the tokens are the ones it generated."""
+    with GATE.hold(model):
+        record = get_adapter(model).run(Image.fromarray(_image), question)
+    return answer_tokens(record), record.notices
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -194,11 +209,87 @@ if not question.strip():
     st.stop()
 
 eid = example_id_of(image, question)
+
+
+def classifier_target() -> tuple[tuple, str, str]:
+    """The top answers and the answer to explain: (target key, how the heading names it, the deletion
+    curves' y title)."""
+    try:
+        with queue_notice():
+            answers_df = top_answers(model, eid, question, image)
+    except (AdapterError, InputError) as e:
+        st.error(str(e))
+        st.stop()
+    left, right = st.columns([1, 2])
+    left.image(image, caption=f"{image.shape[1]} × {image.shape[0]}", width=220)
+    with right:
+        st.markdown(f"**Answer:** {answers_df['answer'][0]} ({answers_df['probability'][0]:.2f})")
+        st.dataframe(answers_df, hide_index=True, key="ask_answers",
+                     column_config={"probability": st.column_config.ProgressColumn("probability", min_value=0.0,
+                                                                                   max_value=1.0, format="%.3f")})
+    all_answers = adapter.answers()
+    top = answers_df["answer"][0]
+    t1, t2, t3 = st.columns([2, 1, 2])
+    # Keyed by model and example: another image or question starts from its own top answer.
+    answer = t1.selectbox("Explain the answer", all_answers, index=all_answers.index(top),
+                          key=f"ask_target_{model_name}_{eid}")
+    contrast_on = t2.checkbox("rather than", key="ask_contrast_on")
+    contrast = None
+    if contrast_on:
+        others = [a for a in all_answers if a != answer]
+        second = answers_df["answer"][1] if len(answers_df) > 1 and answers_df["answer"][1] != answer else others[0]
+        contrast = t3.selectbox("Other answer", others, index=others.index(second) if second in others else 0,
+                                key=f"ask_contrast_{model_name}_{eid}_{answer}")
+    if contrast is None:
+        return (answer,), f"'{answer}'", f"p({answer})"
+    return (answer, contrast), f"'{answer} rather than {contrast}'", "p(A) − p(B)"
+
+
+def generative_target() -> tuple[tuple, str, str] | None:
+    """The generated answer token by token, the picked token and what to explain about it (as
+    ``classifier_target``); None while the target waits for input."""
+    try:
+        with queue_notice():
+            gen, notices = generated_answer(model, eid, question, image)
+    except (AdapterError, InputError) as e:
+        st.error(str(e))
+        st.stop()
+    for notice in notices:
+        st.warning(notice)
+    left, right = st.columns([1, 2])
+    left.image(image, caption=f"{image.shape[1]} × {image.shape[0]}", width=220)
+    with right:
+        st.markdown(f"**Answer:** {gen.text} ({gen.probability:.3g})")
+        if not len(gen):
+            st.warning("The model generated no token: there is nothing to explain.")
+            st.stop()
+        # Keyed by model and example: another model or input starts from its own first token.
+        token = pick_token(gen, key=f"ask_token_{model_name}_{eid}")
+        target = pick_target(gen, token, key=f"ask_gtarget_{model_name}_{eid}")
+    if target is None:
+        return None
+    y_title = {"token": f"p({gen.tokens[target.token]})", "answer": "p(answer)", "contrast": "p(A) − p(B)"}[target.kind]
+    return target.key, target.label(gen), y_title
+
+
 try:
     with queue_notice():
-        get_adapter(model)
-        answers_df = top_answers(model, eid, question, image)
+        adapter = get_adapter(model)
+except (AdapterError, InputError) as e:
+    st.error(str(e))
+    st.stop()
+generative = getattr(adapter, "architecture", "") == "generative"
+chosen = generative_target() if generative else classifier_target()
+if chosen is None:
+    st.stop()
+target, target_label, y_title = chosen
+st.subheader(f"Why {target_label}?")
+try:
+    with queue_notice():
         spec = get_spec(model, eid, question, image)
+except NotImplementedError:
+    st.info(f"No attribution method explains {model_name}'s answers yet: its answer is shown token by token.")
+    st.stop()
 except (AdapterError, InputError) as e:
     st.error(str(e))
     st.stop()
@@ -208,30 +299,6 @@ for notice in spec.notices:
 vocab = vocabulary_notice(group_word_pieces(spec.words, None, spec.word_is_special, question=question))
 if vocab and not any("vocabulary" in n for n in spec.notices):
     st.warning(vocab)
-
-left, right = st.columns([1, 2])
-left.image(image, caption=f"{image.shape[1]} × {image.shape[0]}", width=220)
-with right:
-    st.markdown(f"**Answer:** {answers_df['answer'][0]} ({answers_df['probability'][0]:.2f})")
-    st.dataframe(answers_df, hide_index=True, key="ask_answers",
-                 column_config={"probability": st.column_config.ProgressColumn("probability", min_value=0.0,
-                                                                               max_value=1.0, format="%.3f")})
-
-all_answers = get_adapter(model).answers()
-top = answers_df["answer"][0]
-t1, t2, t3 = st.columns([2, 1, 2])
-# Keyed by model and example: another image or question starts from its own top answer.
-answer = t1.selectbox("Explain the answer", all_answers, index=all_answers.index(top),
-                      key=f"ask_target_{model_name}_{eid}")
-contrast_on = t2.checkbox("rather than", key="ask_contrast_on")
-contrast = None
-if contrast_on:
-    others = [a for a in all_answers if a != answer]
-    second = answers_df["answer"][1] if len(answers_df) > 1 and answers_df["answer"][1] != answer else others[0]
-    contrast = t3.selectbox("Other answer", others, index=others.index(second) if second in others else 0,
-                            key=f"ask_contrast_{model_name}_{eid}_{answer}")
-target = (answer,) if contrast is None else (answer, contrast)
-target_label = answer if contrast is None else f"{answer} rather than {contrast}"
 
 m1, m2 = st.columns([3, 1])
 # ?methods=ig,rollout opens the page with those methods (a link, or the load test's visitors)
@@ -261,7 +328,7 @@ st.caption("Estimated cost: " + ", ".join(f"{m} ≈ {estimates[m]:.1f} s" for m 
            + ". Results are cached: changing the opacity or the layout recomputes nothing.")
 
 results = {}
-with st.spinner(f"Explaining '{target_label}'..."), queue_notice():
+with st.spinner(f"Explaining {target_label}..."), queue_notice():
     for m in ready:
         try:
             results[m] = run_method(model, eid, question, target, m, params_of[m], image)
@@ -270,7 +337,6 @@ with st.spinner(f"Explaining '{target_label}'..."), queue_notice():
 if not results:
     st.stop()
 
-st.subheader(f"Why '{target_label}'?")
 @st.fragment
 def method_maps() -> None:
     """Each method's heatmap and word bars; the opacity slider redraws this part only (a fragment)."""
@@ -324,8 +390,7 @@ else:
         curves["random"] = deletion(model, eid, question, target, "random", (), image)
     cdf = pd.concat([pd.DataFrame({"removed": c.fractions, "probability": c.probabilities, "order": m})
                      for m, c in curves.items()])
-    st.altair_chart(charts.deletion_curves(cdf, y_title=f"p({target_label})" if contrast is None else "p(A) − p(B)"),
-                    key="ask_deletion")
+    st.altair_chart(charts.deletion_curves(cdf, y_title=y_title), key="ask_deletion")
     areas = pd.DataFrame({"order": list(curves), "area": [c.area for c in curves.values()]})
     areas["vs random"] = areas["area"] - curves["random"].area
     st.dataframe(areas, hide_index=True, key="ask_areas")
