@@ -101,6 +101,16 @@ class AppData:
     ask_models: str | None  # VL_LENS_ASK_MODELS for the Ask page (None: the app's own demo models)
     answers: tuple[str, ...]  # every answer a model on the Ask page can give
     label: str  # for messages: "tiny" or "demo"
+    generative: str | None = None  # a generative model the Ask page offers (None: none)
+
+
+def _offered_generative(ask: str | None) -> str | None:
+    """The shipped LLaVA demo when its weights are present (the Ask page then offers it), else None."""
+    from adapters.registry import MODELS
+
+    if ask and "llava" in ask:
+        return next(item.split("=", 1)[0] for item in ask.split(",") if "llava" in item)
+    return "llava-easyvqa" if (ROOT / MODELS["llava-easyvqa"][1] / "config.json").is_file() else None
 
 
 def _easyvqa_answers() -> tuple[str, ...]:
@@ -123,11 +133,13 @@ def app_data(tiny_store, tiny_vilt_dir, tmp_path_factory) -> AppData:
                         "train them first (python -m demo.train_vilt)", pytrace=False)
         path = work / "demo.zarr"
         build_demo_store(path, limit=DEMO_LIMIT, progress=False)
-        return AppData(store=path, ask_models=ask, answers=_easyvqa_answers(), label="demo")
+        return AppData(store=path, ask_models=ask, answers=_easyvqa_answers(), label="demo",
+                       generative=_offered_generative(ask))
     if choice:
         if not Path(choice).exists():
             pytest.fail(f"VL_LENS_E2E_STORE={choice}: no such store", pytrace=False)
-        return AppData(store=Path(choice), ask_models=ask, answers=_easyvqa_answers(), label=choice)
+        return AppData(store=Path(choice), ask_models=ask, answers=_easyvqa_answers(), label=choice,
+                       generative=_offered_generative(ask))
     # Default: the tiny store plus a second run by a deeper tiny ViLT over the same examples.
     from adapters.vilt import ViltAdapter
     from pipeline.record import limited, record_examples
@@ -144,7 +156,12 @@ def app_data(tiny_store, tiny_vilt_dir, tmp_path_factory) -> AppData:
     # Two images asked the same question with the same answer (53 of the 120 demo examples have a twin).
     for adapter, run in ((ViltAdapter.load(str(tiny_vilt_dir)), "tiny"), (other, "tiny-b")):
         record_examples(adapter, iter(twin_examples()), VLStore(path, mode="a"), run, total=2, progress=False)
-    return AppData(store=path, ask_models=ask or f"tiny=vilt:{tiny_vilt_dir}", answers=tuple(ANSWERS), label="tiny")
+    from testkit.tiny_llava import make_tiny_llava
+
+    # A tiny random LLaVA after the tiny ViLT (still the Ask page's first model): a generative model
+    # whose answer is many tokens long, with no trained weights needed.
+    ask = ask or f"tiny=vilt:{tiny_vilt_dir},tinyllava=llava:{make_tiny_llava(work / 'tiny_llava')}"
+    return AppData(store=path, ask_models=ask, answers=tuple(ANSWERS), label="tiny", generative=_offered_generative(ask))
 
 
 TWIN_QUESTION = "what color is the shape?"
@@ -586,6 +603,34 @@ def test_ask_upload_question_answer_heatmap(tab, tmp_path, app_data):
     heat.first.evaluate("e => e.scrollIntoView({block: 'center'})")
     tab.page.wait_for_timeout(300)
     tab.screenshot("ask")
+
+
+def test_ask_generative_answer_token_by_token_click_a_token(tab, app_data):
+    """A generative model on the Ask page: its answer's tokens are chips, each with its probability;
+    the first is explained to start, and clicking another makes the heading name that token."""
+    if not app_data.generative:
+        pytest.skip("the Ask page offers no generative model here")
+    tab.open("ask")
+    tab.assert_healthy("ask")
+    assert tab.select(tab.widget("stSelectbox", re.compile("^Model$")).first, app_data.generative) == app_data.generative
+    tab.wait_idle()
+    tab.assert_healthy(f"ask: {app_data.generative}")
+    # the chips: the buttons of the token widget that carry text (its help icon is a button too)
+    chips = tab.page.locator('[data-testid="stMain"] [class*="st-key-ask_token_"] button', has_text=" · ")
+    chips.first.wait_for()
+    texts = [squash(t) for t in chips.all_inner_texts()]
+    assert len(texts) >= 2, texts
+    assert all(re.fullmatch(r".+ · [01]\.\d\d( · #\d+)?", t) for t in texts), texts  # token · probability
+
+    def heading() -> str:
+        return squash(tab.page.locator('[data-testid="stMain"] h3', has_text="Why").first.inner_text())
+
+    n = len(texts)
+    assert heading().startswith(f"Why '{texts[0].split(' · ')[0]}' (token 1 of {n} of "), heading()
+    chips.nth(1).click()
+    tab.wait_idle()
+    tab.assert_healthy("ask: second token")
+    assert heading().startswith(f"Why '{texts[1].split(' · ')[0]}' (token 2 of {n} of "), heading()
 
 
 def test_deep_link_as_first_request_uses_the_apps_navigation(browser, app_data, tmp_path):
