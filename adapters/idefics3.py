@@ -29,6 +29,10 @@ Token geometry:
   that is not split has only global tokens: they sit on its g x g grid.
 - meta "image_layout": {"tiles": [rows, cols], "tokens_per_side": g, "frame": M}.
 
+SmolVLM checkpoints (model_type "smolvlm", e.g. SmolVLM2) load with their own model class and an
+``Idefics3Processor`` built from their image processor and tokenizer (``SmolVLMImageProcessing``:
+``SmolVLMProcessor`` needs torchvision); images only, no videos.
+
 Eager attention (SDPA returns no weights), greedy answers, recording and batches: the shared
 ``GenerativeAdapter`` (adapters/generative.py).
 """
@@ -112,10 +116,40 @@ def tile_layout(image_processor, width: int, height: int) -> TileLayout:
 
 
 def _model_type(source: str) -> str:
+    """The checkpoint's model_type: from its config.json (a local directory or the hub cache)."""
+    from transformers.utils import cached_file
+
     try:
-        return str(json.loads((Path(source) / "config.json").read_text()).get("model_type", ""))
+        path = cached_file(source, "config.json", _raise_exceptions_for_missing_entries=False)
+        return str(json.loads(Path(path).read_text()).get("model_type", "")) if path else ""
     except (OSError, ValueError):
-        return ""  # a hub id: resolved by transformers (Idefics3 classes read SmolVLM v1 checkpoints)
+        return ""  # unreachable: the model's own from_pretrained then says why
+
+
+class SmolVLMImageProcessing:
+    """What loads a SmolVLM (model_type "smolvlm") checkpoint's processor here: ``SmolVLMProcessor``
+    needs torchvision (for its video processor) and num2words, but for images it writes the same
+    prompt as ``Idefics3Processor`` (tile / global markers, ``image_seq_len`` tokens a frame), so the
+    adapter builds that from the checkpoint's own image processor, tokenizer and chat template.
+    Videos are not supported."""
+
+    @staticmethod
+    def from_pretrained(source: str):
+        from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, Idefics3Processor
+        from transformers.utils import cached_file
+
+        cfg = AutoConfig.from_pretrained(source)
+        v = cfg.vision_config
+        seq_len = int((v.image_size // v.patch_size) ** 2 / cfg.scale_factor ** 2)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        template = getattr(tokenizer, "chat_template", None)
+        for name in ("chat_template.jinja", "chat_template.json"):
+            path = None if template else cached_file(source, name, _raise_exceptions_for_missing_entries=False)
+            if path:
+                text = Path(path).read_text()
+                template = json.loads(text)["chat_template"] if name.endswith(".json") else text
+        return Idefics3Processor(image_processor=AutoImageProcessor.from_pretrained(source), tokenizer=tokenizer,
+                                 image_seq_len=seq_len, chat_template=template)
 
 
 class Idefics3Adapter(GenerativeAdapter):
@@ -133,7 +167,7 @@ class Idefics3Adapter(GenerativeAdapter):
         import transformers
 
         if _model_type(source) == "smolvlm":
-            return transformers.SmolVLMForConditionalGeneration, transformers.SmolVLMProcessor
+            return transformers.SmolVLMForConditionalGeneration, SmolVLMImageProcessing
         return super()._model_classes(source)
 
     def _read_config(self, cfg) -> None:

@@ -209,14 +209,26 @@ def test_provenance_says_eager_attention(adapter):
     assert prov["config"]["frame"] == 32 and prov["config"]["tokens_per_frame"] == 16
 
 
-def test_smolvlm_checkpoints_get_the_smolvlm_classes(tmp_path):
+def test_smolvlm_checkpoint_loads_without_its_processor_and_records(tmp_path):
+    """A model_type "smolvlm" directory as the hub ships it (no loadable SmolVLMProcessor here: it
+    needs torchvision): SmolVLM's model class, an Idefics3Processor from its image processor,
+    tokenizer and chat template, and the same geometry (2 x 2 tiles + global)."""
     import transformers
 
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "smolvlm"}))
-    assert Idefics3Adapter._model_classes(str(tmp_path)) == (transformers.SmolVLMForConditionalGeneration,
-                                                              transformers.SmolVLMProcessor)
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "idefics3"}))
-    assert Idefics3Adapter._model_classes(str(tmp_path))[0] is transformers.Idefics3ForConditionalGeneration
+    path = make_tiny_idefics3(tmp_path / "smol", family="smolvlm", vision_layers=0)
+    assert json.loads((path / "config.json").read_text())["model_type"] == "smolvlm"
+    a = Idefics3Adapter.load(str(path))
+    a.max_new_tokens = 2
+    assert isinstance(a.model, transformers.SmolVLMForConditionalGeneration)
+    assert a.provenance()["config"]["model_type"] == "smolvlm"
+    before = _gray(64, 64)
+    after = before.copy()
+    after[38:42, 22:26] = 250
+    expected = {("tile", 1, 0, 0, 2), ("tile", 1, 0, 0, 3), ("tile", 1, 0, 1, 2), ("tile", 1, 0, 1, 3), ("global", 2, 1)}
+    assert _changed_tokens(a, before, after) == expected == _covering_tokens(a, before, (22, 38, 26, 42))
+    rec = a.run(Image.fromarray(before), QUESTION)
+    assert len(rec.indices("image")) == 5 * 16 and rec.role[-1] == "answer"
+    assert rec.tokens[:2] == ("<s>", "<user>")  # the checkpoint's chat template, read from its file
 
 
 def test_unreachable_hub_id_is_a_clear_error(monkeypatch):
