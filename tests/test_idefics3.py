@@ -137,6 +137,19 @@ def test_tile_layout_is_what_the_processor_does(adapter, splitting):
         ip.do_image_splitting = old
 
 
+@pytest.mark.parametrize("edges", [(1456, 364), (2048, 512)])  # Idefics3's defaults; SmolVLM-256M's
+def test_tile_layout_at_released_processor_sizes(edges):
+    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+
+    longest, frame = edges
+    ip = Idefics3ImageProcessorPil(size={"longest_edge": longest}, max_image_size={"longest_edge": frame},
+                                   resample=0)  # nearest: the layout does not depend on the filter
+    for w, h in [(640, 480), (333, 1000), (1000, 101), (100, 100)]:
+        out = ip([[Image.new("RGB", (w, h))]], return_row_col_info=True)
+        layout = tile_layout(ip, w, h)
+        assert (layout.rows, layout.cols) == (out["rows"][0][0], out["cols"][0][0]), (w, h)
+
+
 def test_marker_tokens_are_special_and_every_frame_has_its_tokens(adapter):
     rec = adapter.run(Image.fromarray(_gray(64, 32)), QUESTION)
     markers = [i for i, t in enumerate(rec.tokens) if t in MARKERS]
