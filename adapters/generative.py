@@ -436,8 +436,12 @@ class GenerativeAdapter(Adapter):
         answer = self._generate(prompt)
         gen = list(answer.token_ids)
         specials = self._special_ids()
-        tokens = prompt.tokens + self.tokenizer.convert_ids_to_tokens(gen)
-        modality = prompt.modality + ["special" if t in specials else "text" for t in gen]
+        # A checkpoint's embedding is often wider than its tokenizer (Qwen2-VL: 151,936 rows): an id
+        # past the tokenizer has no string; it is recorded as a special token "<id N>".
+        answer_tokens = self.tokenizer.convert_ids_to_tokens(gen)
+        tokens = prompt.tokens + [f"<id {i}>" if t is None else t for i, t in zip(gen, answer_tokens)]
+        modality = prompt.modality + ["special" if i in specials or t is None else "text"
+                                      for i, t in zip(gen, answer_tokens)]
         role = ["prompt"] * len(prompt.tokens) + ["answer"] * len(gen)
         n_gen = len(gen)
         boxes = np.concatenate([prompt.boxes, np.full((n_gen, 4), np.nan, np.float32)])

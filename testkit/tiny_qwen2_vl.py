@@ -42,6 +42,7 @@ class TinyQwenShape:
     context: int = 128
     min_pixels: int = 784  # 4 image tokens at least
     max_pixels: int = 3136  # 16 image tokens at most
+    extra_vocab: int = 0  # embedding rows past the tokenizer's ids (released checkpoints have some)
 
 
 def build_tokenizer(texts: list[str], *, context: int):
@@ -75,7 +76,7 @@ def build_model(tokenizer, shape: TinyQwenShape, *, family: str, seed: int):
     torch.manual_seed(seed)
     half_head = shape.hidden // shape.heads // 2
     section = [half_head - 2 * (half_head // 3), half_head // 3, half_head // 3]  # temporal, height, width
-    text = dict(vocab_size=len(tokenizer), hidden_size=shape.hidden, intermediate_size=shape.hidden * 4,
+    text = dict(vocab_size=len(tokenizer) + shape.extra_vocab, hidden_size=shape.hidden, intermediate_size=shape.hidden * 4,
                 num_hidden_layers=shape.layers, num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads,
                 max_position_embeddings=shape.context, eos_token_id=tokenizer.eos_token_id,
                 pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.pad_token_id,

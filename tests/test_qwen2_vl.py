@@ -146,6 +146,17 @@ def test_a_generated_image_placeholder_is_embedded_as_text(tiny_dir):
     assert len(rec.indices("image")) == 12 and max(rec.indices("image")) < n_prompt
 
 
+def test_a_generated_id_past_the_tokenizer_is_a_special_token(tmp_path):
+    """Released checkpoints have more embedding rows than tokenizer ids; one generated is "<id N>"."""
+    a = Qwen2VLAdapter.load(str(make_tiny_qwen2_vl(tmp_path / "wide", shape=TinyQwenShape(extra_vocab=8))))
+    a.max_new_tokens = 1
+    beyond = len(a.tokenizer) + 3
+    a.model.generation_config.sequence_bias = {(beyond,): 100.0}
+    rec = a.run(Image.fromarray(_gray(56, 40)), QUESTION)
+    last = rec.answer_indices()[-1]
+    assert (rec.tokens[last], rec.modality[last]) == (f"<id {beyond}>", "special")
+
+
 def test_loads_a_hub_style_directory(tmp_path):
     """A released checkpoint's layout: preprocessor_config.json with min / max pixels (processor class
     Qwen2VLProcessor), chat_template.json, tokenizer files, a generation config with two end tokens."""
