@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from adapters.base import Adapter, display_copy, probabilities_by_rule, stack_layers
+from adapters.generative_attribution import GenerativeAttribution
 from adapters.inputs import check_image, check_question
 from adapters.loading import checkpoint_info, load_error, resolve_device, resolve_source
 from core.errors import AdapterError
@@ -194,7 +195,7 @@ class PromptCoordinates:
     spans: np.ndarray  # (N, 2) character span in the question; -1 off it
 
 
-class GenerativeAdapter(Adapter):
+class GenerativeAdapter(GenerativeAttribution, Adapter):
     """What every generative (decoder) family shares: the prompt, question truncation, greedy answers,
     the recording (module docstring), batches for training and batched answers, saving.
 
@@ -525,9 +526,10 @@ class GenerativeAdapter(Adapter):
         """Mean cross-entropy of the answer tokens (``labels`` of ``encode_batch``), next-token style."""
         return self.model(**self._with_image_features(inputs), use_cache=False).loss
 
-    def forward_logits(self, **inputs):
+    def next_token_logits(self, **inputs):
         """(batch, vocabulary) logits of the token after each prompt of ``encode_batch`` (without
-        answers): what the first answer token is chosen from."""
+        answers): what the first answer token is chosen from. ``forward_logits`` of such inputs
+        (adapters/generative_attribution.py: with a spec's teacher-forced answers, their token scores)."""
         import torch
 
         inputs = {k: v for k, v in inputs.items() if k != "labels"}

@@ -117,7 +117,8 @@ class LlavaAdapter(GenerativeAdapter):
         return self.model.model.multi_modal_projector
 
     def patch_embedding(self):
-        return self.model.model.vision_tower.vision_model.embeddings.patch_embedding
+        tower = self.model.model.vision_tower  # CLIP / SigLIP vision models, with or without a vision_model wrapper
+        return getattr(tower, "vision_model", tower).embeddings.patch_embedding
 
     # ---- geometry --------------------------------------------------------------------------------
     def _image_grid(self) -> tuple[int, int]:

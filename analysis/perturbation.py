@@ -10,7 +10,9 @@ baseline image; words: padding tokens; special tokens are never removed). Fracti
 units; 0 is the unperturbed input. The area under a curve (``curve_area``) is the trapezoid area over the
 fractions divided by their span, i.e. the curve's mean level (0..1): the tables print it x 100.
 Probabilities use the adapter's own rule (``adapter.answer_probabilities``); accuracy is the perturbed top
-answer against the example's label.
+answer against the example's label. For a generated answer (``GenerationTarget``) the probability is the
+explained answer's (product of its tokens'), and the "top answer" is 1 while greedy decoding still writes it,
+0 once it does not: with label 1 for a correct answer, accuracy is the share still answering it correctly.
 """
 from __future__ import annotations
 
@@ -78,8 +80,8 @@ def perturbation_curves(adapter, spec, target: Target, scores: dict, label: int 
     with torch.no_grad():
         for i in range(0, len(variants), batch_size):
             logits = adapter.forward_logits(**concat_inputs(variants[i:i + batch_size]))
-            probs.append(adapter.answer_probabilities(logits)[:, target.answer].float().cpu().numpy())
-            top.append(logits.argmax(-1).cpu().numpy())
+            probs.append(target.probability(adapter, logits).float().cpu().numpy())
+            top.append(target.predicted(logits).cpu().numpy())
     p, t = np.concatenate(probs), np.concatenate(top)
     correct = (t == label).astype(np.float64) if label is not None else np.full(len(t), np.nan)
     k = len(fractions)

@@ -5,9 +5,22 @@
     python cli.py attribute --model vilt-easyvqa --dataset easyvqa --split test --limit 20 --method relevance \
         --out attributions/
 
+Generative models (llava, ...) explain one generated token (default the first; --target-token K), its
+log-probability given everything before it (or its logit: --score logit); the whole answer
+(--target whole: the sum of its tokens' log-probabilities); a given answer A (--target A, teacher-forced);
+or "A rather than B" (the difference of the two answers' scores):
+
+    python cli.py attribute --model llava-easyvqa --image shape.png --question "what color is the shape?" \
+        --method ig --target-token 0 --out token0.npz
+    python cli.py attribute --model llava-easyvqa --image shape.png --question "what color is the shape?" \
+        --method relevance --target "red rather than blue" --out red_vs_blue.npz
+
 Each .npz holds region_boxes (R, 4: x0, y0, x1, y1 as fractions of the image), region_scores (R),
-tokens (T), token_scores (T), token_is_special (T), target, probability, method, question, and for
-ig delta and score_difference. Only numeric and string arrays: read with np.load(path) (no pickle).
+tokens (T), token_scores (T), token_is_special (T), target (its label), target_kind (answer / contrast for
+classifiers; token / whole / contrast for generated answers), target_text, target_contrast, target_token
+(-1 unless a token), target_unit (logit / logprob), answer (a generative model's generated answer),
+probability, method, question, and for ig delta and score_difference. Only numeric and string arrays: read
+with np.load(path) (no pickle).
 """
 from __future__ import annotations
 
@@ -30,10 +43,35 @@ def add_arguments(p):
     p.add_argument("--limit", type=int, default=None, help="at most N examples, with --dataset")
     p.add_argument("--method", required=True, help=f"one of: {METHODS_HELP}")
     p.add_argument("--target", default=None,
-                   help="answer to explain (default: the model's top answer), or 'A rather than B'")
+                   help="answer to explain (default: the model's top answer; for a generative model its first "
+                        "generated token), or 'A rather than B'; generative models also take 'whole' (the whole "
+                        "generated answer) and any answer text A (teacher-forced)")
+    p.add_argument("--target-token", type=int, default=None,
+                   help="generative models: explain generated token K (0 = the first answer token)")
+    p.add_argument("--score", choices=("logprob", "logit"), default="logprob",
+                   help="generative models: explain a token's log-probability (default) or its logit")
     p.add_argument("--steps", type=int, default=None, help="IG integration steps (default 30)")
     p.add_argument("--out", required=True, help="FILE.npz with --image, a directory with --dataset")
     add_device_argument(p)
+
+
+def _target(args):
+    """The --target / --target-token value for ``target_spec`` (checked before anything loads)."""
+    if args.target_token is not None:
+        if args.target:
+            raise ValueError("--target-token and --target exclude each other (a token of the generated answer, "
+                             "or a whole answer)")
+        if args.target_token < 0:
+            raise ValueError("--target-token must be 0 or more")
+        return args.target_token
+    return args.target
+
+
+def _check_generative(adapter, args) -> None:
+    from analysis.attribution.targets import is_generative
+
+    if not is_generative(adapter) and (args.target_token is not None or args.score != "logprob"):
+        raise ValueError("--target-token and --score apply to generative models only")
 
 
 def _params(args) -> dict:
@@ -47,12 +85,12 @@ def _params(args) -> dict:
 
 
 def save_result(path: Path, result, **extra) -> None:
-    """Write the result's arrays (plus string extras) atomically: complete or absent."""
+    """Write the result's arrays (plus string and number extras) atomically: complete or absent."""
     import numpy as np
 
     arrays = result.as_arrays()
     for k, v in extra.items():
-        arrays[k] = np.array("" if v is None else str(v))
+        arrays[k] = np.array(v) if isinstance(v, (int, float)) else np.array("" if v is None else str(v))
     tmp = path.with_name(path.name + ".partial")
     with open(tmp, "wb") as f:
         np.savez_compressed(f, **arrays)
@@ -67,8 +105,10 @@ def run(args) -> int:
     from core.errors import InputError
     from adapters.registry import load_model, resolve_model
     from analysis.attribution import attribute, get_method
+    from analysis.attribution.targets import is_generative, target_fields, target_spec
 
     get_method(args.method)  # fail fast, before loading anything
+    target_arg = _target(args)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # errors stay one line; our own progress bar is tqdm's
@@ -89,9 +129,11 @@ def run(args) -> int:
             raise FileNotFoundError(f"--image: {path} is not a file")
         image = decode_image(path.read_bytes(), name=str(path))
         adapter = load_model(args.model, device=args.device)
-        spec = adapter.attribution_spec(image, args.question)
-        result = attribute(adapter, spec, args.target, args.method, **params)
-        save_result(out, result, question=args.question, model=args.model, example_id=spec.extra.get("example_id"))
+        _check_generative(adapter, args)
+        spec, target = target_spec(adapter, image, args.question, target_arg, unit=args.score)
+        result = attribute(adapter, spec, target, args.method, **params)
+        save_result(out, result, question=args.question, model=args.model, example_id=spec.extra.get("example_id"),
+                    answer=spec.extra.get("generated"), **target_fields(target))
         extra = f", delta {result.delta:.3g} ({result.relative_delta:.1%} of the score change)" \
             if result.delta is not None else ""
         print(f"{args.method}: {result.target} (p={result.probability:.3f}), image share {result.image_share:.2f}"
@@ -114,7 +156,8 @@ def run(args) -> int:
     source = open_source(args.dataset, split=args.split)
     total = len(source) if args.limit is None else min(args.limit, len(source))
     adapter = load_model(args.model, device=args.device)
-    if args.target:
+    _check_generative(adapter, args)
+    if args.target and not is_generative(adapter):
         from analysis.attribution import resolve_target
 
         resolve_target(adapter, None, args.target)  # an unknown answer fails once, before the loop
@@ -127,13 +170,14 @@ def run(args) -> int:
             skipped += 1
             continue
         try:
-            spec = adapter.attribution_spec(ex.image(), ex.question)
-            result = attribute(adapter, spec, args.target, args.method, **params)
+            spec, target = target_spec(adapter, ex.image(), ex.question, target_arg, unit=args.score)
+            result = attribute(adapter, spec, target, args.method, **params)
         except InputError as e:
             failed.append((ex.source_key, str(e)))
             continue
         save_result(path, result, question=ex.question, label=ex.label, source_key=ex.source_key,
-                    model=args.model, example_id=spec.extra.get("example_id"))
+                    model=args.model, example_id=spec.extra.get("example_id"), answer=spec.extra.get("generated"),
+                    **target_fields(target))
         written += 1
     print(f"{args.method}: {written} written, {skipped} already there, {len(failed)} failed -> {out}")
     for key, why in failed[:10]:

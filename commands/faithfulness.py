@@ -3,7 +3,8 @@
     python cli.py faithfulness --model vilt-easyvqa --dataset easyvqa --split test --limit 200 --every 37 \
         --out docs/faithfulness/vilt-easyvqa
 
-For each example: the model's top answer is explained by every method (and a random order); image regions
+For each example: the model's top answer (a generative model's whole generated answer) is explained by every
+method (and a random order); image regions
 and words are removed in each map's order, most relevant first (positive) and least relevant first
 (negative), 0-90% (analysis/perturbation.py, Chefer, Gur & Wolf 2021), tracking accuracy against the label
 and the target's probability (the adapter's rule). On easy-VQA also the localization score: the share of
@@ -60,11 +61,33 @@ def _label_index(adapter, label) -> int | None:
     return answers.index(label) if label in answers else None
 
 
+def _explained(adapter, image, question, label):
+    """(spec, target, label for the curves, 1.0 / 0.0 the answer is right, NaN unlabelled).
+
+    Classifiers: the top answer, its index as the label. Generative models: the whole generated answer
+    (the product of its tokens' probabilities); label 1 when it is right (VQA answer normalization), so
+    the accuracy curves count examples still writing their right answer (a wrong answer counts 0)."""
+    from analysis.attribution import resolve_target
+    from analysis.attribution.targets import WHOLE, is_generative, target_spec
+    from core.answers import normalize_answer
+
+    if not is_generative(adapter):
+        spec = adapter.attribution_spec(image, question)
+        target = resolve_target(adapter, spec, None)
+        index = _label_index(adapter, label)
+        return spec, target, index, float(target.answer == index) if index is not None else float("nan")
+    spec, target = target_spec(adapter, image, question, WHOLE)
+    if label is None:
+        return spec, target, None, float("nan")
+    right = normalize_answer(spec.extra["generated"]) == normalize_answer(label)
+    return spec, target, 1 if right else -1, float(right)
+
+
 def evaluate(adapter, examples, methods, *, n_steps: int, seed: int, with_mask: bool, progress=None) -> dict:
     """Run the protocol over ``examples``: {"summary", "localization", "seconds", "accuracy", "n_examples"}."""
     import numpy as np
 
-    from analysis.attribution import attribute, resolve_target
+    from analysis.attribution import attribute
     from analysis.faithfulness import mask_share
     from analysis.perturbation import (localization_summary, perturbation_curves, random_scores, summarize,
                                        unit_scores)
@@ -77,10 +100,8 @@ def evaluate(adapter, examples, methods, *, n_steps: int, seed: int, with_mask: 
     areas, correct = [], []
     for ex in examples:
         image = ex.image().convert("RGB")
-        spec = adapter.attribution_spec(image, ex.question)
-        target = resolve_target(adapter, spec, None)
-        label = _label_index(adapter, ex.label)
-        correct.append(float(target.answer == label) if label is not None else float("nan"))
+        spec, target, label, right = _explained(adapter, image, ex.question, ex.label)
+        correct.append(right)
         mask = shape_mask(np.asarray(image)) if with_mask else None
         if mask is not None:
             areas.append(float(mask.mean()))

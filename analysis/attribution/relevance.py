@@ -1,5 +1,6 @@
 """Gradient-weighted attention relevance (Chefer, Gur & Wolf, ICCV 2021): the single-stream rule and the
-bi-modal self / cross rules with the residual normalization (``rules.relevance_matrix``)."""
+bi-modal self / cross rules with the residual normalization (``rules.relevance_matrix``); over a causal
+decoder's maps the self rule, read at the row that produced the explained token (``rules.target_row``)."""
 from __future__ import annotations
 
 import time
@@ -8,7 +9,7 @@ import torch
 
 from analysis.attribution.base import Method
 from analysis.attribution.results import AttributionResult
-from analysis.attribution.rules import attention_steps, relevance_matrix, row_scores
+from analysis.attribution.rules import relevance_matrix, row_scores, target_row
 from analysis.attribution.scoring import make_result
 from core.errors import AdapterError
 
@@ -32,9 +33,9 @@ class GradientWeightedRelevance(Method):
                     a.retain_grad()
             target.score(logits).sum().backward()
         grads = {k: [a.grad for a in maps] for k, maps in attentions.items()}
-        R = relevance_matrix(attention_steps(attentions, index, grads), len(spec.record_tokens))
-        reg, words, self_entry = row_scores(R[spec.cls_token_index], spec)
-        notes = [f"the classifier token's self relevance ({self_entry:.3g}) is left out"]
+        row, explained = target_row(attentions, index, spec, target, relevance_matrix, grads)
+        reg, words, self_entry = row_scores(row, spec, explained)
+        notes = [f"the explained row's self relevance ({self_entry:.3g}) is left out"]
         if len(attentions) > 1:
             notes.append("dual-stream: bi-modal rules; a cross layer's two co-attention updates are both computed "
                          "from the relevance before that layer, then added")

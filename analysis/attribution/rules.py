@@ -164,10 +164,57 @@ def attention_steps(attentions: dict, index: dict, grads: dict | None = None) ->
     return groups
 
 
-def row_scores(row: np.ndarray, spec: AttributionSpec) -> tuple[np.ndarray, np.ndarray, float]:
-    """A row over record tokens -> (region scores, word scores with the classifier token's self entry
-    zeroed, that self entry)."""
-    self_entry = float(row[spec.cls_token_index])
+def last_attention_matrix(groups: list[list[AttentionStep]], n_tokens: int) -> np.ndarray:
+    """Raw attention over record tokens: each query's row of the last map that has it as a query (later
+    maps overwrite earlier ones, so every key is read from the last layer that attends to it); zero rows
+    for tokens no map queries."""
+    M = np.zeros((n_tokens, n_tokens))
+    for group in groups:
+        for st in group:
+            M[np.ix_(st.query, st.key)] = st.matrix
+    return M
+
+
+def _sequence(maps: dict, seq: int) -> dict:
+    """Batch element ``seq`` of every map (kept as a batch of 1); None stays None."""
+    return {k: [None if a is None else a[seq:seq + 1] for a in v] for k, v in maps.items()}
+
+
+def target_row(attentions: dict, index: dict, spec: AttributionSpec, target, matrix_of,
+               grads: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The row explained: the weighted sum of the target's rows (``target.rows(spec)``: (sequence, token,
+    weight)) of ``matrix_of(attention_steps(...), n)`` per sequence (batch element of the maps).
+
+    A classifier has one row (its classifier token's). A generated token's row is the position that produced
+    it; a whole answer sums its tokens' rows; "A rather than B" subtracts B's rows (its own teacher-forced
+    sequence, whose prompt positions are the same tokens). ``grads``: each map's gradient of the target score;
+    a sequence of weight w gets its gradients divided by sign(w), so B's relevance is that of its own score.
+    Returns (row over the record tokens (N,), the explained rows' token indices).
+    """
+    n = max([len(spec.record_tokens)] + [int(np.max(i)) + 1 for q_k in index.values() for i in q_k if len(i)])
+    row = np.zeros(n)
+    by_seq: dict[int, list[tuple[int, float]]] = {}
+    for seq, r, w in target.rows(spec):
+        by_seq.setdefault(int(seq), []).append((int(r), float(w)))
+    for seq, rows in by_seq.items():
+        g = None
+        if grads is not None:
+            sign = np.sign(rows[0][1]) or 1.0
+            g = {k: [None if a is None else a / sign for a in v] for k, v in _sequence(grads, seq).items()}
+        M = matrix_of(attention_steps(_sequence(attentions, seq), index, g), n)
+        for r, w in rows:
+            row += w * M[r]
+    explained = np.array(sorted({r for rows in by_seq.values() for r, _ in rows}), np.int64)
+    return row[:len(spec.record_tokens)] if n > len(spec.record_tokens) else row, explained
+
+
+def row_scores(row: np.ndarray, spec: AttributionSpec, explained=None) -> tuple[np.ndarray, np.ndarray, float]:
+    """A row over record tokens -> (region scores, word scores with the explained rows' self entries
+    zeroed, the sum of those self entries). ``explained``: token indices of the rows read (default the
+    classifier token)."""
+    explained = np.asarray([spec.cls_token_index] if explained is None else explained, np.int64)
+    explained = explained[explained < len(row)]
+    self_entry = float(row[explained].sum())
     words = row[np.asarray(spec.word_token_index)].copy()
-    words[np.asarray(spec.word_token_index) == spec.cls_token_index] = 0.0
+    words[np.isin(np.asarray(spec.word_token_index), explained)] = 0.0
     return row[np.asarray(spec.region_token_index)], words, self_entry

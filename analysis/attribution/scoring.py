@@ -40,20 +40,15 @@ def target_scores(adapter, target: Target, inputs_list: list[dict], batch_size: 
 
 def target_probabilities(adapter, target: Target, inputs_list: list[dict], batch_size: int = 16) -> np.ndarray:
     """Probability of the answer (minus the contrast's, for "A rather than B") for each input dict, by the
-    adapter's own rule (``answer_probabilities``: softmax or sigmoid, as the model was trained)."""
-    def prob(logits):
-        p = adapter.answer_probabilities(logits)
-        v = p[:, target.answer]
-        return v - p[:, target.contrast] if target.contrast is not None else v
-
-    return _batched(adapter, inputs_list, batch_size, prob)
+    adapter's own rule (``answer_probabilities``: softmax or sigmoid, as the model was trained); for a generated
+answer, the product of its tokens' probabilities (``GenerationTarget``)."""
+    return _batched(adapter, inputs_list, batch_size, lambda logits: target.probability_margin(adapter, logits))
 
 
 def answer_probability(adapter, spec, target: Target) -> float:
     """The answer's probability on the spec's input, by the adapter's rule (the same as its prediction)."""
     with torch.no_grad():
-        p = adapter.answer_probabilities(adapter.forward_logits(**spec.inputs))
-    return float(p[0, target.answer])
+        return float(target.probability(adapter, adapter.forward_logits(**spec.inputs))[0])
 
 
 def make_result(adapter, spec, target, method, region_scores, token_scores, *, params, t0, notes=(),
