@@ -55,18 +55,41 @@ class GenerativeAttribution:
         return np.asarray(pos[extra:], np.int64)
 
     def _occlude_patches(self, image_inputs: dict, fill_inputs: dict, patch_mask: np.ndarray) -> dict:
-        """``image_inputs`` with the pixels of the masked vision patches taken from ``fill_inputs``.
-        Default: (batch, channel, y, x) pixels cut by a convolution whose stride is its kernel."""
+        """``image_inputs`` with the pixels of the masked vision patches taken from ``fill_inputs``. Default:
+        (patches, features) rows of flattened patches (Qwen2-VL), or (batch, [frames,] channel, y, x) pixels
+        cut by a convolution whose stride is its kernel, patches numbered frame by frame, row-major."""
         pv, fill = image_inputs["pixel_values"], fill_inputs["pixel_values"]
-        if pv.dim() != 4:
+        pv = pv.clone()
+        patches = np.nonzero(patch_mask)[0]
+        if pv.dim() == 2:
+            pv[patches] = fill[patches]
+            return dict(image_inputs, pixel_values=pv)
+        if pv.dim() not in (4, 5):
             raise AdapterError(f"{self.name}: pixels of shape {tuple(pv.shape)}: the family must occlude its patches")
         p = int(np.atleast_1d(self.patch_embedding().stride)[0])
-        gw = pv.shape[-1] // p
-        pv = pv.clone()
-        for k in np.nonzero(patch_mask)[0]:
-            r, c = divmod(int(k), gw)
-            pv[..., r * p:(r + 1) * p, c * p:(c + 1) * p] = fill[..., r * p:(r + 1) * p, c * p:(c + 1) * p]
+        frames, framed_fill = (pv[:, None], fill[:, None]) if pv.dim() == 4 else (pv, fill)  # (B, F, C, H, W) views
+        gh, gw = frames.shape[-2] // p, frames.shape[-1] // p
+        for k in patches:
+            f, rest = divmod(int(k), gh * gw)
+            r, c = divmod(rest, gw)
+            cell = (slice(None), f, slice(None), slice(r * p, (r + 1) * p), slice(c * p, (c + 1) * p))
+            frames[cell] = framed_fill[cell]
         return dict(image_inputs, pixel_values=pv)
+
+    def _image_baseline(self, image_inputs: dict) -> dict:
+        """The image inputs of the attribution baseline: zero pixels (after normalization: the mean colour).
+        A family whose model reads all-zero frames as padding overrides it."""
+        import torch
+
+        return {k: torch.zeros_like(v) for k, v in image_inputs.items() if v.is_floating_point()}
+
+    def _decoder(self, embeds, mask, seq_ids, image_inputs: dict, output_attentions: bool):
+        """(last hidden states (B, T, D), attentions or None) of the language model on input embeddings
+        ``embeds`` (B, T, D) of the token ids ``seq_ids`` (B, T) (right padding: ``mask`` 0); a family whose
+        positions depend on the tokens (multimodal rotary positions) overrides it."""
+        out = self.model.model(inputs_embeds=embeds, attention_mask=mask, use_cache=False,
+                               output_attentions=output_attentions)
+        return out.last_hidden_state, (out.attentions if output_attentions else None)
 
     # ---- the spec --------------------------------------------------------------------------------
     def _answer_sequences(self, generated, answers) -> tuple[list[list[int]], list[str]]:
@@ -120,8 +143,7 @@ class GenerativeAttribution:
         text_pos = np.zeros(ids.shape[1], bool)
         text_pos[words[~is_special]] = True
         inputs = {"input_ids": ids, **image_inputs, PROMPT_LENGTH: P, ANSWER_LENGTHS: tuple(len(s) for s in seqs)}
-        baselines = dict(inputs, input_ids=pad_words(ids, text_pos, self.pad_id),
-                         **{k: torch.zeros_like(v) for k, v in image_inputs.items() if v.is_floating_point()})
+        baselines = dict(inputs, input_ids=pad_words(ids, text_pos, self.pad_id), **self._image_baseline(image_inputs))
         specials = set(self.tokenizer.all_special_ids)
         answer_tokens = tuple(tuple(self.tokenizer.convert_ids_to_tokens(s)) for s in seqs)
         return AttributionSpec(
@@ -153,30 +175,27 @@ class GenerativeAttribution:
         idx = np.arange(attentions[0].shape[-1])
         return scores, {"self": list(attentions)}, {"self": (idx, idx)}
 
-    def _decoder(self, embeds, mask, output_attentions: bool):
-        """Hook: (last hidden states (B, T, D), attentions or None) of the language model on input embeddings."""
-        out = self.model.model(inputs_embeds=embeds, attention_mask=mask, use_cache=False,
-                               output_attentions=output_attentions)
-        return out.last_hidden_state, (out.attentions if output_attentions else None)
-
     def _teacher_forced(self, inputs: dict, *, output_attentions: bool):
         import torch
 
         ids, P, lengths = inputs["input_ids"], int(inputs[PROMPT_LENGTH]), tuple(inputs[ANSWER_LENGTHS])
         B, T = ids.shape[0], P + max(lengths)
-        feats = {"input_ids": ids, "image_index": torch.arange(B, device=ids.device),
-                 **{k: inputs[k] for k in self.image_input_names}}
+        image_inputs = {k: inputs[k] for k in self.image_input_names}
+        feats = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+                 "image_index": torch.arange(B, device=ids.device), **image_inputs}
         embeds = self._with_image_features(feats)["inputs_embeds"]  # (B, P + sum L, D): one embedding call
-        seqs, masks, starts = [], [], np.cumsum((0,) + lengths)
+        seqs, seq_ids, masks, starts = [], [], [], np.cumsum((0,) + lengths)
         for j, L in enumerate(lengths):
-            e = torch.cat([embeds[:, :P], embeds[:, P + starts[j]:P + starts[j] + L]], 1)
-            seqs.append(torch.nn.functional.pad(e, (0, 0, 0, T - P - L)))
+            keep = list(range(P)) + list(range(P + starts[j], P + starts[j] + L))
+            seqs.append(torch.nn.functional.pad(embeds[:, keep], (0, 0, 0, T - P - L)))
+            seq_ids.append(torch.nn.functional.pad(ids[:, keep], (0, T - P - L), value=self.pad_id))
             m = torch.zeros(B, T, dtype=torch.long, device=ids.device)
             m[:, :P + L] = 1
             masks.append(m)
         J = len(lengths)
         hidden, attentions = self._decoder(torch.stack(seqs, 1).reshape(B * J, T, -1),
-                                           torch.stack(masks, 1).reshape(B * J, T), output_attentions)
+                                           torch.stack(masks, 1).reshape(B * J, T),
+                                           torch.stack(seq_ids, 1).reshape(B * J, T), image_inputs, output_attentions)
         hidden = hidden.reshape(B, J, T, -1)
         head = self.model.get_output_embeddings()
         out = []

@@ -204,6 +204,24 @@ class Idefics3Adapter(GenerativeAdapter):
     def patch_embedding(self):
         return self.model.model.vision_model.embeddings.patch_embedding
 
+    # ---- attribution hooks (adapters/generative_attribution.py) --------------------------------------
+    def patch_token_index(self, prompt_ids: list[int], n_patches: int) -> np.ndarray:
+        """Frame by frame (placeholder order), patch (y, x) of a frame goes to its image token (y // s, x // s)
+        of the side x side grid: the pixel shuffle merges s x s patches."""
+        pos = np.asarray([i for i, t in enumerate(prompt_ids) if t == self.image_token_id], np.int64)
+        n, g = self.side * self.scale_factor, self.side  # patches / tokens a side of a frame
+        frames = n_patches // (n * n)
+        if frames * n * n != n_patches or len(pos) != frames * g * g:
+            raise AdapterError(f"internal: {n_patches} vision patches for {len(pos)} image tokens")
+        f, y, x = np.unravel_index(np.arange(n_patches), (frames, n, n))
+        return pos[f * g * g + (y // self.scale_factor) * g + x // self.scale_factor]
+
+    def _image_baseline(self, image_inputs: dict) -> dict:
+        """Nearly zero pixels (the mean colour): the model drops all-zero frames as padding."""
+        import torch
+
+        return {"pixel_values": torch.full_like(image_inputs["pixel_values"], 1e-3)}
+
     # ---- prompt and geometry -----------------------------------------------------------------------
     def _image_prompt(self, layout: TileLayout) -> str:
         return self.processor.replace_image_token({"rows": [[layout.rows]], "cols": [[layout.cols]]}, 0)

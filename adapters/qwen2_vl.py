@@ -26,6 +26,7 @@ Quirks handled here (transformers 5.x):
 """
 from __future__ import annotations
 
+import numpy as np
 from PIL import Image
 from transformers import Qwen2VLProcessor
 
@@ -103,6 +104,27 @@ class Qwen2VLAdapter(GenerativeAdapter):
 
     def patch_embedding(self):
         return self.model.model.visual.patch_embed
+
+    # ---- attribution hooks (adapters/generative_attribution.py) --------------------------------------
+    def patch_token_index(self, prompt_ids: list[int], n_patches: int) -> np.ndarray:
+        """The processor orders patches so that each merge x merge group is consecutive: patch k -> image token
+        k // merge^2."""
+        pos = np.asarray([i for i, t in enumerate(prompt_ids) if t == self.image_token_id], np.int64)
+        if len(pos) * self.merge ** 2 != n_patches:
+            raise AdapterError(f"internal: {n_patches} vision patches for {len(pos)} image tokens")
+        return pos[np.arange(n_patches) // self.merge ** 2]
+
+    def _decoder(self, embeds, mask, seq_ids, image_inputs: dict, output_attentions: bool):
+        """The language model on teacher-forced rows with each row's multimodal rotary positions (the
+        rows of one input share its image: ``image_grid_thw`` repeated)."""
+        grid = image_inputs["image_grid_thw"]
+        rows = len(seq_ids) // len(grid)
+        positions, _ = self.model.model.get_rope_index(
+            seq_ids, mm_token_type_ids=(seq_ids == self.image_token_id).long() * mask,
+            image_grid_thw=grid.repeat_interleave(rows, 0), attention_mask=mask)
+        out = self.model.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False,
+                               output_attentions=output_attentions)
+        return out.last_hidden_state, (out.attentions if output_attentions else None)
 
     def _image_features(self, image_inputs: dict) -> list:
         out = self.model.model.get_image_features(pixel_values=image_inputs["pixel_values"],

@@ -266,6 +266,9 @@ def test_every_method_explains_a_generated_token(generative_adapter, method):
     assert np.ptp(r.token_scores[~r.token_is_special]) > 0, "word scores are constant"
     assert 0 < r.probability <= 1
     assert r.probability == pytest.approx(spec.extra["generated_token_probabilities"][0], rel=1e-3)
+    if method == "ig" and (spec.extra["patch_region"] >= 0).all():  # every patch a region: completeness
+        total = float(r.region_scores.astype(np.float64).sum() + r.token_scores.astype(np.float64).sum())
+        assert total == pytest.approx(r.score_difference + r.delta, abs=1e-4)
 
 
 # ---- cli.py attribute on a generative model ------------------------------------------------------------

@@ -58,9 +58,11 @@ class IntegratedGradients(Method):
         inputs = tuple(spec.inputs[k] for k in keys)
         baselines = tuple(spec.baselines.get(k, spec.inputs[k]) for k in keys)
         with torch.enable_grad():
-            attributions, delta = lig.attribute(inputs, baselines=baselines, n_steps=n_steps,
-                                                method=p["integration"], internal_batch_size=ibs,
-                                                return_convergence_delta=True)
+            attributions = lig.attribute(inputs, baselines=baselines, n_steps=n_steps, method=p["integration"],
+                                         internal_batch_size=ibs)
+        # the convergence delta as Captum's (sum of the attributions - (f(x) - f(baseline))), computed here: a
+        # layer whose output has no batch axis (an image's frames or patches stacked) fails Captum's own check
+        total = float(sum(a.detach().double().sum() for a in attributions))
         attributions = dict(zip(names, attributions))
         tok = adapter.layer_scores("text", attributions["text"], spec) if "text" in attributions else \
             np.zeros(len(spec.word_token_index))
@@ -69,7 +71,7 @@ class IntegratedGradients(Method):
         with torch.no_grad():
             fx = float(target.score(adapter.forward_logits(**spec.inputs))[0])
             fb = float(target.score(adapter.forward_logits(**spec.baselines))[0])
-        delta = float(delta.reshape(-1)[0])
+        delta = total - (fx - fb)
         notes = []
         rel = abs(delta) / max(abs(fx - fb), 1e-8)
         if rel > DELTA_WARNING:

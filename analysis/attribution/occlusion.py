@@ -80,16 +80,19 @@ def mean_drop(windows: np.ndarray, drops: np.ndarray) -> np.ndarray:
 
 def median_fill(spec):
     """The spec with its image baselines replaced by the image's median per channel: (B, C, H, W) pixels over
-    H, W; (B, R, D) region features over R. Word baselines (padding) stay."""
+    H, W; (B, F, C, H, W) frames of pixels over each frame's H, W; (B, R, D) region features over R; (patches,
+    features) rows of flattened patches (Qwen2-VL) over the patches. Word baselines (padding) stay."""
     baselines = dict(spec.baselines)
     for key, base in spec.baselines.items():
         x = spec.inputs.get(key)
         if not (isinstance(x, torch.Tensor) and x.is_floating_point() and not torch.equal(x, base)):
             continue
-        if x.dim() == 4:
-            baselines[key] = x.flatten(2).median(-1).values[..., None, None].expand_as(x).clone()
+        if x.dim() in (4, 5):
+            baselines[key] = x.flatten(-2).median(-1).values[..., None, None].expand_as(x).clone()
         elif x.dim() == 3:
             baselines[key] = x.median(1, keepdim=True).values.expand_as(x).clone()
+        elif x.dim() == 2:
+            baselines[key] = x.median(0, keepdim=True).values.expand_as(x).clone()
     return dataclasses.replace(spec, baselines=baselines)
 
 
