@@ -56,6 +56,25 @@ def build_tokenizer(texts: list[str], *, context: int):
     return tok
 
 
+def build_bpe_tokenizer(texts: list[str], *, context: int):
+    """A byte-level BPE tokenizer as Qwen's ("Ġ" marks a leading space, offsets keep it: no trimming),
+    trained here on the words of ``texts`` and of the template, with Qwen's markers."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=MARKERS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(list(texts) + [SYSTEM, "system user assistant"], trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=MARKERS[0], eos_token="<|im_end|>",
+                                   model_max_length=context)
+    fast.add_special_tokens({"additional_special_tokens": MARKERS[1:]})
+    return fast
+
+
 def build_processor(tokenizer, shape: TinyQwenShape):
     """The image processor both families use, with the tokenizer (Qwen2VLProcessor without videos:
     adapters/qwen2_vl.py says why)."""
@@ -100,9 +119,11 @@ def build_model(tokenizer, shape: TinyQwenShape, *, family: str, seed: int):
 
 
 def make_tiny_qwen2_vl(path: Path, *, family: str = "qwen2_vl", seed: int = 0,
-                       shape: TinyQwenShape = TinyQwenShape()) -> Path:
-    """Build a random Qwen2-VL (``family`` "qwen2_vl" or "qwen2_5_vl") and save model, tokenizer and processor."""
-    tok = build_tokenizer(QUESTIONS + ANSWERS, context=shape.context)
+                       shape: TinyQwenShape = TinyQwenShape(), tokenizer: str = "wordlevel") -> Path:
+    """Build a random Qwen2-VL (``family`` "qwen2_vl" or "qwen2_5_vl") and save model, tokenizer and
+    processor; ``tokenizer``: "wordlevel" or "bpe" (byte-level, as the released models')."""
+    build = build_bpe_tokenizer if tokenizer == "bpe" else build_tokenizer
+    tok = build(QUESTIONS + ANSWERS, context=shape.context)
     model = build_model(tok, shape, family=family, seed=seed)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)

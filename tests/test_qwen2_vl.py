@@ -113,6 +113,24 @@ def test_vision_markers_and_template_tokens_are_special(adapter):
     assert rec.modality[rec.tokens.index("system")] == "special"
 
 
+def test_byte_level_bpe_question_words_and_template(tmp_path):
+    """With a byte-level BPE tokenizer (Qwen's kind: "Ġ" tokens, offsets that keep the space, newlines
+    in the template), the question's tokens are its text tokens, covering it in order, and every
+    template token (newlines, "user", ...) is special."""
+    a = Qwen2VLAdapter.load(str(make_tiny_qwen2_vl(tmp_path / "bpe", tokenizer="bpe")))
+    a.max_new_tokens = 2
+    question = "what color is the shape in the image?"
+    rec = a.run(Image.fromarray(_gray(56, 40)), question)
+    words = [i for i in rec.indices("text") if rec.role[i] == "prompt"]
+    assert any(rec.tokens[i].startswith("\u0120") for i in words)  # "Ġ": a word after a space
+    assert "".join(question[s:e] for s, e in rec.token_spans[words]) == question
+    assert len(words) == len(a.tokenizer(question, add_special_tokens=False)["input_ids"])
+    assert words == list(range(words[0], words[-1] + 1)) and rec.tokens[words[0] - 1] == "<|vision_end|>"
+    assert all(m == "special" for m in rec.modality[:rec.indices("image")[0]])
+    assert rec.modality[words[-1] + 1:len(rec.role) - rec.role.count("answer")] == ("special",) * (
+        len(rec.role) - rec.role.count("answer") - words[-1] - 1)
+
+
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
 def test_answer_rows_are_the_rows_incremental_decoding_computed(tmp_path_factory, family):
     """The rows generate computed with the KV cache and the rotary positions it derived (image tokens:
