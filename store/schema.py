@@ -135,6 +135,51 @@ class AttentionBlock:
         return self.values.shape[1]
 
 
+def _model_positions(name: str, values, size: int) -> tuple[int, ...]:
+    """Distinct model layer or head positions in [0, size), sorted."""
+    out = tuple(int(v) for v in values)
+    if not out:
+        _fail(name, "must name at least one")
+    if any(v < 0 or v >= size for v in out):
+        _fail(name, f"must lie in [0, {size}), got {list(out)}")
+    if list(out) != sorted(set(out)):
+        _fail(name, f"must be distinct and sorted, got {list(out)}")
+    return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class FullAttention:
+    """Every query row of chosen layers and heads of one attention kind, kept beside the kind's own
+    rows when those are a subset (a generative recording keeps the language rows of every layer;
+    ``--full-layers`` / ``--full-heads`` add the image rows of a few).
+
+    ``block.values`` is (layer, head, query, key) over the chosen ``layers`` x ``heads`` only:
+    ``block.values[i, j]`` is model layer ``layers[i]``, head ``heads[j]``.
+    """
+
+    block: AttentionBlock
+    layers: tuple[int, ...]  # model layer of each entry of the block's layer axis, sorted
+    heads: tuple[int, ...]  # model head of each entry of the block's head axis, sorted
+
+    def __post_init__(self):
+        if not isinstance(self.block, AttentionBlock):
+            _fail("full_attention.block", f"must be an AttentionBlock, got {type(self.block).__name__}")
+        object.__setattr__(self, "layers", tuple(int(v) for v in self.layers))
+        object.__setattr__(self, "heads", tuple(int(v) for v in self.heads))
+        if self.block.values.shape[:2] != (len(self.layers), len(self.heads)):
+            _fail("full_attention", f"values of shape {self.block.values.shape} for {len(self.layers)} layers "
+                                    f"x {len(self.heads)} heads")
+
+    def checked_against(self, kind: str, of: AttentionBlock) -> "FullAttention":
+        """Itself, after checking it fits the kind ``of`` it completes (layers, heads, keys)."""
+        name = f"full_attention[{kind!r}]"
+        _model_positions(f"{name}.layers", self.layers, of.n_layers)
+        _model_positions(f"{name}.heads", self.heads, of.n_heads)
+        if not np.array_equal(self.block.key_index, of.key_index):
+            _fail(f"{name}.key_index", f"must be the keys of attention[{kind!r}]")
+        return self
+
+
 @dataclass(frozen=True, kw_only=True)
 class HiddenBlock:
     """Hidden states of one stream: (layer, token, dim); layer 0 is the embeddings output."""
@@ -206,6 +251,18 @@ def _freeze_mapping(name: str, value, cls) -> Mapping:
     return MappingProxyType(out)
 
 
+def _check_block(name: str, block: AttentionBlock, n: int) -> None:
+    """Token indices inside the record's ``n`` tokens and softmax rows."""
+    for idx_name in ("query_index", "key_index"):
+        idx = getattr(block, idx_name)
+        if idx.size and idx.max() >= n:
+            _fail(f"{name}.{idx_name}", f"points past the {n} tokens")
+    sums = row_sums(block.values)
+    if block.values.size and np.abs(sums - 1.0).max() > ROW_SUM_TOLERANCE:
+        worst = float(np.abs(sums - 1.0).max())
+        _fail(name, f"rows must be softmax rows summing to 1 (worst off by {worst:.3g})")
+
+
 @dataclass(frozen=True, kw_only=True)
 class Record:
     """One example through one model. See the module docstring for the token coordinates."""
@@ -226,6 +283,8 @@ class Record:
     notices: tuple[str, ...] = ()
     meta: Mapping = field(default_factory=dict)
     role: tuple[str, ...] | None = None  # (token,) "prompt" | "answer"; None: every token "prompt"
+    # kind -> every query row of chosen layers / heads of that kind (see FullAttention); usually empty
+    full_attention: Mapping[str, FullAttention] = field(default_factory=dict)
 
     def __post_init__(self):
         if not isinstance(self.example_id, str) or not self.example_id or "/" in self.example_id:
@@ -281,14 +340,13 @@ class Record:
         if not attention:
             _fail("attention", "must hold at least one kind")
         for kind, block in attention.items():
-            for idx_name in ("query_index", "key_index"):
-                idx = getattr(block, idx_name)
-                if idx.size and idx.max() >= n:
-                    _fail(f"attention[{kind!r}].{idx_name}", f"points past the {n} tokens")
-            sums = row_sums(block.values)
-            if block.values.size and np.abs(sums - 1.0).max() > ROW_SUM_TOLERANCE:
-                worst = float(np.abs(sums - 1.0).max())
-                _fail(f"attention[{kind!r}]", f"rows must be softmax rows summing to 1 (worst off by {worst:.3g})")
+            _check_block(f"attention[{kind!r}]", block, n)
+        full = _freeze_mapping("full_attention", self.full_attention, FullAttention)
+        for kind, extra in full.items():
+            if kind not in attention:
+                _fail(f"full_attention[{kind!r}]", "completes no attention kind of the record")
+            _check_block(f"full_attention[{kind!r}]", extra.checked_against(kind, attention[kind]).block, n)
+        object.__setattr__(self, "full_attention", full)
         hidden = _freeze_mapping("hidden", self.hidden, HiddenBlock)
         for stream, block in hidden.items():
             if block.token_index.size and block.token_index.max() >= n:

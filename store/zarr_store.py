@@ -15,6 +15,10 @@ dimension a coordinate array, so xarray opens an example or the run index as lab
           attention/<kind>/  attention (layer, head, query, key) float16, chunk = one (layer, head) block;
                              query, key: coordinates, the token positions of queries and keys (left
                              out where they are every token in order: ViLT, KD-VLP)
+          full_attention/<kind>/  only where chosen layers / heads were recorded with every query row
+                             (``record --full-layers``): attention (layer, head, query, key) over those
+                             alone, with their model positions as the layer and head coordinates (and
+                             in the example's document, "full_attention": {kind: {layers, heads}})
           hidden/<stream>/   hidden (layer, token, dim) float16, chunk = one layer (a stream over some
                              tokens only: dimension <stream>_token, a coordinate of their positions)
         index/                                attrs: summary rows of the examples it covers
@@ -63,7 +67,7 @@ from zarr.core.sync import sync
 
 from core.errors import RecordError, StoreError
 from store.json_values import array_from_json, array_to_json, jsonable
-from store.schema import SCHEMA_VERSION, AttentionBlock, HiddenBlock, Prediction, Record, as_float32
+from store.schema import SCHEMA_VERSION, AttentionBlock, FullAttention, HiddenBlock, Prediction, Record, as_float32
 from store.shard_writer import ArrayPlan, write_example
 
 FORMAT_NAME = "vl-lens-store"
@@ -374,6 +378,35 @@ class RunReader:
             return as_float32(arr[layer])
         return as_float32(arr[layer, head])
 
+    def full_attention_layout(self, eid: str, kind: str) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+        """(model layers, model heads) of ``kind`` recorded with every query row
+        (``--full-layers`` / ``--full-heads``), or None (from the example's document: no array read)."""
+        full = (self.attrs(eid).get("full_attention") or {}).get(kind)
+        if not isinstance(full, dict):
+            return None
+        return tuple(int(v) for v in full.get("layers", ())), tuple(int(v) for v in full.get("heads", ()))
+
+    def attention_rows(self, eid: str, kind: str, layer: int,
+                       head: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(values, query_index, key_index) of model ``layer`` (and ``head``; None: (head, query,
+        key) of every head): every query row where that layer (and head, or every head) was recorded
+        in full, else the kind's own rows (``attention``)."""
+        layout = self.full_attention_layout(eid, kind)
+        if layout is not None and layer in layout[0]:
+            n_heads = int(self.attention_array(eid, kind).shape[1])
+            if (head is None and list(layout[1]) == list(range(n_heads))) or (head is not None and head in layout[1]):
+                arr = self._full_attention_array(eid, kind)
+                i = layout[0].index(layer)
+                vals = arr[i] if head is None else arr[i, layout[1].index(head)]
+                return (as_float32(vals), np.asarray(arr.attrs["query_index"], np.int32),
+                        np.asarray(arr.attrs["key_index"], np.int32))
+        qi, ki = self.attention_index(eid, kind)
+        return self.attention(eid, kind, layer, head), qi, ki
+
+    def _full_attention_array(self, eid: str, kind: str):
+        return zarr.open_array(self.store._store, path=f"{self.path}/examples/{eid}/full_attention/{kind}/attention",
+                               mode="r")
+
     def hidden_streams(self, eid: str) -> list[str]:
         return sorted(_list_dir(self.store._store, f"{self.path}/examples/{eid}/hidden"))
 
@@ -452,6 +485,12 @@ class RunReader:
             arr = self.attention_array(eid, kind)
             attention[kind] = AttentionBlock(values=arr[:], query_index=np.asarray(arr.attrs["query_index"]),
                                              key_index=np.asarray(arr.attrs["key_index"]))
+        full = {}
+        for kind in a.get("full_attention") or {}:
+            arr = self._full_attention_array(eid, kind)
+            block = AttentionBlock(values=arr[:], query_index=np.asarray(arr.attrs["query_index"]),
+                                   key_index=np.asarray(arr.attrs["key_index"]))
+            full[kind] = FullAttention(block=block, layers=tuple(arr.attrs["layers"]), heads=tuple(arr.attrs["heads"]))
         hidden = {}
         for stream in self.hidden_streams(eid):
             arr = self._hidden_array(eid, stream)
@@ -465,7 +504,7 @@ class RunReader:
                                       probabilities=tuple(a["prediction"]["probabilities"]),
                                       token_probabilities=tuple(a["prediction"].get("token_probabilities", ()))),
                 label=a.get("label"), source_key=a.get("source_key"), notices=tuple(a.get("notices", ())),
-                meta=a.get("meta", {}), role=tuple(tok["role"]),
+                meta=a.get("meta", {}), role=tuple(tok["role"]), full_attention=full,
             )
         except RecordError as e:
             raise StoreError(f"example {eid!r} of run {self.name!r} is corrupt: {e}") from e
@@ -607,23 +646,34 @@ def _array_plans(record: Record) -> list[ArrayPlan]:
         plans.append(ArrayPlan(name, np.asarray(data, dtype=object) if len(dims) == 1 else data, dims, None,
                                {"columns": columns} if columns else None))
     for kind, block in record.attention.items():
-        plans += _attention_plans(kind, block, record.n_tokens)
+        plans += _attention_plans(f"attention/{kind}", block, record.n_tokens)
+    for kind, full in record.full_attention.items():
+        plans += _full_attention_plans(kind, full, record.n_tokens)
     for stream, block in record.hidden.items():
         plans += _hidden_plans(stream, block, record.n_tokens)
     return plans
 
 
-def _attention_plans(kind: str, block: AttentionBlock, n_tokens: int) -> list[ArrayPlan]:
-    """attention/<kind>/: the values (one shard, one inner chunk per (layer, head) block) and, where
-    its queries or keys are not every token in order (LXMERT's kinds), their token positions as
-    the coordinate of ``query`` / ``key``."""
+def _attention_plans(base: str, block: AttentionBlock, n_tokens: int, attrs: dict | None = None) -> list[ArrayPlan]:
+    """attention/<kind>/ (``base``): the values (one shard, one inner chunk per (layer, head) block)
+    and, where its queries or keys are not every token in order (LXMERT's kinds), their token
+    positions as the coordinate of ``query`` / ``key``."""
     L, H, Q, K = block.values.shape
-    base = f"attention/{kind}"
     plans = [ArrayPlan(f"{base}/attention", block.values, AttentionBlock.DIMS, (1, 1, Q, K),
-                       {"query_index": block.query_index, "key_index": block.key_index})]
+                       {"query_index": block.query_index, "key_index": block.key_index, **(attrs or {})})]
     for dim, index in (("query", block.query_index), ("key", block.key_index)):
         if not _every_token(index, n_tokens):
             plans.append(ArrayPlan(f"{base}/{dim}", np.asarray(index, np.int32), (dim,), None, None))
+    return plans
+
+
+def _full_attention_plans(kind: str, full: FullAttention, n_tokens: int) -> list[ArrayPlan]:
+    """full_attention/<kind>/: like attention/<kind>/ for the chosen layers x heads only, with their
+    model positions as the ``layer`` and ``head`` coordinates (and the array's attributes)."""
+    base = f"full_attention/{kind}"
+    plans = _attention_plans(base, full.block, n_tokens, {"layers": list(full.layers), "heads": list(full.heads)})
+    for dim, index in (("layer", full.layers), ("head", full.heads)):
+        plans.append(ArrayPlan(f"{base}/{dim}", np.asarray(index, np.int32), (dim,), None, None))
     return plans
 
 
@@ -673,6 +723,9 @@ def _example_document(record: Record, head_stats: dict | None, group: str | None
     # Small arrays, already plain JSON (kept out of jsonable's element-by-element walk).
     for name in TOKEN_ARRAYS:
         attrs[name] = array_to_json(getattr(record, name))
+    if record.full_attention:  # which kinds' layers / heads have every query row (the app reads this)
+        attrs["full_attention"] = {kind: {"layers": list(f.layers), "heads": list(f.heads)}
+                                   for kind, f in record.full_attention.items()}
     attrs["head_stats"] = {kind: {"names": list(hs.names), "dims": ["stat", "layer", "head"],
                                   "values": array_to_json(np.asarray(hs.values, np.float32))}
                            for kind, hs in (head_stats or {}).items()}
