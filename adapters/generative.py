@@ -17,7 +17,9 @@ How a generated answer is recorded:
    an observer, e.g. head statistics) and drops it: peak memory holds one layer's maps, not all.
 3. ``generative_record``: the Record with a ``role`` coordinate ("prompt" / "answer"), one ``self``
    attention kind whose rows are the kept queries over every key (causal: zeros after the query),
-   and the language model's hidden states of every token.
+   and the language model's hidden states of every token. Chosen layers and heads
+   (``set_full_attention``, ``cli.py record --full-layers / --full-heads``) also keep every query
+   row, image tokens' too, as the Record's ``full_attention`` (store/schema.py: FullAttention).
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ from adapters.inputs import check_image, check_question
 from adapters.loading import checkpoint_info, load_error, resolve_device, resolve_source
 from core.errors import AdapterError
 from core.ids import example_id_of
-from store.schema import AttentionBlock, HiddenBlock, Prediction, Record
+from store.schema import AttentionBlock, FullAttention, HiddenBlock, Prediction, Record
 
 # Which query rows a recording keeps: every non-image token (question words, template and special
 # tokens, the generated answer) by default; "all" keeps the image rows too (the full maps).
@@ -83,12 +85,16 @@ class LayerCapture:
     """
 
     def __init__(self, attention_modules: Sequence, *, query_index: np.ndarray, modality: np.ndarray,
-                 grid: np.ndarray, role: np.ndarray, observer: LayerObserver | None = None):
+                 grid: np.ndarray, role: np.ndarray, observer: LayerObserver | None = None,
+                 full_layers: Sequence[int] = (), full_heads: Sequence[int] = ()):
         self.modules = list(attention_modules)
         self.query_index = np.asarray(query_index)
         self.modality, self.grid, self.role = modality, grid, role
         self.observer = observer
         self.rows: list = [None] * len(self.modules)  # per layer (head, query, key) float16 tensors
+        # every query row of these layers x heads too (head, token, token) float16, by layer
+        self.full_layers, self.full_heads = tuple(full_layers), tuple(full_heads)
+        self.full: dict = {}
         self._handles: list = []
 
     def __enter__(self) -> "LayerCapture":
@@ -113,6 +119,8 @@ class LayerCapture:
                                    "attn_implementation='eager' (SDPA / flash attention return none)")
             full = weights[0].detach()  # (head, token, token)
             self.rows[layer] = full[:, q.to(full.device), :].to(torch.float16).cpu()
+            if layer in self.full_layers:
+                self.full[layer] = full[list(self.full_heads)].to(torch.float16).cpu()
             if self.observer is not None:
                 self.observer(layer, full.float().cpu().numpy(), self.modality, self.grid, self.role)
 
@@ -126,6 +134,30 @@ class LayerCapture:
             raise AdapterError("internal: a decoder layer's attention was not captured")
         return torch.stack(self.rows).numpy()
 
+    def full_attention(self) -> FullAttention | None:
+        """Every query row of the full layers x heads (None when there are none)."""
+        import torch
+
+        if not self.full_layers:
+            return None
+        if set(self.full) != set(self.full_layers):
+            raise AdapterError("internal: a full layer's attention was not captured")
+        values = torch.stack([self.full[layer] for layer in self.full_layers]).numpy()
+        every = np.arange(values.shape[-1])
+        return FullAttention(block=AttentionBlock(values=values, query_index=every, key_index=every),
+                             layers=self.full_layers, heads=self.full_heads)
+
+
+def resolved_positions(name: str, positions: Sequence[int], size: int) -> tuple[int, ...]:
+    """``positions`` in [0, size), negative ones counted from the end (-1: the last), sorted and
+    distinct; one outside is a one-line AdapterError."""
+    out = set()
+    for p in positions:
+        if not -size <= int(p) < size:
+            raise AdapterError(f"{name}: {p} is outside the model's {size} (0..{size - 1}, or -{size}..-1 from the end)")
+        out.add(int(p) % size)
+    return tuple(sorted(out))
+
 
 def query_rows(modality: Sequence[str], rows: str) -> np.ndarray:
     """Token indices whose attention rows a recording keeps (see ``ATTENTION_ROWS``)."""
@@ -138,11 +170,13 @@ def query_rows(modality: Sequence[str], rows: str) -> np.ndarray:
 def generative_record(*, image: Image.Image, question: str, tokens: list[str], modality: list[str],
                       role: list[str], token_boxes: np.ndarray, token_grid: np.ndarray, token_spans: np.ndarray,
                       attention: np.ndarray, query_index: np.ndarray, hidden_states, answer_text: str,
-                      answer: GeneratedAnswer, label: str | None, source_key: str | None, notices, meta: dict) -> Record:
+                      answer: GeneratedAnswer, label: str | None, source_key: str | None, notices, meta: dict,
+                      full_attention: FullAttention | None = None) -> Record:
     """The Record of a prompt and its generated answer (see the module docstring).
 
     ``attention``: (layer, head, query, key) rows of the ``query_index`` tokens over all N tokens;
-    ``hidden_states``: the language model's per-layer outputs, each (1, N, dim).
+    ``hidden_states``: the language model's per-layer outputs, each (1, N, dim); ``full_attention``:
+    every row of chosen layers x heads of the ``self`` kind.
     """
     n = len(tokens)
     if attention.shape[-1] != n:
@@ -157,6 +191,7 @@ def generative_record(*, image: Image.Image, question: str, tokens: list[str], m
         prediction=Prediction(answers=(answer_text,), probabilities=(min(1.0, answer.probability),),
                               token_probabilities=answer.token_probabilities),
         label=label, source_key=source_key, notices=tuple(notices), meta=meta,
+        full_attention={"self": full_attention} if full_attention is not None else {},
     )
 
 
@@ -231,6 +266,8 @@ class GenerativeAdapter(GenerativeAttribution, Adapter):
         self.device = device
         self.max_new_tokens = max_new_tokens
         self.attention_rows = attention_rows
+        self.full_layers: tuple[int, ...] = ()  # layers x heads recorded with every query row (set_full_attention)
+        self.full_heads: tuple[int, ...] = ()
         cfg = model.config
         self.image_token_id = int(cfg.image_token_id)
         self.context = int(getattr(cfg.text_config, "max_position_embeddings", 0) or 2048)
@@ -326,6 +363,14 @@ class GenerativeAdapter(GenerativeAttribution, Adapter):
         adapter.checkpoint = checkpoint_info(src, local, model.config)
         return adapter
 
+    def set_full_attention(self, layers: Sequence[int], heads: Sequence[int] | None = None) -> None:
+        """Record every query row (image tokens' too) of these decoder ``layers`` and ``heads`` (None:
+        every head) besides the ``attention_rows``; negative positions count from the end."""
+        t = self.model.config.text_config
+        self.full_layers = resolved_positions("full layers", layers, len(self.decoder_layers()))
+        heads = range(t.num_attention_heads) if heads is None else heads
+        self.full_heads = resolved_positions("full heads", heads, t.num_attention_heads) if self.full_layers else ()
+
     def answers(self) -> list[str]:
         """A generative model has no answer list: it writes its answer (open vocabulary)."""
         return []
@@ -340,9 +385,15 @@ class GenerativeAdapter(GenerativeAttribution, Adapter):
                 "vision_layers": self.model.config.vision_config.num_hidden_layers, **self._config_extra(),
                 "context": self.context, "max_text_tokens": self.max_text_tokens,
                 "max_new_tokens": self.max_new_tokens, "attention_rows": self.attention_rows,
+                **self._full_attention_meta(),
                 "attention": "eager (SDPA and flash attention return no weights)",
                 "hidden_last": "last decoder layer's output (language model)",
                 "probability": "product of the generated tokens' probabilities (greedy decoding)"}
+
+    def _full_attention_meta(self) -> dict:
+        if not self.full_layers:
+            return {}
+        return {"full_layers": list(self.full_layers), "full_heads": list(self.full_heads)}
 
     # ---- prompt ----------------------------------------------------------------------------------
     def _prompt_text(self, question: str) -> str:
@@ -452,7 +503,8 @@ class GenerativeAdapter(GenerativeAttribution, Adapter):
         qidx = query_rows(modality, self.attention_rows)
         with torch.no_grad(), LayerCapture([layer.self_attn for layer in self.decoder_layers()], query_index=qidx,
                                            modality=np.asarray(modality), grid=grid, role=np.asarray(role),
-                                           observer=layer_observer) as cap:
+                                           observer=layer_observer, full_layers=self.full_layers,
+                                           full_heads=self.full_heads) as cap:
             out = self.model(**self._sequence_inputs(ids, prompt), output_hidden_states=True, use_cache=False)
         notices = list(prompt.notices)
         if not answer.stopped:
@@ -461,9 +513,11 @@ class GenerativeAdapter(GenerativeAttribution, Adapter):
             image=rgb, question=q, tokens=tokens, modality=modality, role=role, token_boxes=boxes, token_grid=grid,
             token_spans=spans, attention=cap.attention(), query_index=qidx, hidden_states=out.hidden_states,
             answer_text=self._answer_text(gen), answer=answer, label=label, source_key=source_key, notices=notices,
+            full_attention=cap.full_attention(),
             meta={"model_id": self.model_id, "adapter": self.name, "adapter_version": self.version,
                   "image_size": [rgb.width, rgb.height], **self._meta_extra(rgb),
-                  "attention_rows": self.attention_rows, "attention_implementation": "eager",
+                  "attention_rows": self.attention_rows, **self._full_attention_meta(),
+                  "attention_implementation": "eager",
                   "answer_rows": "the row of token i is its causal row as a query; the row of token i-1 is the one "
                                  "that generated token i"},
         )

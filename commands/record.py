@@ -22,6 +22,11 @@ def add_arguments(p):
     p.add_argument("--attention-rows", choices=("language", "all"), default=None,
                    help="generative models: record the attention rows of the text and answer tokens (language, "
                         "the default) or of every token, image tokens too (all: the full maps, much larger)")
+    p.add_argument("--full-layers", type=positions, default=None, metavar="LAYERS",
+                   help="generative models: also record every query row (image tokens' too) of these decoder "
+                        "layers, e.g. 0,5,-1 (negative: from the end) or 0-3; the rest keep --attention-rows")
+    p.add_argument("--full-heads", type=positions, default=None, metavar="HEADS",
+                   help="with --full-layers: only these heads in full, e.g. 0-3 (default: every head)")
     add_device_argument(p)
 
 
@@ -29,6 +34,33 @@ def run_name_for(model: str) -> str:
     import re
 
     return re.sub(r"[^A-Za-z0-9._-]+", "-", model.split(":")[-1].strip("/")).strip("-")[:100] or "run"
+
+
+def positions(text: str) -> tuple[int, ...]:
+    """Layer or head positions from ``0,5,-1`` / ``0-3`` / ``0-3,7`` (ranges inclusive)."""
+    import argparse
+    import re
+
+    out = []
+    for item in (t.strip() for t in text.split(",")):
+        if re.fullmatch(r"-?\d+", item):
+            out.append(int(item))
+        elif m := re.fullmatch(r"(\d+)-(\d+)", item):
+            lo, hi = int(m[1]), int(m[2])
+            if hi < lo:
+                raise argparse.ArgumentTypeError(f"range {item!r} runs backwards")
+            out.extend(range(lo, hi + 1))
+        else:
+            raise argparse.ArgumentTypeError(f"{text!r}: give positions like 0,5,-1 or ranges like 0-3")
+    return tuple(out)
+
+
+def set_full_attention(adapter, layers: tuple[int, ...], heads: tuple[int, ...] | None) -> None:
+    """Chosen layers / heads of a generative adapter recorded with every query row."""
+    if not hasattr(adapter, "set_full_attention"):
+        raise ValueError(f"--full-layers: {adapter.name} records every attention row already "
+                         "(the flag is for generative models)")
+    adapter.set_full_attention(layers, heads)
 
 
 def set_attention_rows(adapter, rows: str) -> None:
@@ -51,8 +83,13 @@ def run(args) -> int:
         raise ValueError("--batch-size must be at least 1")
     if args.batch_size > 1 and (args.workers > 1 or args.scheduler):
         raise ValueError("--batch-size batches one process's forward passes; leave it out with --workers / --scheduler")
-    if args.attention_rows and (args.workers > 1 or args.scheduler):
-        raise ValueError("--attention-rows applies to one recording process; leave out --workers / --scheduler")
+    if (args.attention_rows or args.full_layers) and (args.workers > 1 or args.scheduler):
+        raise ValueError("--attention-rows / --full-layers apply to one recording process; leave out --workers / "
+                         "--scheduler")
+    if args.full_heads and not args.full_layers:
+        raise ValueError("--full-heads chooses heads of the --full-layers: give --full-layers too")
+    if args.full_layers and args.attention_rows == "all":
+        raise ValueError("--full-layers with --attention-rows all: every row of every layer is recorded already")
     if args.run and len(args.model) > 1:
         raise ValueError("--run names one run; leave it out when recording several models")
     for m in args.model:
@@ -76,6 +113,8 @@ def run(args) -> int:
             adapter = load_model(m, device=args.device)
             if args.attention_rows:
                 set_attention_rows(adapter, args.attention_rows)
+            if args.full_layers:
+                set_full_attention(adapter, args.full_layers, args.full_heads)
             res = record_examples(adapter, limited(iter(source), args.limit), store, run_name, total=total,
                                   top_k=args.top_k, batch_size=args.batch_size)
         print(f"{run_name}: {res.written} written, {res.skipped} already there, {len(res.failed)} failed "

@@ -3,6 +3,7 @@ Record's ``full_attention`` beside a kind's kept rows, its checks, the store rou
 that hands a view the full rows of a chosen layer."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import numpy as np
@@ -101,3 +102,82 @@ def test_full_attention_opens_in_xarray_with_model_layer_coordinates(tmp_path):
     full = tree["full_attention/self"].to_dataset()
     assert list(full["layer"].values) == [0, 2] and list(full["head"].values) == [1]
     np.testing.assert_allclose(full["attention"].sel(layer=2, head=1).values, maps[2, 1], atol=1e-3)
+
+
+# ---- recording with a generative adapter (the tiny LLaVA) and cli.py record --------------------
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    from testkit.tiny_llava import make_tiny_llava
+
+    return make_tiny_llava(tmp_path_factory.mktemp("llava") / "pad")
+
+
+def test_positions_parse_lists_ranges_and_negatives():
+    import argparse
+
+    from commands.record import positions
+
+    assert positions("0,5,-1") == (0, 5, -1)
+    assert positions("0-3") == (0, 1, 2, 3)
+    assert positions("1, 3-4") == (1, 3, 4)
+    for bad in ("a", "3-1", "1,,2", "-3-1"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            positions(bad)
+
+
+def test_full_layer_rows_are_the_rows_of_a_record_of_every_row(tiny_dir):
+    """The last layer's head 1 in full: its every row equals that layer and head of a record of every
+    row; the language rows of every layer are the default record's."""
+    from PIL import Image
+
+    from adapters.llava import LlavaAdapter
+    from core.errors import AdapterError
+
+    a = LlavaAdapter.load(str(tiny_dir))
+    a.max_new_tokens = 2
+    image = Image.fromarray((np.random.RandomState(4).rand(64, 64, 3) * 255).astype(np.uint8))
+    default = a.run(image, "what color is the shape?")
+    a.set_full_attention([-1], [1])
+    assert (a.full_layers, a.full_heads) == ((1,), (1,))
+    rec = a.run(image, "what color is the shape?")
+    full = rec.full_attention["self"]
+    assert (full.layers, full.heads) == ((1,), (1,)) and rec.meta["full_layers"] == [1]
+    assert len(full.block.query_index) == rec.n_tokens
+    np.testing.assert_array_equal(rec.attention["self"].values, default.attention["self"].values)
+    a.attention_rows = "all"
+    every = a.run(image, "what color is the shape?").attention["self"].values
+    np.testing.assert_array_equal(full.block.values[0, 0], every[1, 1])
+    image_rows = rec.indices("image")
+    assert np.abs(full.block.values[0, 0][image_rows].astype(np.float32).sum(-1) - 1).max() < 2e-2
+    a.set_full_attention([0])  # every head by default
+    assert a.full_heads == (0, 1)
+    with pytest.raises(AdapterError, match="full layers: 2 is outside the model's 2"):
+        a.set_full_attention([2])
+    with pytest.raises(AdapterError, match="full heads: -3 is outside"):
+        a.set_full_attention([0], [-3])
+
+
+def test_record_cli_full_layers_write_a_store_whose_reader_gives_every_row(tiny_dir, tmp_path, capsys):
+    import cli
+
+    out = tmp_path / "s.zarr"
+    assert cli.main(["record", "--model", f"llava:{tiny_dir}", "--limit", "1", "--out", str(out), "--run", "gen",
+                     "--full-layers", "-1", "--full-heads", "0"]) == 0
+    reader = VLStore(out).run("gen")
+    assert reader.provenance["config"]["full_layers"] == [1] and reader.provenance["config"]["full_heads"] == [0]
+    eid = reader.example_ids()[0]
+    assert reader.full_attention_layout(eid, "self") == ((1,), (0,))
+    n = len(reader.tokens(eid)["tokens"])
+    values, qi, _ = reader.attention_rows(eid, "self", 1, 0)
+    assert values.shape == (n, n) and list(qi) == list(range(n))
+    values, qi, _ = reader.attention_rows(eid, "self", 0, 0)  # layer 0: the language rows
+    assert len(qi) < n and values.shape == (len(qi), n)
+    capsys.readouterr()
+    for flags, message in ((["--full-layers", "5"], "outside the model's 2"),
+                           (["--full-heads", "0"], "give --full-layers too"),
+                           (["--full-layers", "0", "--attention-rows", "all"], "recorded already"),
+                           (["--full-layers", "x"], "positions like 0,5,-1")):
+        with pytest.raises(SystemExit) if flags[1] == "x" else contextlib.nullcontext():  # argparse exits
+            assert cli.main(["record", "--model", f"llava:{tiny_dir}", "--limit", "1", "--out", str(out),
+                             "--run", "bad", *flags]) != 0
+        assert message in capsys.readouterr().err
