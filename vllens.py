@@ -28,7 +28,7 @@ from adapters.base import Adapter
 from adapters.registry import load_model as _load_model
 from analysis.attention_views import (head_summary, head_summary_rows, matrix_rows, mean_over_heads, overlay_boxes,
                                       token_attention)
-from analysis.attribution import AttributionResult, resolve_target
+from analysis.attribution import AttributionResult, target_spec
 from analysis.attribution import attribute as _attribute
 from analysis.head_stats import STAT_LABELS, as_defined
 from analysis.projections import project_layers, projection_rows, stack_streams
@@ -137,12 +137,13 @@ def attribute(model: Adapter, image: ImageLike, question: str, target: str | int
               method: str = "ig", **params) -> AttributionResult:
     """Explain an answer: region_scores (R,) over region_boxes (R, 4) and token_scores (T,) over tokens.
 
-    target: None (the top answer), an answer name, or "A rather than B". method: ig, rollout, relevance,
-    occlusion, attention; params go to the method (ig: n_steps, internal_batch_size, ...). For ig,
-    ``delta`` is Captum's convergence delta.
+    target: None (the top answer), an answer name, or "A rather than B"; for a generative model None or k
+    (generated token k, default the first), "whole" (the whole generated answer), an answer text, or "A rather
+    than B". method: ig, rollout, relevance, occlusion, attention; params go to the method (ig: n_steps,
+    internal_batch_size, ...). For ig, ``delta`` is the convergence delta.
     """
-    spec = model.attribution_spec(_image(image), question)
-    return _attribute(model, spec, resolve_target(model, spec, target), method, **params)
+    spec, resolved = target_spec(model, _image(image), question, target)
+    return _attribute(model, spec, resolved, method, **params)
 
 
 def contributions(result: AttributionResult) -> dict[str, float | None]:

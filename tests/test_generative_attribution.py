@@ -229,6 +229,31 @@ def test_ig_completeness_on_the_tiny_llava(llava, square, target):
     assert r.params["internal_batch_size"] >= 1 and r.params["measured_mb_per_step"] > 0
 
 
+def test_ig_internal_batching_changes_nothing_but_memory(llava, square):
+    spec, t = target_spec(llava, square, QUESTION, "whole")
+    whole = attribute(llava, spec, t, "ig", n_steps=8, internal_batch_size=None)
+    chunked = attribute(llava, spec, t, "ig", n_steps=8, internal_batch_size=3)
+    np.testing.assert_allclose(chunked.region_scores, whole.region_scores, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(chunked.token_scores, whole.token_scores, rtol=1e-4, atol=1e-7)
+
+
+def test_full_strategy_patches_skip_the_cls_feature(tmp_path, square):
+    """LLaVA "full": image token 0 is the vision tower's CLS feature (special, no region); patch k -> token k + 1."""
+    from adapters.llava import LlavaAdapter
+    from testkit.tiny_llava import make_tiny_llava
+
+    adapter = LlavaAdapter.load(str(make_tiny_llava(tmp_path / "full", select_strategy="full")))
+    adapter.max_new_tokens = 2
+    spec, t = target_spec(adapter, square, QUESTION)
+    ids = spec.inputs["input_ids"][0, :spec.extra["prompt_length"]].tolist()
+    image_pos = [i for i, x in enumerate(ids) if x == adapter.image_token_id]
+    assert spec.record_tokens[image_pos[0]] == "[IMG CLS]" and image_pos[0] not in spec.region_token_index
+    np.testing.assert_array_equal(spec.region_token_index, image_pos[1:])
+    np.testing.assert_array_equal(spec.extra["patch_region"], np.arange(len(image_pos) - 1))
+    r = attribute(adapter, spec, t, "ig", n_steps=8)
+    assert np.ptp(r.region_scores) > 0
+
+
 def test_occlusion_of_a_region_is_its_patch_pixels(llava, square):
     spec, t = target_spec(llava, square, QUESTION)
     mask = np.zeros(len(spec.region_boxes), bool)
@@ -322,3 +347,12 @@ def test_cli_generative_flags_errors(llava_dir, image_file, tmp_path, capsys):
     assert "out of range" in capsys.readouterr().err
     assert main([*base, "--model", f"llava:{llava_dir}", "--target", "whole", "--score", "logit"]) != 0
     assert "logit" in capsys.readouterr().err
+
+
+def test_notebook_api_explains_a_generated_answer(llava, square):
+    import vllens
+
+    r = vllens.attribute(llava, square, QUESTION, "red rather than blue", method="attention")
+    assert r.target == "'red' rather than 'blue'" and np.isfinite(r.region_scores).all()
+    first = vllens.attribute(llava, square, QUESTION, method="rollout")
+    assert first.target.startswith("token 0")
