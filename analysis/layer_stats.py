@@ -54,12 +54,22 @@ class FullMapHeadStats:
 def answer_stats(values: np.ndarray, modality: np.ndarray, role: np.ndarray | None) -> dict[str, np.ndarray]:
     """{"answer_to_image", "answer_to_question"} -> (head,) of one layer's full map (head, N, N);
     empty without answer tokens."""
+    return answer_stats_of_rows(values, np.arange(np.asarray(values).shape[-2]), modality, role)
+
+
+def answer_stats_of_rows(rows: np.ndarray, query_index: np.ndarray, modality: np.ndarray,
+                         role: np.ndarray | None) -> dict[str, np.ndarray]:
+    """``answer_stats`` from recorded rows (..., head, query, key) of the ``query_index`` tokens over
+    every token: (..., head) each; empty without answer tokens or when a generating row is missing."""
     if role is None or "answer" not in set(np.asarray(role).tolist()):
         return {}
-    role = np.asarray(role)
-    generating = np.flatnonzero(role == "answer") - 1  # the row that produced each generated token
-    rows = np.asarray(values, np.float32)[:, generating, :]  # (head, answer, key)
+    role, modality = np.asarray(role), np.asarray(modality)
+    position = {int(t): p for p, t in enumerate(np.asarray(query_index))}
+    generating = [position.get(int(t) - 1) for t in np.flatnonzero(role == "answer")]  # the row that produced each
+    if any(p is None for p in generating):
+        return {}
+    picked = np.asarray(rows, np.float32)[..., generating, :]  # (..., head, answer, key)
     image = modality == "image"
     question = (modality == "text") & (role == "prompt")
-    return {"answer_to_image": rows[:, :, image].sum(-1).mean(-1),
-            "answer_to_question": rows[:, :, question].sum(-1).mean(-1)}
+    return {"answer_to_image": picked[..., image].sum(-1).mean(-1),
+            "answer_to_question": picked[..., question].sum(-1).mean(-1)}

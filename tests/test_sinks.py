@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from analysis.sinks import SINK_THRESHOLD, received_attention, sink_mask, without_sinks
 
@@ -49,3 +50,32 @@ def test_without_sinks_renormalizes_the_rest():
     out = without_sinks(row, np.array([True, False, False, False]))
     np.testing.assert_allclose(out, [0, 1 / 3, 1 / 3, 1 / 3], rtol=1e-6)
     assert without_sinks(np.array([1.0, 0.0]), np.array([True, False])).tolist() == [0.0, 0.0]
+
+
+def test_judging_rows_leave_out_late_words_and_rows_that_see_nothing():
+    """A causal prompt: <s>, 3 image tokens, 4 words. Every word puts 0.5 on <s>; the last word's
+    row puts 0.9 on the word before it (recent content, seen by two rows only), and <s>'s own row
+    gives it 1.0. With the words as judges, only <s> is a sink, with the words' mean 0.5."""
+    from analysis.sinks import layer_sinks
+
+    n, words = 8, [4, 5, 6, 7]
+    rows = np.zeros((n, n), np.float32)
+    rows[0, 0] = 1.0
+    for q in range(1, 4):
+        rows[q, :q + 1] = 1 / (q + 1)
+    for q in words:
+        rows[q, 0] = 0.5
+        rows[q, 1:q + 1] = 0.5 / q
+    rows[7] = 0.0
+    rows[7, 0], rows[7, 6], rows[7, 7] = 0.05, 0.9, 0.05
+    qidx = np.arange(n)
+    values = rows[None, None]  # (layer 1, head 1, query, key)
+    plain = sink_mask(values, qidx, qidx, causal=True)[0]
+    assert plain[6] and plain[0]  # without judges the late word looks like a sink (0.9 and 0.5 from two rows)
+    judges = np.isin(qidx, words)
+    sinks = layer_sinks(values[0], qidx, qidx, causal=True, judges=judges)
+    assert sinks.tokens == [0]
+    assert sinks.share(0) == pytest.approx((0.5 * 3 + 0.05) / 4)
+    assert sink_mask(values, qidx, qidx, causal=True, judges=judges)[0].tolist() == sinks.mask.tolist()
+    # bidirectional rows see every key: the image tokens are judged too, the words are not
+    assert not layer_sinks(values[0], qidx, qidx, causal=False, judges=judges).mask[words].any()
