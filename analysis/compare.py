@@ -25,6 +25,7 @@ import numpy as np
 
 from analysis.depth import layer_at, network_positions, relative_depth, relative_depth_bins  # noqa: F401 (API)
 from analysis.head_stats import not_applicable
+from core.answers import normalize_answer
 
 # The attention kind whose rows go from text tokens to image tokens, by architecture.
 OVERLAY_KINDS = ("cross_l2v", "self")
@@ -59,6 +60,22 @@ def join_examples(a: Iterable, b: Iterable) -> ExampleJoin:
 
 
 # ---- accuracy and disagreement -------------------------------------------------------------------
+def is_correct(summary) -> bool:
+    """A labelled summary's verdict: its stored ``correct`` (the Record's rule: a classifier's top answer
+    is the label, a generated answer normalizes to it), else VQA-normalized answer == label."""
+    stored = getattr(summary, "correct", None)
+    if stored is not None:
+        return bool(stored)
+    return same_answer(summary.answer, summary.label)
+
+
+def same_answer(a: str | None, b: str | None) -> bool:
+    """Two answers are the same after the VQA answer normalization ("Red." and "red" are)."""
+    if a is None or b is None:
+        return a is b
+    return normalize_answer(a) == normalize_answer(b)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Accuracy:
     """Accuracy over labelled examples: overall, and per true answer (label)."""
@@ -79,15 +96,15 @@ class Accuracy:
 def accuracy(summaries: Iterable) -> Accuracy:
     """Accuracy of one run over the given summaries (``label``, ``answer``); unlabelled ones are left out.
 
-    Correct means the top answer equals the label (the store's ``correct`` field, recomputed here
-    so hand-built summaries need not carry it).
+    Correct is ``is_correct``: the store's ``correct`` field where a summary carries it, else the
+    VQA-normalized answer equal to the label's.
     """
     per: dict[str, list[int]] = {}
     n = c = 0
     for s in summaries:
         if s.label is None:
             continue
-        ok = int(s.answer == s.label)
+        ok = int(is_correct(s))
         n += 1
         c += ok
         cell = per.setdefault(s.label, [0, 0])
@@ -113,14 +130,15 @@ class Disagreement:
 
 
 def disagreements(a: Iterable, b: Iterable, shared_ids: Sequence[str] | None = None) -> list[Disagreement]:
-    """Shared examples whose top answers differ, largest confidence gap first (ties: example_id)."""
+    """Shared examples whose top answers differ after the VQA answer normalization (a generated "Red."
+    agrees with a classifier's "red"), largest confidence gap first (ties: example_id)."""
     by_a = {s.example_id: s for s in a}
     by_b = {s.example_id: s for s in b}
     ids = shared_ids if shared_ids is not None else [i for i in by_a if i in by_b]
     out = []
     for eid in ids:
         sa, sb = by_a[eid], by_b[eid]
-        if sa.answer != sb.answer:
+        if not same_answer(sa.answer, sb.answer):
             out.append(Disagreement(example_id=eid, question=sa.question, label=sa.label if sa.label is not None
                                     else sb.label, answer_a=sa.answer, confidence_a=float(sa.confidence),
                                     answer_b=sb.answer, confidence_b=float(sb.confidence)))
@@ -297,17 +315,24 @@ def overlay_kind(kinds: Iterable[str]) -> str | None:
     return None
 
 
+def _word(token: str) -> str:
+    """A text token as a word to match across tokenizers: without a SentencePiece ("\u2581") or byte-BPE
+    ("\u0120") word-start marker, stripped before lower-casing (which would turn "\u0120" into "\u0121"),
+    then lower case; WordPiece's "##" is kept."""
+    return token.lstrip("\u2581\u0120").lower()
+
+
 def common_words(tokens_a: Sequence[str], modality_a: Sequence[str], tokens_b: Sequence[str],
                  modality_b: Sequence[str]) -> list[str]:
-    """Text tokens present in both token lists, in A's order (matched case-insensitively, '##' kept)."""
-    in_b = {t.lower() for t, m in zip(tokens_b, modality_b) if m == "text"}
-    return list(dict.fromkeys(t.lower() for t, m in zip(tokens_a, modality_a) if m == "text" and t.lower() in in_b))
+    """Text tokens present in both token lists, in A's order (matched by ``_word``)."""
+    in_b = {_word(t) for t, m in zip(tokens_b, modality_b) if m == "text"}
+    return list(dict.fromkeys(_word(t) for t, m in zip(tokens_a, modality_a) if m == "text" and _word(t) in in_b))
 
 
 def word_token(tokens: Sequence[str], modality: Sequence[str], word: str) -> int | None:
-    """Index of the first text token equal to ``word`` (case-insensitive)."""
+    """Index of the first text token that is ``word`` (matched by ``_word``)."""
     for i, (t, m) in enumerate(zip(tokens, modality)):
-        if m == "text" and t.lower() == word.lower():
+        if m == "text" and _word(t) == _word(word):
             return i
     return None
 

@@ -634,3 +634,24 @@ def test_two_dual_stream_runs_on_a_kind_where_nothing_varies(tmp_path, monkeypat
     assert set(depth["stat"]) == {"image_to_text", "image_to_image_nonlocal", "text_to_text", "cross_modal",
                                   "intra_modal"}
     np.testing.assert_allclose(sorted(set(depth["relative_depth"])), [0, .25, .5, .75, 1])
+
+
+def test_generated_answers_are_judged_and_compared_after_normalization():
+    """A generated "A red one." is the label "red one" and agrees with a classifier's "red one"; the
+    stored verdict wins where a summary carries one."""
+    gen = [S("1", "A red one.", .4, "red one"), S("2", "Blue!", .9, "red one"), S("3", "Two", .5, "2")]
+    cls = [S("1", "red one", .8, "red one"), S("2", "red one", .7, "red one"), S("3", "2", .6, "2")]
+    acc = cmp.accuracy(gen)
+    assert (acc.n_correct, acc.n_labelled) == (2, 3) and acc.per_answer == {"2": (1, 1), "red one": (1, 2)}
+    assert [d.example_id for d in cmp.disagreements(gen, cls)] == ["2"]
+    assert cmp.same_answer("Two", "2") and not cmp.same_answer("red", None)
+    stored = SimpleNamespace(example_id="4", answer="red", label="red", correct=False)
+    assert cmp.is_correct(stored) is False  # the store's verdict, not a recomputation
+
+
+def test_words_match_across_tokenizers():
+    sp = ["<s>", "\u2581What", "\u2581color", "?"]
+    bpe = ["[CLS]", "what", "\u0120color", "[SEP]"]
+    mods = ["special", "text", "text", "text"]
+    assert cmp.common_words(sp, mods, bpe, ["special", "text", "text", "special"]) == ["what", "color"]
+    assert cmp.word_token(bpe, mods, "\u2581color") == 2

@@ -125,7 +125,7 @@ with tab_data:
         st.dataframe(pd.DataFrame([{
             "example_id": a.example_id, "question": a.question, "true answer": a.label,
             "answer A": a.answer, "confidence A": a.confidence, "answer B": b.answer, "confidence B": b.confidence,
-            "agree": a.answer == b.answer} for a, b in zip(shared_a, shared_b)]),
+            "agree": cmp.same_answer(a.answer, b.answer)} for a, b in zip(shared_a, shared_b)]),
             hide_index=True, key="shared_table")
 
     st.subheader("Where the models disagree")
