@@ -283,3 +283,20 @@ def patch_at(token_grid: np.ndarray, modality: Sequence[str], row: int, col: int
     mod = np.asarray(modality)
     hit = np.flatnonzero((mod == "image") & (g[:, 0] == row) & (g[:, 1] == col))
     return int(hit[0]) if hit.size else None
+
+
+# ---- generated answers ---------------------------------------------------------------------------
+def generating_row(token: int, role: Sequence[str]) -> int | None:
+    """The token whose query row chose generated token ``token``: the one before it (a causal model's
+    row at position i predicts token i + 1). None for a prompt token (no step generated it)."""
+    if role[token] != "answer" or token == 0:
+        return None
+    return token - 1
+
+
+def prompt_part(att: TokenAttention, modality: Sequence[str], row_token: int) -> TokenAttention:
+    """The non-image keys of a causal row that its query can see (key <= ``row_token``): the prompt's
+    words and special tokens, and the answer's tokens generated before it."""
+    mod = np.asarray(modality)[att.tokens]
+    sel = (mod != "image") & (att.tokens <= row_token)
+    return TokenAttention(token=att.token, direction=att.direction, tokens=att.tokens[sel], weights=att.weights[sel])

@@ -171,6 +171,9 @@ STAT_LABELS = {
     "text_to_text": "text → text",
     "cross_modal": "cross-modal",
     "intra_modal": "intra-modal",
+    # generative records only (analysis/layer_stats.answer_stats): the decoding steps of the answer
+    "answer_to_image": "answer tokens → image",
+    "answer_to_question": "answer tokens → question words",
 }
 
 

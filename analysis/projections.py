@@ -37,6 +37,43 @@ METHOD_NOTES = {"pca": "exact, instant", "tsne": "about 1 s of CPU for 13 layers
                 "umap": "umap-learn; its first use in a process compiles numba code (can take a minute)"}
 
 
+# t-SNE and UMAP fit at most this many points (layers x tokens): 8,000 take about 15 s of t-SNE on
+# this project's 2-core machine under load (33 layers x 240 tokens; 33 x 600 = 19,800 took 58 s,
+# PCA 2.4 s). A longer sequence (LLaVA-1.5: about 600 tokens) fits a sample of its image tokens.
+MAX_FIT_POINTS = 8000
+SAMPLED_METHODS = ("tsne", "umap")  # PCA fits every point
+
+
+@dataclass(frozen=True, kw_only=True)
+class FitSample:
+    """Which tokens a fit uses: every non-image token, and every ``step``-th image token."""
+
+    keep: np.ndarray  # (kept,) positions along the token axis, in order
+    n_image: int  # image tokens in the sequence
+    n_image_kept: int
+    step: int  # 1: every image token
+
+    @property
+    def sampled(self) -> bool:
+        return self.n_image_kept < self.n_image
+
+
+def fit_sample(modality: Sequence[str], n_layers: int, method: str, *, max_points: int = MAX_FIT_POINTS) -> FitSample:
+    """Tokens to fit (``modality``: one entry per token position): all of them while ``n_layers`` x
+    tokens fits in ``max_points`` or the method is PCA; else every non-image token and image tokens at an
+    even stride (deterministic), so layers x kept tokens <= max_points where the words alone allow it."""
+    mod = np.asarray(modality)
+    image = np.flatnonzero(mod == "image")
+    everything = np.arange(len(mod))
+    if method not in SAMPLED_METHODS or n_layers * len(mod) <= max_points or not len(image):
+        return FitSample(keep=everything, n_image=len(image), n_image_kept=len(image), step=1)
+    budget = max(max_points // max(n_layers, 1) - (len(mod) - len(image)), 1)  # image tokens per layer
+    step = int(np.ceil(len(image) / budget))
+    kept_image = image[::step]
+    keep = np.sort(np.concatenate([np.flatnonzero(mod != "image"), kept_image]))
+    return FitSample(keep=keep, n_image=len(image), n_image_kept=len(kept_image), step=step)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Projection:
     """2-D coordinates of every token at every layer, in one coordinate system."""

@@ -153,3 +153,32 @@ def test_tiny_vilt_store(tiny_store, monkeypatch):
     at.radio(key="proj_method").set_value("tsne").run()
     assert not at.exception, at.exception
     assert len(find_frame(at, "x", "y", "token")) == len(tok["tokens"])
+
+
+def test_a_long_sequence_fits_a_sample_of_its_image_tokens():
+    from analysis.projections import fit_sample
+
+    modality = ["special"] * 5 + ["image"] * 280 + ["text"] * 15  # 300 tokens, 20 of them not image
+    s = fit_sample(modality, 30, "tsne", max_points=3000)  # 100 tokens per layer: 20 words + 80 image
+    assert s.step == 4 and (s.n_image, s.n_image_kept) == (280, 70) and s.sampled
+    assert set(range(5)) | set(range(285, 300)) <= set(s.keep.tolist())  # every non-image token kept
+    assert s.keep.tolist() == sorted(s.keep.tolist()) and 30 * len(s.keep) <= 3000
+    assert s.keep[5:9].tolist() == [5, 9, 13, 17]  # evenly spaced image tokens
+    assert not fit_sample(modality, 30, "pca", max_points=3000).sampled  # PCA fits every point
+    assert not fit_sample(modality, 10, "umap", max_points=3000).sampled  # 3,000 points fit
+
+
+def test_hidden_states_page_says_it_fits_a_sample(tmp_path, monkeypatch):
+    import analysis.projections as projections
+    from tests.test_generative_views import generative_record
+    from tests.view_records import open_page, write_store
+
+    path = write_store(tmp_path / "gen.zarr", [generative_record()], run="gen", provenance={"architecture": "generative"})
+    monkeypatch.setattr(projections, "MAX_FIT_POINTS", 30)  # 3 layers x 15 tokens: 45 points
+    at = open_page(monkeypatch, path, "views/projections.py", run="gen", method="tsne")
+    at.run()
+    assert not at.exception, at.exception
+    # 11 non-image tokens keep 10 - 11 < 1 image slot per layer: one image token in 4 (the first)
+    assert any("a sample of its image tokens, 1 of 4 (one in 4" in c.value for c in at.caption), \
+        [c.value for c in at.caption]
+    assert any("11 tokens stacked" in c.value or "12 tokens stacked" in c.value for c in at.caption)

@@ -3,6 +3,11 @@
 Reads one (layer, head) chunk per draw (or one layer's heads for the mean), never the whole
 example. Works for any kind: queries and keys are each kind's own token sets, so a matrix may
 be text x image (LXMERT cross_l2v) rather than a square joint sequence.
+
+Generative models: an answer token's overlay shows, by default, the row of the decoding step that
+generated it (the token before it), or its own row; its attention over the prompt is drawn as bars.
+Attention sinks of the shown layer are flagged (analysis/sinks.py) and can be left out, each row
+renormalized over the other keys.
 """
 from __future__ import annotations
 
@@ -11,12 +16,13 @@ import pandas as pd
 import streamlit as st
 
 import charts
-from analysis.attention_views import (DIRECTIONS, grid_shape, matrix_rows, mean_over_heads, overlay_boxes, patch_at,
-                                      restrict, token_attention, top_k)
+from analysis.attention_views import (DIRECTIONS, generating_row, grid_shape, matrix_rows, mean_over_heads,
+                                      overlay_boxes, patch_at, prompt_part, restrict, token_attention, top_k)
+from analysis.sinks import SINK_THRESHOLD, LayerSinks, layer_sinks, without_sinks
 from ui.charts import export_buttons, frame
 from ui.state import example_image, open_store, page_example, pick_kind
 from ui.player import play_layers
-from ui.url import click_to_url, qp_get, qp_set, url_choice, url_int
+from ui.url import click_to_url, qp_get, qp_set, url_choice, url_flag, url_int
 
 MEAN = "mean"
 
@@ -39,9 +45,30 @@ def kind_layout(location: str, run: str, eid: str, kind: str):
     return int(arr.shape[0]), int(arr.shape[1]), qi, ki
 
 
+@st.cache_data(show_spinner=False, max_entries=256)
+def sinks_at(location: str, run: str, eid: str, kind: str, layer: int, causal: bool) -> LayerSinks:
+    """The attention sinks of one layer (all its heads), judged by the rows of the words."""
+    reader = open_store(location).run(run)
+    qi, ki = reader.attention_index(eid, kind)
+    judges = np.asarray(reader.tokens(eid)["modality"])[qi] == "text"
+    return layer_sinks(reader.attention(eid, kind, layer), qi, ki, causal=causal, judges=judges)
+
+
+def sink_line(sinks: LayerSinks, layer: int, dropped: bool) -> str:
+    rule = (f"keys that receive on average at least {SINK_THRESHOLD:.0%} of the attention of the rows that see them, "
+            "mean over heads; judged on keys every word's row can see")
+    if not sinks.tokens:
+        return f"No attention sink at layer {layer} ({rule})."
+    names = ", ".join(f"“{tokens[t]}” (#{t}) {sinks.share(t):.0%}" for t in sinks.tokens)
+    tail = " Left out: each row renormalized over the other keys." if dropped else ""
+    return f"Attention sinks at layer {layer}: {names} ({rule}).{tail}"
+
+
 ctx, eid, tok = page_example("Attention", key="att_example")
 store, reader = ctx.store, ctx.reader
-tokens, modality = tok["tokens"], tok["modality"]
+tokens, modality, role = tok["tokens"], tok["modality"], tok["role"]
+# A generative model's rows are causal (a query sees the keys up to itself) and it has answer tokens.
+generative = reader.provenance.get("architecture") == "generative" or "answer" in role
 kinds = reader.attention_kinds(eid)
 if not kinds:
     st.warning("This example has no recorded attention.")
@@ -62,7 +89,9 @@ mod = np.asarray(modality)
 q_mods = mod[qidx]
 k_mods = mod[kidx]
 st.caption(f"Kind `{kind}`: {len(qidx)} queries ({', '.join(sorted(set(q_mods)))}) × {len(kidx)} keys "
-           f"({', '.join(sorted(set(k_mods)))}) · {n_layers} layers × {n_heads} heads · rows sum to 1 over the keys")
+           f"({', '.join(sorted(set(k_mods)))}) · {n_layers} layers × {n_heads} heads · "
+           + ("causal rows: each sums to 1 over the keys up to its own token" if generative
+              else "rows sum to 1 over the keys"))
 
 direction = url_choice("Direction", list(DIRECTIONS), param="dir", key="att_dir", omit_default=True, widget="radio",
                        horizontal=True, help="attends to: the token's row (where its attention goes); attended by: "
@@ -71,6 +100,20 @@ direction = url_choice("Direction", list(DIRECTIONS), param="dir", key="att_dir"
 own_axis = qidx if direction == "attends to" else kidx
 other_mods = set(k_mods if direction == "attends to" else q_mods)
 verb_phrase = "attends to" if direction == "attends to" else "is attended by"
+
+drop_sinks = url_flag("Leave attention sinks out", param="nosink", key="att_nosink",
+                      help="Attention sinks take a large share of attention whatever the content (often the first "
+                           "token). Leave them out: their weights become 0 and every row is renormalized to sum to 1 "
+                           "over the other keys, in every chart below.")
+st.caption(sink_line(sinks_at(store.location, reader.name, eid, kind, layer, generative), layer, drop_sinks))
+
+
+def shown_attention(lyr: int) -> np.ndarray:
+    """(query, key) of the chosen head at layer ``lyr``, with that layer's sinks left out when asked."""
+    m = read_attention(store.location, reader.name, eid, kind, lyr, head)
+    if not drop_sinks:
+        return m
+    return without_sinks(m, sinks_at(store.location, reader.name, eid, kind, lyr, generative).mask)
 
 
 def matrix_chart(matrix: np.ndarray, title: str, keep_q: list[str], keep_k: list[str]):
@@ -97,7 +140,12 @@ def bars_chart(rows: pd.DataFrame, title: str):
     return charts.token_bars(rows["label"], rows["weight"].to_numpy(), rows["modality"], title=title)
 
 
-head_label = "mean over heads" if head == MEAN else f"head {head}"
+head_label = ("mean over heads" if head == MEAN else f"head {head}") + (" · sinks left out" if drop_sinks else "")
+ROW_MODES = {"generating": "the step that generated it", "query": "its own row"}
+
+
+def token_name(t: int) -> str:
+    return f"{tokens[t]} (#{t})" + (" · answer" if role[t] == "answer" else "")
 tab_matrix, tab_text, tab_image = st.tabs(["Matrix", "Text token → image", "Image patch → text"])
 
 # ---- full matrix -----------------------------------------------------------------------------
@@ -110,57 +158,83 @@ with tab_matrix:
         st.info("Choose at least one query and one key modality.")
     else:
         def matrix_frame(lyr: int) -> None:
-            m = read_attention(store.location, reader.name, eid, kind, lyr, head)
+            m = shown_attention(lyr)
             st.altair_chart(matrix_chart(m, f"{kind} · layer {lyr} · {head_label}", keep_q, keep_k)[0],
                             width="content")
 
         playing = play_layers("att_play", n_layers, matrix_frame, container=f3,
                               help="Draw every layer in turn (the slider stays where it is).")
-        matrix = read_attention(store.location, reader.name, eid, kind, layer, head)
+        matrix = shown_attention(layer)
         chart, data = matrix_chart(matrix, f"{kind} · layer {layer} · {head_label}", keep_q, keep_k)
         if not playing:
             st.altair_chart(chart, key="att_matrix_chart", width="content")
         with st.expander("Download"):
             export_buttons(chart, data, f"attention_{kind}_L{layer}_{head}", key="att_matrix_export")
 
-matrix = read_attention(store.location, reader.name, eid, kind, layer, head)
+matrix = shown_attention(layer)
 image = example_image(store.location, reader.name, eid)
 
 # ---- text token -> image overlay -------------------------------------------------------------
 with tab_text:
-    text_tokens = [int(t) for t in own_axis if mod[t] == "text"]
+    # Question words, and every generated token (the end-of-sequence token too: a special token).
+    text_tokens = [int(t) for t in own_axis if mod[t] == "text" or role[t] == "answer"]
     if not text_tokens or "image" not in other_mods:
         st.info(f"In kind `{kind}`, no text token {verb_phrase} image tokens. "
                 + ("Pick a cross or joint kind." if len(kinds) > 1 else ""))
     else:
+        answer_tokens = [t for t in text_tokens if role[t] == "answer"]
         o1, o2, o3 = st.columns([2, 1, 1])
-        token = url_choice("Text token", text_tokens, param="token", key="att_token", container=o1,
-                           format_func=lambda t: f"{tokens[t]} (#{t})")
+        token = url_choice("Token (question word or answer)" if answer_tokens else "Text token", text_tokens,
+                           param="token", key="att_token", container=o1, format_func=token_name,
+                           default=answer_tokens[0] if answer_tokens else None)
         smooth = o2.radio("Overlay", ["patches", "smoothed"], horizontal=True, key="att_smooth") == "smoothed"
         opacity = o3.slider("Opacity", 0.0, 1.0, 0.7, 0.05, key="att_opacity")
-        att = token_attention(matrix, qidx, kidx, token, direction)
+        row_token, named = token, f"“{tokens[token]}”"
+        before = generating_row(token, role) if direction == "attends to" else None
+        if before is not None and before in set(qidx.tolist()):
+            row_mode = url_choice("Answer token's row", list(ROW_MODES), param="arow", key="att_arow",
+                                  omit_default=True, widget="radio", horizontal=True, format_func=ROW_MODES.get,
+                                  help="A causal model chooses token i from the row of token i - 1: 'the step that "
+                                       "generated it' shows where the model looked while choosing this token; "
+                                       "'its own row' shows this token as a query (what chose the next one).")
+            if row_mode == "generating":
+                row_token = before
+                named = f"generating “{tokens[token]}” (row of #{before} “{tokens[before]}”)"
+
+        def row_of(m: np.ndarray):
+            return token_attention(m, qidx, kidx, row_token, direction)
+
+        att = row_of(matrix)
         boxes = overlay_boxes(att, tok["token_boxes"], modality)
         img_mass = float(boxes["weight"].sum())
         verb = "puts on" if direction == "attends to" else "gets from"
         chart, bdf = overlay_chart(image, boxes, opacity, smooth,
-                                   f"“{tokens[token]}” {direction} image · {kind} · layer {layer} · {head_label}")
+                                   f"{named} {direction} image · {kind} · layer {layer} · {head_label}")
         left, right = st.columns([3, 2])
         with left:
             def overlay_frame(lyr: int) -> None:
-                m = read_attention(store.location, reader.name, eid, kind, lyr, head)
-                b = overlay_boxes(token_attention(m, qidx, kidx, token, direction), tok["token_boxes"], modality)
-                st.altair_chart(overlay_chart(image, b, opacity, smooth, f"“{tokens[token]}” · layer {lyr}")[0],
+                b = overlay_boxes(row_of(shown_attention(lyr)), tok["token_boxes"], modality)
+                st.altair_chart(overlay_chart(image, b, opacity, smooth, f"{named} · layer {lyr}")[0],
                                 width="content")
 
             if not play_layers("att_play_overlay", n_layers, overlay_frame):
                 st.altair_chart(chart, key="att_overlay_chart", width="content")
         with right:
-            st.caption(f"“{tokens[token]}” {verb} image tokens {img_mass:.1%} of its attention"
+            st.caption(f"{named} {verb} image tokens {img_mass:.1%} of its attention"
                        if direction == "attends to" else
                        f"Image tokens' attention on “{tokens[token]}” (column of the matrix)")
             img_att = restrict(att, modality, "image")
             st.dataframe(pd.DataFrame([{"token": tokens[t], "weight": w} for t, w in top_k(img_att, 8)]),
                          hide_index=True, key="att_topk_image")
+        if generative and direction == "attends to":
+            words = prompt_part(att, modality, row_token)
+            rows = pd.DataFrame({"token": words.tokens, "label": [token_name(int(t)) for t in words.tokens],
+                                 "modality": [modality[t] for t in words.tokens], "weight": words.weights})
+            prompt_chart = bars_chart(rows, f"{named} {direction} the prompt (its words and special tokens) · "
+                                            f"layer {layer} · {head_label}")
+            st.altair_chart(prompt_chart, key="att_prompt_bars")
+            st.caption(f"The rest of the row: {float(words.weights.sum()):.1%} on the prompt's words, special tokens "
+                       "and the answer's earlier tokens (keys after the row's own token are masked).")
         with st.expander("Download"):
             export_buttons(chart, bdf, f"overlay_{kind}_L{layer}_{head}_tok{token}",
                            key="att_overlay_export")
@@ -177,7 +251,11 @@ def patch_from_grid(grid, modality, row_key: str, col_key: str) -> None:
 def patch_to_text() -> None:
     """A click on a patch (or the Row / Column boxes) redraws this tab only (a fragment), not the page."""
     image_tokens = [int(t) for t in own_axis if mod[t] == "image"]
-    if not image_tokens or "text" not in other_mods:
+    if not image_tokens and generative and direction == "attends to" and "image" in set(k_mods):
+        st.info("This run recorded the attention rows of the prompt's words and the answer, not those of the image "
+                "tokens (they would hold nearly all of a full map). Choose **attended by** to see how much each "
+                "word puts on a patch.")
+    elif not image_tokens or "text" not in other_mods:
         st.info(f"In kind `{kind}`, no image token {verb_phrase} text tokens. "
                 + ("Pick a cross or joint kind." if len(kinds) > 1 else ""))
     else:

@@ -3,8 +3,27 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ui.state import example_image, freshness, page_context, summaries_table, thumbnails, verdict
+from core.answers import normalize_answer
+from ui.state import example_image, example_tokens, freshness, page_context, summaries_table, thumbnails, verdict
 from ui.url import nav_params, qp_get, qp_set
+
+
+def generated_verdict_line(answer: str, label: str, correct) -> str:
+    """How a generated answer was judged: both texts after the VQA answer normalization."""
+    return (f"{verdict(correct).capitalize()} by the VQA answer normalization (lower case, articles and punctuation "
+            f"dropped, number words as digits): generated “{answer}” → “{normalize_answer(answer)}”, true "
+            f"“{label}” → “{normalize_answer(label)}”.")
+
+
+def answer_token_table(tok: dict, prediction: dict):
+    """The generated tokens in order, each with the probability it had when chosen (greedy decoding)."""
+    import pandas as pd
+
+    answer = [i for i, r in enumerate(tok["role"]) if r == "answer"]
+    probs = list(prediction.get("token_probabilities") or [])
+    probs += [None] * (len(answer) - len(probs))
+    return pd.DataFrame({"#": answer, "generated token": [tok["tokens"][i] for i in answer],
+                         "kind": [tok["modality"][i] for i in answer], "probability": probs[:len(answer)]})
 
 ctx = page_context()
 store, reader = ctx.store, ctx.reader
@@ -42,7 +61,9 @@ if text:
 n_correct = int((df["correct"] == True).sum())  # noqa: E712
 n_labelled = int(df["correct"].notna().sum())
 acc = f"{n_correct / n_labelled:.1%}" if n_labelled else "n/a"
-st.caption(f"{len(view)} of {len(df)} examples shown · accuracy {acc} over {n_labelled} labelled")
+st.caption(f"{len(view)} of {len(df)} examples shown · accuracy {acc} over {n_labelled} labelled"
+           + (" · answers are generated: correct when the generated text equals the true answer after the VQA "
+              "answer normalization" if reader.provenance.get("architecture") == "generative" else ""))
 
 # Thumbnails for the first rows only: one store read each, and a long table is scrolled, not seen.
 MAX_THUMBNAILS = 300
@@ -68,17 +89,27 @@ if eid is None:
     st.stop()
 
 row = df[df["example_id"] == eid].iloc[0]
+tok = example_tokens(store.location, reader.name, eid)
+generated = "answer" in tok["role"]  # a generative model: its answer is tokens of the sequence
 st.subheader("Selected example")
 left, right = st.columns([1, 2])
 left.image(example_image(store.location, reader.name, eid), caption=row["question"], width=256)
 with right:
-    st.markdown(f"**Question:** {row['question']}")
-    st.markdown(f"**True answer:** {row['label'] if row['label'] is not None else '—'}")
-    st.markdown(f"**Model answer:** {row['answer']} ({row['confidence']:.2f}) — {verdict(row['correct'])}")
     import pandas as pd
 
-    top = pd.DataFrame({"answer": list(row["answers"]), "probability": list(row["probabilities"])})
-    st.dataframe(top, hide_index=True, key="top_answers_table")
+    st.markdown(f"**Question:** {row['question']}")
+    st.markdown(f"**True answer:** {row['label'] if row['label'] is not None else '—'}")
+    if generated:
+        st.markdown(f"**Generated answer:** {row['answer']} ({row['confidence']:.2f}, the product of its tokens' "
+                    f"probabilities) — {verdict(row['correct'])}")
+        if row["label"] is not None:
+            st.caption(generated_verdict_line(row["answer"], row["label"], row["correct"]))
+        st.dataframe(answer_token_table(tok, reader.attrs(eid)["prediction"]), hide_index=True,
+                     key="answer_tokens_table")
+    else:
+        st.markdown(f"**Model answer:** {row['answer']} ({row['confidence']:.2f}) — {verdict(row['correct'])}")
+        top = pd.DataFrame({"answer": list(row["answers"]), "probability": list(row["probabilities"])})
+        st.dataframe(top, hide_index=True, key="top_answers_table")
 
 # A multiple-choice item (VCR style): every candidate was recorded as its own example of one group.
 group = row.get("group") if "group" in row else None

@@ -1,7 +1,8 @@
 """Head summary: a layers x heads map of one head statistic, for one example or a set of examples.
 
 Reads only the stored head statistics (never raw attention): one small array per example, or
-one read of the run's consolidated index for a set.
+one read of the run's consolidated index for a set. One example's attention sinks (analysis/sinks.py)
+are the exception: flagging them, or leaving them out, reads that example's recorded rows.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import streamlit as st
 import charts
 from analysis.attention_views import MEAN_COLUMN, head_summary, head_summary_rows, select_examples
 from analysis.head_stats import STAT_LABELS, as_defined, not_applicable, not_applicable_message
+from analysis.sinks import SINK_THRESHOLD, head_stats_without_sinks, layer_sinks
 from ui.charts import export_buttons, frame, selected_points
 from ui.state import freshness, open_store, page_context, pick_example, pick_kind, summaries_table
 from ui.url import qp_get, url_choice, url_flag, url_text
@@ -29,10 +31,39 @@ def set_stats(location: str, run: str, kind: str, ids: tuple[str, ...], fresh: i
     return got, names, as_defined(kind, names, values)
 
 
+def _recorded(location: str, run: str, eid: str, kind: str):
+    reader = open_store(location).run(run)
+    qi, ki = reader.attention_index(eid, kind)
+    return reader, np.asarray(reader.attention_array(eid, kind)[:], np.float32), qi, ki, reader.tokens(eid)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def example_sinks(location: str, run: str, eid: str, kind: str, causal: bool) -> list[dict]:
+    """One row per layer: the sinks of that layer (judged on the words' rows) and their shares."""
+    _, values, qi, ki, tok = _recorded(location, run, eid, kind)
+    judges = np.asarray(tok["modality"])[qi] == "text"
+    rows = []
+    for layer in range(len(values)):
+        sinks = layer_sinks(values[layer], qi, ki, causal=causal, judges=judges)
+        rows.append({"layer": layer, "sinks": ", ".join(f"{tok['tokens'][t]} (#{t}) {sinks.share(t):.0%}"
+                                                        for t in sinks.tokens) or "—"})
+    return rows
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def example_stats_without_sinks(location: str, run: str, eid: str, kind: str, causal: bool):
+    _, values, qi, ki, tok = _recorded(location, run, eid, kind)
+    return head_stats_without_sinks(values, qi, ki, modality=tok["modality"], grid=tok["token_grid"], role=tok["role"],
+                                    kind=kind, causal=causal)
+
+
 STAT_HELP = ("Mean attention mass that queries of one modality put on keys of another. Cross-modal is the "
              "unweighted mean of text → image and image → text, intra-modal of image → image and text → text "
              "(as VL-InterpreT): each direction counts the same however many queries it has. Statistics this "
-             "kind cannot vary (constant or undefined by construction) are not offered.")
+             "kind cannot vary (constant or undefined by construction) are not offered. Generative models add "
+             "answer tokens → image and answer tokens → question words: for each generated token, the mass the "
+             "decoding step that chose it (the row of the token before it) put on the image tokens or on the "
+             "question's words, averaged over the answer's tokens.")
 
 
 def not_applicable_line(kind: str, names) -> str | None:
@@ -90,11 +121,21 @@ c1, c2, c3 = st.columns([1, 2, 1])
 kind = pick_kind(kinds, key="hs_kind", container=c1,
                  help="Dual-stream models record several attention kinds (self, cross, ...).")
 
+drop_sinks = False
 if scope == "example":
     if kind not in stats_by_kind:
         st.warning(f"Example has no statistics for kind {kind!r}.")
         st.stop()
     names, values = stats_by_kind[kind]
+    causal = reader.provenance.get("architecture") == "generative"
+    drop_sinks = url_flag("Leave attention sinks out", param="nosink", key="hs_nosink",
+                          help="Recompute this example's statistics from its recorded attention rows with each "
+                               "layer's sinks left out and every row renormalized over the other keys.")
+    if drop_sinks:
+        names, values = example_stats_without_sinks(store.location, reader.name, eid, kind, causal)
+        st.caption("Statistics recomputed from the recorded rows without each layer's sinks (rows renormalized). "
+                   "A statistic whose query rows this run did not record (a generative run keeps the words' rows, "
+                   "not the image tokens') is not offered.")
 else:
     got_ids, names, values = set_stats(store.location, reader.name, kind, ids, freshness(reader))
     if not got_ids:
@@ -147,7 +188,8 @@ if picked:
     layer = int(picked[0]["layer"])
     head = picked[0]["head"]
     params = {k: v for k, v in {"store": qp_get("store"), "run": reader.name, "ex": eid, "kind": kind,
-                                "layer": layer, "head": "mean" if head == MEAN_COLUMN else head}.items()
+                                "layer": layer, "head": "mean" if head == MEAN_COLUMN else head,
+                                "nosink": "1" if drop_sinks else None}.items()
               if v is not None}
     # Open the attention view once per new click (coming back here clears the chart's selection).
     if st.session_state.get("hs_last_open") != params:
@@ -159,3 +201,14 @@ if picked:
 with st.expander("Download"):
     export_buttons(chart, data.assign(stat=stat, kind=kind, zscored=zscore, n_examples=summary.n_examples),
                    f"head_summary_{kind}_{stat}", key="hs_export")
+
+st.subheader("Attention sinks per layer")
+if scope == "example":
+    st.caption(f"Keys that receive on average at least {SINK_THRESHOLD:.0%} of the attention of the rows that see "
+               "them (mean over heads), judged on the keys every word's row can see: tokens that take attention "
+               "whatever the content, such as a generative model's first token. The share is the mean attention "
+               "the token receives at that layer.")
+    st.dataframe(example_sinks(store.location, reader.name, eid, kind, causal), hide_index=True, key="hs_sinks")
+else:
+    st.caption("Sinks are flagged for one example at a time (they are read from its attention rows): choose "
+               "**One example**.")

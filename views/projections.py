@@ -1,7 +1,9 @@
 """Hidden-state projections: one example's tokens in 2-D, one layer at a time, comparable across layers.
 
 All layers are fit once (every layer's tokens stacked), so the axes mean the same at every layer;
-the projection is cached per (example, stream, method, centering).
+the projection is cached per (example, stream, method, centering). A long sequence (a generative
+model's hundreds of image tokens) fits t-SNE / UMAP on a sample of its image tokens (every word
+kept), and the page says so (analysis/projections.fit_sample).
 """
 from __future__ import annotations
 
@@ -9,8 +11,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from analysis.projections import (METHOD_LABELS, METHOD_NOTES, METHODS, nearest_other_modality, project_layers, projection_rows,
-                                  stack_streams)
+from analysis.projections import (MAX_FIT_POINTS, METHOD_LABELS, METHOD_NOTES, METHODS, fit_sample, nearest_other_modality,
+                                  project_layers, projection_rows, stack_streams)
 import charts
 from ui.charts import export_buttons
 from ui.state import open_store, page_example
@@ -30,7 +32,10 @@ def cached_projection(location: str, run: str, eid: str, stream: str, method: st
     streams = read_hidden(location, run, eid)
     chosen = streams if stream == JOINT else {stream: streams[stream]}
     values, index, owner = stack_streams(chosen)
-    return project_layers(values, index, method, center=center), owner, values
+    modality = open_store(location).run(run).tokens(eid)["modality"]
+    sample = fit_sample([modality[t] for t in index], values.shape[0], method, max_points=MAX_FIT_POINTS)
+    values, index, owner = values[:, sample.keep], index[sample.keep], [owner[k] for k in sample.keep]
+    return project_layers(values, index, method, center=center), owner, values, sample
 
 
 @st.cache_resource(show_spinner=False, max_entries=1)
@@ -78,7 +83,7 @@ if method == "umap" and "umap" not in fitted:
 else:
     fitting = f"Fitting {METHOD_LABELS[method]} over all layers (cached afterwards)..."
 with st.spinner(fitting, show_time=True):
-    proj, owner, values = cached_projection(store.location, reader.name, eid, stream, method, center)
+    proj, owner, values, sample = cached_projection(store.location, reader.name, eid, stream, method, center)
 fitted.add(method)
 n_layers = proj.n_layers
 @st.fragment
@@ -92,6 +97,10 @@ def layer_map() -> None:
     st.caption(f"{METHOD_LABELS[method]}: one joint fit over all {n_layers} layers' {len(proj.token_index)} tokens "
                f"stacked ({n_layers * len(proj.token_index)} points), so coordinates are comparable across layers"
                f"{'; each layer centered first' if center else ''} · fit in {proj.seconds:.2f} s")
+    if sample.sampled:
+        st.caption(f"{METHOD_LABELS[method]} fits at most {MAX_FIT_POINTS:,} points: this sequence's words are all kept "
+                   f"and a sample of its image tokens, {sample.n_image_kept} of {sample.n_image} (one in "
+                   f"{sample.step}, evenly spaced); PCA fits every token.")
 
     data = pd.DataFrame(projection_rows(proj, layer, tokens, modality, owner if stream == JOINT else None))
     data["position"] = np.arange(len(data))
