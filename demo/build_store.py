@@ -1,8 +1,7 @@
 """Build the demo store: easy-VQA test examples recorded with every shipped demo model.
 
-The store holds the app's classifier demos (DEMO_MODELS, the Ask page's models) and the shipped
-generative demo (``STORE_ONLY_MODELS``: llava-easyvqa), all on the same first ``limit`` test
-examples, so Compare lines every pair up on shared examples.
+Every model of DEMO_MODELS (the classifiers and the generative llava-easyvqa) records the same first
+``limit`` test examples, so Compare lines every pair up on all of them.
 
     python -m demo.build_store [--out PATH] [--limit 120]
 
@@ -26,18 +25,14 @@ except ImportError:  # not POSIX: a single local user, no lock
 from adapters.registry import DEMO_MODELS, MODELS
 from core.paths import REPO_ROOT
 
-# Demo models recorded into the demo store beside DEMO_MODELS (read when a build starts, so a test
-# can narrow either): the generative demo, which the Ask page does not offer yet.
-STORE_ONLY_MODELS = ("llava-easyvqa",)
-
 # Examples per demo model in the store built on first start (VL_LENS_DEMO_LIMIT overrides).
 DEFAULT_LIMIT = int(os.environ.get("VL_LENS_DEMO_LIMIT", "120"))
 
 
 def available_demo_models() -> list[str]:
-    """Demo models (DEMO_MODELS, then STORE_ONLY_MODELS) whose weights are present in demo/models/."""
+    """Demo models whose weights are present in demo/models/."""
     out = []
-    for name in dict.fromkeys(DEMO_MODELS + STORE_ONLY_MODELS):
+    for name in DEMO_MODELS:
         _, source = MODELS[name]
         if (REPO_ROOT / source / "config.json").exists():
             out.append(name)
