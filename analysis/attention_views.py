@@ -300,3 +300,27 @@ def prompt_part(att: TokenAttention, modality: Sequence[str], row_token: int) ->
     mod = np.asarray(modality)[att.tokens]
     sel = (mod != "image") & (att.tokens <= row_token)
     return TokenAttention(token=att.token, direction=att.direction, tokens=att.tokens[sel], weights=att.weights[sel])
+
+
+# ---- tiled images (SmolVLM / Idefics3) -----------------------------------------------------------
+IMAGE_PARTS = ("tiles", "global image", "both")
+
+
+def image_parts(token_grid: np.ndarray, modality: Sequence[str]) -> dict[str, np.ndarray] | None:
+    """A tiled image's image tokens by part: {"tiles": tokens on the tiled grid, "global image": tokens
+    with no grid cell, "both": all}; None unless the record has both (adapters/idefics3.py gives a tiled
+    image's global tokens no grid cell: their boxes overlap the tiles')."""
+    mod = np.asarray(modality)
+    g = np.asarray(token_grid)
+    image = np.flatnonzero(mod == "image")
+    on_grid = image[(g[image] >= 0).all(axis=1)]
+    off_grid = image[(g[image] < 0).any(axis=1)]
+    if not len(on_grid) or not len(off_grid):
+        return None
+    return {"tiles": on_grid, "global image": off_grid, "both": image}
+
+
+def only_tokens(att: TokenAttention, tokens: np.ndarray) -> TokenAttention:
+    """Only the entries of ``att`` whose token is in ``tokens``."""
+    sel = np.isin(att.tokens, tokens)
+    return TokenAttention(token=att.token, direction=att.direction, tokens=att.tokens[sel], weights=att.weights[sel])

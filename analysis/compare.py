@@ -25,6 +25,7 @@ import numpy as np
 
 from analysis.depth import layer_at, network_positions, relative_depth, relative_depth_bins  # noqa: F401 (API)
 from analysis.head_stats import not_applicable
+from analysis.layer_stats import ANSWER_STATS
 from core.answers import normalize_answer
 
 # The attention kind whose rows go from text tokens to image tokens, by architecture.
@@ -299,9 +300,10 @@ def missing_statistics(profile_a: DepthProfile, profile_b: DepthProfile, name_a:
             out.append(f"{stat} does not exist for either model.")
         else:
             missing, has = (name_b, name_a) if in_a else (name_a, name_b)
-            out.append(f"{stat} does not exist for {missing} (it applies to none of its attention kinds: they lack "
-                       f"the tokens it needs, or their keys are all target tokens so it is constant); only {has} "
-                       "is shown.")
+            why = ("it is a statistic of generated answer tokens, and this model classifies" if stat in ANSWER_STATS
+                   else "it applies to none of its attention kinds: they lack the tokens it needs, or their keys are "
+                        "all target tokens so it is constant")
+            out.append(f"{stat} does not exist for {missing} ({why}); only {has} is shown.")
     return out
 
 

@@ -19,6 +19,10 @@ import numpy as np
 from analysis.head_stats import HEAD_STATS, HeadStats, StatFn, StatInput, not_applicable
 
 
+# The statistics of a generated answer (``answer_stats``), after the built-in ones in a generative record.
+ANSWER_STATS = ("answer_to_image", "answer_to_question")
+
+
 class FullMapHeadStats:
     """A layer observer: ``observer(layer, values (head, N, N), modality (N,), grid (N, 2), role (N,))``."""
 

@@ -655,3 +655,14 @@ def test_words_match_across_tokenizers():
     mods = ["special", "text", "text", "text"]
     assert cmp.common_words(sp, mods, bpe, ["special", "text", "text", "special"]) == ["what", "color"]
     assert cmp.word_token(bpe, mods, "\u2581color") == 2
+
+
+def test_an_answer_statistic_missing_from_a_classifier_says_why():
+    def prof(names, exists):
+        return SimpleNamespace(stat_names=tuple(names), exists=lambda s: s in exists)
+
+    gen = prof(["text_to_image", "answer_to_image"], {"text_to_image", "answer_to_image"})
+    cls = prof(["text_to_image"], {"text_to_image"})
+    msgs = cmp.missing_statistics(gen, cls, "A (llava)", "B (vilt)")
+    assert msgs == ["answer_to_image does not exist for B (vilt) (it is a statistic of generated answer tokens, and "
+                    "this model classifies); only A (llava) is shown."]

@@ -283,3 +283,50 @@ def test_demo_store_holds_the_generative_demo_on_the_classifiers_examples(tmp_pa
     for s in gen:
         assert s.correct == (normalize_answer(s.answer) == normalize_answer(s.label))
     assert store.run("llava-easyvqa").provenance["architecture"] == "generative"
+
+
+# ---- a tiled image (SmolVLM / Idefics3) ----------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiled_store(tmp_path_factory):
+    """The tiny random Idefics3 on one 64 x 64 image: 2 x 2 tiles and a global image, 16 tokens each."""
+    from PIL import Image
+
+    from pipeline.record import record_examples
+    from sources.base import Example
+    from store.zarr_store import VLStore
+    from testkit.tiny_idefics3 import make_tiny_adapter
+    import io
+
+    adapter, _ = make_tiny_adapter(tmp_path_factory.mktemp("idefics3"))
+    buf = io.BytesIO()
+    Image.fromarray((np.random.RandomState(3).rand(64, 64, 3) * 255).astype(np.uint8)).save(buf, format="PNG")
+    data = buf.getvalue()
+    ex = Example(source_key="tiled/0", question="what color is the shape?", load_image_bytes=lambda: data, label="red")
+    path = tmp_path_factory.mktemp("stores") / "tiled.zarr"
+    record_examples(adapter, [ex], VLStore(path, mode="a"), "tiled", total=1, progress=False)
+    return path
+
+
+def test_a_tiled_image_overlays_tiles_or_the_global_image_from_their_boxes(tiled_store, monkeypatch):
+    from store.zarr_store import VLStore
+
+    reader = VLStore(tiled_store).run("tiled")
+    eid = reader.example_ids()[0]
+    rec = reader.record(eid)
+    tile = [i for i, t in enumerate(rec.tokens) if t.startswith("tile ")]
+    glob = [i for i, t in enumerate(rec.tokens) if t.startswith("global patch")]
+    assert len(tile) == 64 and len(glob) == 16
+    at = open_page(monkeypatch, tiled_store, "views/attention.py", run="tiled", layer=1, arow="query")
+    at.run()
+    assert not at.exception, at.exception
+    token = at.selectbox(key="att_token").value
+    want = mean_row(rec, 1, token)
+    for part, tokens in (("tiles", tile), ("global image", glob)):
+        at.radio(key="att_part").set_value(part).run()
+        f = overlay_frame(at)
+        assert sorted(f["token"].astype(int)) == tokens  # one part at a time: no overlapping boxes
+        boxes = rec.token_boxes[f["token"].astype(int)]
+        np.testing.assert_allclose(f[["x0", "y0", "x1", "y1"]].to_numpy(), boxes, atol=1e-6)  # drawn from token_boxes
+        area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).sum()
+        assert area == pytest.approx(1.0, abs=1e-5)  # each part covers the whole picture once
+        np.testing.assert_allclose(f["weight"].to_numpy(), want[f["token"].astype(int)], atol=2e-3)

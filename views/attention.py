@@ -16,8 +16,9 @@ import pandas as pd
 import streamlit as st
 
 import charts
-from analysis.attention_views import (DIRECTIONS, generating_row, grid_shape, matrix_rows, mean_over_heads,
-                                      overlay_boxes, patch_at, prompt_part, restrict, token_attention, top_k)
+from analysis.attention_views import (DIRECTIONS, IMAGE_PARTS, generating_row, grid_shape, image_parts, matrix_rows,
+                                      mean_over_heads, only_tokens, overlay_boxes, patch_at, prompt_part, restrict,
+                                      token_attention, top_k)
 from analysis.sinks import SINK_THRESHOLD, LayerSinks, layer_sinks, without_sinks
 from ui.charts import export_buttons, frame
 from ui.state import example_image, open_store, page_example, pick_kind
@@ -173,6 +174,25 @@ with tab_matrix:
 
 matrix = shown_attention(layer)
 image = example_image(store.location, reader.name, eid)
+# A tiled image (SmolVLM / Idefics3): tile tokens and global-image tokens cover the same pixels, so the
+# overlays draw one part at a time (or both, the global image's boxes over the tiles').
+parts = image_parts(tok["token_grid"], modality)
+part = None
+if parts is not None:
+    with tab_text:  # drawn at the top of the overlay tab; the patch tab follows the same choice
+        part = url_choice("Image tokens", list(IMAGE_PARTS), param="part", key="att_part", omit_default=True,
+                          widget="radio", horizontal=True,
+                          help="The image was split into tiles plus a downscaled global image: each token's box is "
+                               "its area in the source image, so tile and global tokens overlap. The patch tab "
+                               "follows this choice.")
+
+
+def in_part(att):
+    """``att`` restricted to the chosen part of a tiled image (the words' entries stay)."""
+    if part is None:
+        return att
+    keep = np.concatenate([parts[part], np.flatnonzero(mod != "image")])
+    return only_tokens(att, keep)
 
 # ---- text token -> image overlay -------------------------------------------------------------
 with tab_text:
@@ -205,7 +225,7 @@ with tab_text:
             return token_attention(m, qidx, kidx, row_token, direction)
 
         att = row_of(matrix)
-        boxes = overlay_boxes(att, tok["token_boxes"], modality)
+        boxes = overlay_boxes(in_part(att), tok["token_boxes"], modality)
         img_mass = float(boxes["weight"].sum())
         verb = "puts on" if direction == "attends to" else "gets from"
         chart, bdf = overlay_chart(image, boxes, opacity, smooth,
@@ -213,7 +233,7 @@ with tab_text:
         left, right = st.columns([3, 2])
         with left:
             def overlay_frame(lyr: int) -> None:
-                b = overlay_boxes(row_of(shown_attention(lyr)), tok["token_boxes"], modality)
+                b = overlay_boxes(in_part(row_of(shown_attention(lyr))), tok["token_boxes"], modality)
                 st.altair_chart(overlay_chart(image, b, opacity, smooth, f"{named} · layer {lyr}")[0],
                                 width="content")
 
@@ -221,9 +241,10 @@ with tab_text:
                 st.altair_chart(chart, key="att_overlay_chart", width="content")
         with right:
             st.caption(f"{named} {verb} image tokens {img_mass:.1%} of its attention"
+                       + (f" ({part})" if part is not None else "")
                        if direction == "attends to" else
                        f"Image tokens' attention on “{tokens[token]}” (column of the matrix)")
-            img_att = restrict(att, modality, "image")
+            img_att = restrict(in_part(att), modality, "image")
             st.dataframe(pd.DataFrame([{"token": tokens[t], "weight": w} for t, w in top_k(img_att, 8)]),
                          hide_index=True, key="att_topk_image")
         if generative and direction == "attends to":
@@ -250,7 +271,7 @@ def patch_from_grid(grid, modality, row_key: str, col_key: str) -> None:
 @st.fragment
 def patch_to_text() -> None:
     """A click on a patch (or the Row / Column boxes) redraws this tab only (a fragment), not the page."""
-    image_tokens = [int(t) for t in own_axis if mod[t] == "image"]
+    image_tokens = [int(t) for t in own_axis if mod[t] == "image" and (part is None or t in set(parts[part]))]
     if not image_tokens and generative and direction == "attends to" and "image" in set(k_mods):
         st.info("This run recorded the attention rows of the prompt's words and the answer, not those of the image "
                 "tokens (they would hold nearly all of a full map). Choose **attended by** to see how much each "
