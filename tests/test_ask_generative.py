@@ -101,6 +101,35 @@ def test_switching_model_or_example_explains_only_what_the_model_generated(app, 
     assert_shows(app, e_text, e_tokens, picked=0)
 
 
+def _generative_adapters() -> list[str]:
+    from adapters.registry import ADAPTERS, adapter_class
+
+    return [name for name in ADAPTERS if adapter_class(name).architecture == "generative"]
+
+
+@pytest.mark.parametrize("name", _generative_adapters())
+def test_every_generative_family_answers_token_by_token(name, tmp_path, monkeypatch):
+    """Each generative adapter's tiny model (testkit/tiny_NAME.py) on the page: its own tokens, the
+    first explained, then the second."""
+    import importlib
+
+    import streamlit as st
+
+    kit = importlib.import_module(f"testkit.tiny_{name}")
+    source = f"{name}:{getattr(kit, f'make_tiny_{name}')(tmp_path / name)}"
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    monkeypatch.setenv("VL_LENS_ASK_MODELS", f"tiny-{name}={source}")
+    monkeypatch.setenv("VL_LENS_ASK_LONG_SECONDS", "1000")
+    at = AppTest.from_file(PAGE, default_timeout=180)
+    at.run()
+    text, tokens = generated(source, 0)
+    assert_shows(at, text, tokens, picked=0)
+    if len(tokens) > 1:
+        tokens_widget(at).set_value(1).run()
+        assert_shows(at, text, tokens, picked=1)
+
+
 def test_target_choices_name_what_is_explained(app, llava_dirs):
     text, tokens = generated(f"llava:{llava_dirs['tinyA']}", 0)
     app.run()
