@@ -1,6 +1,7 @@
-"""The Ask page with generative models (tiny random LLaVAs, and the shipped demo): the answer token
-by token with each token's probability, the token picker, the target choices, and what a person
-sees after switching model or example (never a token the current model did not generate)."""
+"""The Ask page with generative models (tiny random LLaVAs, every generative family's tiny model, and
+the shipped demo): the answer token by token with each token's probability, the token picker, the
+target choices, the maps of the picked token, and what a person sees after switching model or example
+(never a token the current model did not generate)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,6 +31,29 @@ def app(llava_dirs, tiny_vilt_dir, monkeypatch):
     monkeypatch.setenv("VL_LENS_ASK_MODELS", ",".join(models))
     monkeypatch.setenv("VL_LENS_ASK_LONG_SECONDS", "1000")
     return AppTest.from_file(PAGE, default_timeout=180)
+
+
+@pytest.fixture
+def explained(monkeypatch) -> list:
+    """Every attribution the page computes, as (method, spec, target, result)."""
+    import analysis.attribution as attribution
+
+    calls = []
+    original = attribution.attribute
+
+    def recording(adapter, spec, target, method, **params):
+        result = original(adapter, spec, target, method, **params)
+        calls.append((method, spec, target, result))
+        return result
+
+    monkeypatch.setattr(attribution, "attribute", recording)
+    return calls
+
+
+def quick_methods(at) -> None:
+    """Two fast methods keep each run short on this shared machine (when the page offers methods)."""
+    if [m for m in at.multiselect if m.key == "ask_methods"]:
+        at.multiselect(key="ask_methods").set_value(["rollout", "attention"]).run()
 
 
 def generated(source: str, example: int):
@@ -66,13 +90,38 @@ def assert_shows(at, text: str, tokens: list[tuple[str, float]], picked: int) ->
     assert any(m.value.startswith(f"**Answer:** {text} (") for m in at.markdown)
 
 
-def test_tokens_with_probabilities_and_picking_another_token(app, llava_dirs):
+def deletion_chart(at) -> str:
+    import json
+
+    specs = [json.dumps(json.loads(c.proto.spec), ensure_ascii=False) for c in at.get("vega_lite_chart")]
+    (spec,) = [s for s in specs if '"removed"' in s]  # the deletion curves: probability over the share removed
+    return spec
+
+
+def test_tokens_with_probabilities_and_picking_another_token(app, llava_dirs, explained):
     text, tokens = generated(f"llava:{llava_dirs['tinyA']}", 0)
     assert len(tokens) >= 3
     app.run()
     assert_shows(app, text, tokens, picked=0)  # the first answer token to start
+    assert {(m, t.kind, t.token) for m, _s, t, _r in explained} >= {(m, "token", 0) for m in
+                                                                   ("ig", "rollout", "relevance", "occlusion",
+                                                                    "attention")}
+    # every method's map and word bars, their agreement and the deletion curves
+    assert len(app.get("vega_lite_chart")) == 5 * 2 + 2
+    quick_methods(app)
+    explained.clear()
     tokens_widget(app).set_value(1).run()
     assert_shows(app, text, tokens, picked=1)
+    # the maps shown now explain token 2: each method ran on it, in the spec of the answer shown
+    assert sorted(m for m, *_ in explained) == ["attention", "rollout"]
+    for _m, spec, target, result in explained:
+        assert (target.kind, target.token, target.unit) == ("token", 1, "logprob")
+        assert spec.extra["generated"] == text
+        assert result.target == target.label and target.text == spec.extra["answer_tokens"][0][1]
+    assert f"p({tokens[1][0]})" in deletion_chart(app)
+    shown = [m.value for m in app.markdown if m.value.startswith("**")][1:]
+    assert shown == ["**Attention rollout** · " + shown[0].rsplit(" · ", 1)[1],
+                     "**Raw attention (last layer)** · " + shown[1].rsplit(" · ", 1)[1]]
     tokens_widget(app).set_value(None).run()  # a second click on the picked chip keeps it picked
     assert_shows(app, text, tokens, picked=1)
     tokens_widget(app).set_value(len(tokens) - 1).run()
@@ -81,15 +130,19 @@ def test_tokens_with_probabilities_and_picking_another_token(app, llava_dirs):
     assert len(set(tokens_widget(app).options)) == len(tokens)
 
 
-def test_switching_model_or_example_explains_only_what_the_model_generated(app, llava_dirs, tiny_vilt):
+def test_switching_model_or_example_explains_only_what_the_model_generated(app, llava_dirs, tiny_vilt, explained):
     a_text, a_tokens = generated(f"llava:{llava_dirs['tinyA']}", 0)
     b_text, b_tokens = generated(f"llava:{llava_dirs['tinyB']}", 0)
     assert [t for t, _ in a_tokens] != [t for t, _ in b_tokens], "two seeds, one answer: the test shows nothing"
     app.run()
+    quick_methods(app)
     tokens_widget(app).set_value(2).run()
     assert_shows(app, a_text, a_tokens, picked=2)
+    explained.clear()
     app.selectbox(key="ask_model").set_value("tinyB").run()
     assert_shows(app, b_text, b_tokens, picked=0)  # B's own first token, not A's third position
+    assert explained and all(spec.extra["generated"] == b_text and target.token == 0
+                             for _m, spec, target, _r in explained)
     app.selectbox(key="ask_model").set_value("tiny").run()  # a classifier: its answer table, no token chips
     assert not app.exception, app.exception
     assert not [p for p in app.pills if p.key.startswith("ask_token_")]
@@ -123,43 +176,65 @@ def test_every_generative_family_answers_token_by_token(name, tmp_path, monkeypa
     monkeypatch.setenv("VL_LENS_ASK_LONG_SECONDS", "1000")
     at = AppTest.from_file(PAGE, default_timeout=180)
     at.run()
+    quick_methods(at)
     text, tokens = generated(source, 0)
     assert_shows(at, text, tokens, picked=0)
     if len(tokens) > 1:
         tokens_widget(at).set_value(1).run()
         assert_shows(at, text, tokens, picked=1)
+    # its maps, or (a family the attribution code does not reach yet) one line saying why there are none
+    from adapters.registry import load_model
+    from core.errors import AdapterError
+    from sources.easyvqa import EasyVQA
+
+    try:
+        load_model(source).attribution_spec(EasyVQA("test")[0].image(), EasyVQA("test")[0].question)
+        why = None
+    except (AdapterError, NotImplementedError) as e:
+        why = str(e)
+    infos = [i.value for i in at.info]
+    if why is None:
+        assert len(at.get("vega_lite_chart")) == 2 * 2 + 2 and not infos
+    else:
+        assert infos == [f"No attribution method explains tiny-{name}'s answers here ({why}); its answer is shown "
+                         "token by token."] and not at.get("vega_lite_chart")
 
 
-def test_target_choices_name_what_is_explained(app, llava_dirs):
+def radio(at, suffix: str):
+    return next(r for r in at.radio if r.key.startswith("ask_gtarget_") and r.key.endswith(suffix))
+
+
+def test_target_choices_name_what_is_explained(app, llava_dirs, explained):
     text, tokens = generated(f"llava:{llava_dirs['tinyA']}", 0)
     app.run()
-    kind = next(r for r in app.radio if r.key.startswith("ask_gtarget_"))
-    assert kind.value == "token"
-    kind.set_value("answer").run()
+    quick_methods(app)
+    assert radio(app, "_kind").value == "token" and radio(app, "_unit").value == "logprob"
+    explained.clear()
+    radio(app, "_unit").set_value("logit").run()
+    assert heading(app) == f"Why '{tokens[0][0]}' (token 1 of {len(tokens)} of '{text}', its logit)?"
+    assert explained and all((t.kind, t.unit, t.token) == ("token", "logit", 0) for _m, _s, t, _r in explained)
+    explained.clear()
+    radio(app, "_kind").set_value("answer").run()
     assert not app.exception, app.exception
     assert heading(app) == f"Why '{text}'?"
-    next(r for r in app.radio if r.key.startswith("ask_gtarget_")).set_value("contrast").run()
+    assert not [r for r in app.radio if r.key.endswith("_unit")]  # a whole answer sums log-probabilities
+    assert explained and all((t.kind, t.text, len(t.slots)) == ("whole", text, len(tokens))
+                             for _m, _s, t, _r in explained)
+    radio(app, "_kind").set_value("contrast").run()
     assert any("Type the other answer" in i.value for i in app.info)
     assert not [h for h in app.subheader if h.value.startswith("Why")]  # nothing explained yet
     other = next(t for t in app.text_input if t.key.startswith("ask_gtarget_"))
     other.input(text).run()
     assert any("is the model's own answer" in w.value for w in app.warning)
+    explained.clear()
     next(t for t in app.text_input if t.key.startswith("ask_gtarget_")).input("red circle").run()
     assert not app.exception, app.exception
     assert heading(app) == f"Why '{text}' rather than 'red circle'?"
-
-
-def test_without_attribution_the_page_says_so_in_one_line(app):
-    from adapters.base import Adapter
-    from adapters.llava import LlavaAdapter
-
-    if LlavaAdapter.attribution_spec is not Adapter.attribution_spec:
-        pytest.skip("the LLaVA adapter explains its answers: the maps are tested instead")
-    app.run()
-    assert not app.exception, app.exception
-    assert [i.value for i in app.info] == ["No attribution method explains tinyA's answers yet: its answer is "
-                                           "shown token by token."]
-    assert not app.get("vega_lite_chart")
+    assert explained
+    for _m, spec, target, _r in explained:  # both answers teacher-forced, the typed one subtracted
+        assert spec.extra["answers"] == (text, "red circle")
+        assert (target.kind, target.text, target.contrast_text) == ("contrast", text, "red circle")
+    assert "p(A) − p(B)" in deletion_chart(app)
 
 
 def test_the_shipped_llava_demo_is_offered_and_answers_token_by_token(monkeypatch):
@@ -190,26 +265,30 @@ def test_token_text(raw, shown):
     assert token_text(raw) == shown
 
 
-def test_answer_tokens_of_a_record(llava_dirs):
-    """The generated tokens of a tiny LLaVA's Record, in order, with the probabilities of its prediction;
-    the whole answer's probability is their product."""
+def test_answer_tokens_of_the_spec_are_the_records(llava_dirs):
+    """The chips come from the attribution spec: its generated tokens and probabilities are the ones
+    the adapter's own Record holds; the whole answer's probability is their product."""
     import numpy as np
 
     from adapters.registry import load_model
     from analysis.generated import answer_tokens
+    from analysis.words import token_text
     from sources.easyvqa import EasyVQA
 
     ex = EasyVQA("test")[0]
     adapter = load_model(f"llava:{llava_dirs['tinyA']}")
     adapter.max_new_tokens = 3
     record = adapter.run(ex.image(), ex.question)
-    gen = answer_tokens(record)
-    n_prompt = record.role.index("answer")
-    assert gen.tokens == tuple(record.tokens[n_prompt:n_prompt + 3]) and len(gen) == 3
-    assert gen.probabilities == record.prediction.token_probabilities
-    assert gen.special == tuple(m == "special" for m in record.modality[n_prompt:])
-    assert gen.probability == pytest.approx(float(np.prod(record.prediction.token_probabilities)))
+    gen = answer_tokens(adapter.attribution_spec(ex.image(), ex.question), end_ids=adapter.eos_ids)
+    idx = record.answer_indices()
+    assert len(gen) == 3 and gen.tokens == tuple(token_text(record.tokens[i]) for i in idx)
+    assert gen.probabilities == pytest.approx(record.prediction.token_probabilities, rel=1e-5)
+    assert gen.special == tuple(record.modality[i] == "special" for i in idx)
+    assert gen.probability == pytest.approx(float(np.prod(record.prediction.token_probabilities)), rel=1e-5)
     assert gen.text == record.prediction.top
+    assert gen.stopped is (record.tokens[idx[-1]] in adapter.tokenizer.convert_ids_to_tokens(list(adapter.eos_ids)))
+    with pytest.raises(ValueError, match="not the spec of a generated answer"):
+        answer_tokens(adapter.attribution_spec(ex.image(), ex.question, answers=["red"]))
 
 
 def test_target_labels_keys_and_chips():
@@ -219,11 +298,16 @@ def test_target_labels_keys_and_chips():
     gen = AnswerTokens(text="a blue one", tokens=("a", "blue", "one", "blue"), probabilities=(0.5, 0.25, 0.904, 0.25),
                        special=(False,) * 4)
     assert AnswerTarget(kind="token", token=1).label(gen) == "'blue' (token 2 of 4 of 'a blue one')"
+    assert AnswerTarget(kind="token", token=1, unit="logit").label(gen) == "'blue' (token 2 of 4 of 'a blue one', its logit)"
     assert AnswerTarget(kind="answer").label(gen) == "'a blue one'"
     assert AnswerTarget(kind="contrast", contrast="red").label(gen) == "'a blue one' rather than 'red'"
-    keys = {AnswerTarget(kind="token", token=0).key, AnswerTarget(kind="token", token=1).key,
-            AnswerTarget(kind="answer").key, AnswerTarget(kind="contrast", contrast="red").key}
-    assert len(keys) == 4  # each target its own cache entry
+    # what analysis.attribution.resolve_target reads, each target its own cache entry
+    assert AnswerTarget(kind="token", token=1).argument(gen) == (1, "logprob")
+    assert AnswerTarget(kind="token", token=1, unit="logit").argument(gen) == (1, "logit")
+    assert AnswerTarget(kind="answer").argument(gen) == ("whole", "logprob")
+    assert AnswerTarget(kind="contrast", contrast="red").argument(gen) == ("a blue one rather than red", "logprob")
+    with pytest.raises(ValueError):
+        AnswerTarget(kind="answer", unit="logit")  # a whole answer sums log-probabilities
     assert token_chips(gen) == ["a · 0.50", "blue · 0.25", "one · 0.90", "blue · 0.25 · #4"]
     with pytest.raises(ValueError):
         AnswerTarget(kind="contrast")

@@ -32,8 +32,9 @@ import charts
 from analysis.words import group_word_pieces, vocabulary_notice
 from core.errors import AdapterError, InputError
 from analysis.attribution import METHODS, attribute, estimate_seconds, resolve_target, time_one_forward
+from analysis.attribution.targets import is_generative, spec_answers
 from analysis.faithfulness import deletion_curve, random_deletion_curve, rank_agreement
-from analysis.generated import AnswerTokens, answer_tokens
+from analysis.generated import AnswerTokens, answer_tokens, record_answer_tokens
 from core.ids import example_id_of
 from ui.answer_tokens import pick_target, pick_token
 from ui.compute import GATE, queue_notice
@@ -78,18 +79,38 @@ def demo_examples(n: int) -> list[dict]:
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
-def get_spec(model: str, eid: str, question: str, _image: np.ndarray):
+def get_spec(model: str, eid: str, question: str, answers: tuple | None, _image: np.ndarray):
+    """The attribution spec. ``answers``: the answer texts a generative model's spec teacher-forces
+    (None: the answer the model generates; classifiers: always None)."""
+    adapter = get_adapter(model)
     with GATE.hold(model):
-        return get_adapter(model).attribution_spec(Image.fromarray(_image), question)
+        if answers is None:
+            return adapter.attribution_spec(Image.fromarray(_image), question)
+        return adapter.attribution_spec(Image.fromarray(_image), question, answers=list(answers))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def generated_answer(model: str, eid: str, question: str, _image: np.ndarray) -> tuple[AnswerTokens, tuple[str, ...]]:
-    """What a generative model answers here, token by token, and its notices (a cut answer, a
-    truncated question): from the adapter's own Record, so the tokens are the ones it generated."""
+def recorded_answer(model: str, eid: str, question: str, _image: np.ndarray) -> tuple[AnswerTokens, tuple[str, ...]]:
+    """A generative model's answer token by token from its Record, with the Record's notices: for a
+    model whose attribution spec cannot be built (the page then explains nothing, and says why)."""
     with GATE.hold(model):
         record = get_adapter(model).run(Image.fromarray(_image), question)
-    return answer_tokens(record), record.notices
+    return record_answer_tokens(record), record.notices
+
+
+def spec_for(model: str, eid: str, question: str, target: tuple, image: np.ndarray):
+    """The spec ``target`` needs: a generative "A rather than B" teacher-forces both answers; any other
+    target is read in the spec of the model's own answer."""
+    answers = spec_answers(target[0]) if is_generative(get_adapter(model)) else None
+    return get_spec(model, eid, question, tuple(answers) if answers else None, image)
+
+
+def resolve(adapter, spec, target: tuple):
+    """The page's target key -> the analysis Target: classifiers (answer,) or (answer, other); generative
+    models (token index / "whole" / "A rather than B", unit), from ui.answer_tokens.AnswerTarget.argument."""
+    if is_generative(adapter):
+        return resolve_target(adapter, spec, target[0], unit=target[1])
+    return resolve_target(adapter, spec, target[0] if len(target) == 1 else list(target))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -100,9 +121,9 @@ def top_answers(model: str, eid: str, question: str, _image: np.ndarray, k: int 
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def forward_seconds(model: str, eid: str, question: str, _image: np.ndarray) -> float:
+def forward_seconds(model: str, eid: str, question: str, target: tuple, _image: np.ndarray) -> float:
     with GATE.hold(model):
-        return time_one_forward(get_adapter(model), get_spec(model, eid, question, _image))
+        return time_one_forward(get_adapter(model), spec_for(model, eid, question, target, _image))
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
@@ -110,25 +131,21 @@ def run_method(model: str, eid: str, question: str, target: tuple, method: str, 
                _image: np.ndarray):
     adapter = get_adapter(model)
     with GATE.hold(model):  # one computation per model at a time: attribution hooks the shared model
-        spec = get_spec(model, eid, question, _image)
-        return attribute(adapter, spec, resolve_target(adapter, spec, _target_arg(target)), method, **dict(params))
+        spec = spec_for(model, eid, question, target, _image)
+        return attribute(adapter, spec, resolve(adapter, spec, target), method, **dict(params))
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def deletion(model: str, eid: str, question: str, target: tuple, method: str, params: tuple,
              _image: np.ndarray):
     adapter = get_adapter(model)
-    spec = get_spec(model, eid, question, _image)
-    t = resolve_target(adapter, spec, _target_arg(target))
     with GATE.hold(model):
+        spec = spec_for(model, eid, question, target, _image)
+        t = resolve(adapter, spec, target)
         if method == "random":
             return random_deletion_curve(adapter, spec, t)
         res = run_method(model, eid, question, target, method, params, _image)
         return deletion_curve(adapter, spec, t, res.region_scores, label=method)
-
-
-def _target_arg(target: tuple):
-    return target[0] if len(target) == 1 else list(target)
 
 
 # ---- drawing glue ---------------------------------------------------------------------------------
@@ -211,9 +228,9 @@ if not question.strip():
 eid = example_id_of(image, question)
 
 
-def classifier_target() -> tuple[tuple, str, str]:
+def classifier_target() -> tuple[tuple, str, str, str | None]:
     """The top answers and the answer to explain: (target key, how the heading names it, the deletion
-    curves' y title)."""
+    curves' y title, why nothing can be explained or None)."""
     try:
         with queue_notice():
             answers_df = top_answers(model, eid, question, image)
@@ -241,35 +258,43 @@ def classifier_target() -> tuple[tuple, str, str]:
         contrast = t3.selectbox("Other answer", others, index=others.index(second) if second in others else 0,
                                 key=f"ask_contrast_{model_name}_{eid}_{answer}")
     if contrast is None:
-        return (answer,), f"'{answer}'", f"p({answer})"
-    return (answer, contrast), f"'{answer} rather than {contrast}'", "p(A) − p(B)"
+        return (answer,), f"'{answer}'", f"p({answer})", None
+    return (answer, contrast), f"'{answer} rather than {contrast}'", "p(A) − p(B)", None
 
 
-def generative_target() -> tuple[tuple, str, str] | None:
+def generative_target() -> tuple[tuple, str, str, str | None] | None:
     """The generated answer token by token, the picked token and what to explain about it (as
-    ``classifier_target``); None while the target waits for input."""
+    ``classifier_target``); None while the target waits for input. The tokens come from the spec the
+    maps are computed in, so the page explains only tokens the model generated."""
+    unavailable = None
     try:
         with queue_notice():
-            gen, notices = generated_answer(model, eid, question, image)
+            try:
+                gen = answer_tokens(get_spec(model, eid, question, None, image), end_ids=getattr(adapter, "eos_ids", ()))
+                notices = () if gen.stopped else (f"answer cut at {len(gen)} tokens (no end-of-sequence token "
+                                                  "before the limit)",)
+            except (AdapterError, NotImplementedError) as e:  # the answer still shows, token by token
+                unavailable = str(e)
+                gen, notices = recorded_answer(model, eid, question, image)
     except (AdapterError, InputError) as e:
         st.error(str(e))
         st.stop()
     for notice in notices:
         st.warning(notice)
+    if not len(gen):
+        st.warning("The model generated no token: there is nothing to explain.")
+        st.stop()
     left, right = st.columns([1, 2])
     left.image(image, caption=f"{image.shape[1]} × {image.shape[0]}", width=220)
     with right:
         st.markdown(f"**Answer:** {gen.text} ({gen.probability:.3g})")
-        if not len(gen):
-            st.warning("The model generated no token: there is nothing to explain.")
-            st.stop()
         # Keyed by model and example: another model or input starts from its own first token.
         token = pick_token(gen, key=f"ask_token_{model_name}_{eid}")
         target = pick_target(gen, token, key=f"ask_gtarget_{model_name}_{eid}")
     if target is None:
         return None
     y_title = {"token": f"p({gen.tokens[target.token]})", "answer": "p(answer)", "contrast": "p(A) − p(B)"}[target.kind]
-    return target.key, target.label(gen), y_title
+    return target.argument(gen), target.label(gen), y_title, unavailable
 
 
 try:
@@ -282,14 +307,15 @@ generative = getattr(adapter, "architecture", "") == "generative"
 chosen = generative_target() if generative else classifier_target()
 if chosen is None:
     st.stop()
-target, target_label, y_title = chosen
+target, target_label, y_title, unavailable = chosen
 st.subheader(f"Why {target_label}?")
+if unavailable:
+    st.info(f"No attribution method explains {model_name}'s answers here ({unavailable}); its answer is shown "
+            "token by token.")
+    st.stop()
 try:
     with queue_notice():
-        spec = get_spec(model, eid, question, image)
-except NotImplementedError:
-    st.info(f"No attribution method explains {model_name}'s answers yet: its answer is shown token by token.")
-    st.stop()
+        spec = spec_for(model, eid, question, target, image)
 except (AdapterError, InputError) as e:
     st.error(str(e))
     st.stop()
@@ -309,7 +335,7 @@ steps = m2.slider("IG steps", 4, 300, 30, step=2, key="ask_steps",
                   help="More steps, smaller convergence delta: the demo ViLT needs about 200 for a delta near 10%.")
 params_of = {m: (("n_steps", steps),) if m == "ig" else () for m in METHODS}
 
-fwd = forward_seconds(model, eid, question, image)
+fwd = forward_seconds(model, eid, question, target, image)
 estimates = {m: estimate_seconds(spec, m, fwd, **dict(params_of[m])) for m in methods}
 approved = st.session_state.setdefault("ask_approved", set())
 ready = []
