@@ -607,7 +607,7 @@ def test_ask_upload_question_answer_heatmap(tab, tmp_path, app_data):
 
 def test_ask_generative_answer_token_by_token_click_a_token(tab, app_data):
     """A generative model on the Ask page: its answer's tokens are chips, each with its probability;
-    the first is explained to start, and clicking another makes the heading name that token."""
+    the first is explained to start, and clicking another makes the heading name that token, with its maps."""
     if not app_data.generative:
         pytest.skip("the Ask page offers no generative model here")
     tab.open("ask")
@@ -628,9 +628,17 @@ def test_ask_generative_answer_token_by_token_click_a_token(tab, app_data):
     n = len(texts)
     assert heading().startswith(f"Why '{texts[0].split(' · ')[0]}' (token 1 of {n} of "), heading()
     chips.nth(1).click()
-    tab.wait_idle()
+    tab.wait_idle(timeout_s=PAGE_TIMEOUT_S * 2)
     tab.assert_healthy("ask: second token")
     assert heading().startswith(f"Why '{texts[1].split(' · ')[0]}' (token 2 of {n} of "), heading()
+    # that token's maps, drawn: each method's heatmap and word bars (charts; the picture is an image)
+    charts = tab.page.locator('[data-testid="stMain"] [data-testid="stVegaLiteChart"]')
+    try:
+        charts.nth(1).wait_for(timeout=60_000)
+    except Exception:  # noqa: BLE001 - the assertion says what is missing
+        pass
+    assert charts.count() >= 2, f"no map is drawn for the clicked token:\n{tab.main_text()[-2000:]}"
+    assert "Attention rollout" in tab.main_text()
 
 
 def test_deep_link_as_first_request_uses_the_apps_navigation(browser, app_data, tmp_path):
