@@ -58,12 +58,18 @@ def quick_methods(at) -> None:
 
 def generated(source: str, example: int):
     """(answer text, [(token, probability)]) as the adapter itself generates them for a demo example."""
-    from adapters.registry import load_model
-    from analysis.words import token_text
     from sources.easyvqa import EasyVQA
 
     ex = EasyVQA("test")[example * 9]  # the page lists every 9th question
-    record = load_model(source).run(ex.image(), ex.question)
+    return generated_for(source, ex.image(), ex.question)
+
+
+def generated_for(source: str, image, question: str):
+    """As ``generated``, for any image and question (from the adapter's own Record)."""
+    from adapters.registry import load_model
+    from analysis.words import token_text
+
+    record = load_model(source).run(image, question)
     idx = record.answer_indices()
     return record.prediction.top, [(token_text(record.tokens[i]), p)
                                    for i, p in zip(idx, record.prediction.token_probabilities)]
@@ -119,11 +125,15 @@ def test_tokens_with_probabilities_and_picking_another_token(app, llava_dirs, ex
         assert spec.extra["generated"] == text
         assert result.target == target.label and target.text == spec.extra["answer_tokens"][0][1]
     assert f"p({tokens[1][0]})" in deletion_chart(app)
+    explained.clear()
+    tokens_widget(app).set_value(0).run()  # back to the first token: its maps come from the cache
+    assert_shows(app, text, tokens, picked=0)
+    assert explained == []
     shown = [m.value for m in app.markdown if m.value.startswith("**")][1:]
     assert shown == ["**Attention rollout** · " + shown[0].rsplit(" · ", 1)[1],
                      "**Raw attention (last layer)** · " + shown[1].rsplit(" · ", 1)[1]]
     tokens_widget(app).set_value(None).run()  # a second click on the picked chip keeps it picked
-    assert_shows(app, text, tokens, picked=1)
+    assert_shows(app, text, tokens, picked=0)
     tokens_widget(app).set_value(len(tokens) - 1).run()
     assert_shows(app, text, tokens, picked=len(tokens) - 1)
     # Repeated tokens keep apart: the chip labels differ, so each click picks its own position.
@@ -150,8 +160,27 @@ def test_switching_model_or_example_explains_only_what_the_model_generated(app, 
     app.selectbox(key="ask_model").set_value("tinyA").run()
     assert_shows(app, a_text, a_tokens, picked=0)
     e_text, e_tokens = generated(f"llava:{llava_dirs['tinyA']}", 3)
+    tokens_widget(app).set_value(1).run()
     app.selectbox(key="ask_example").set_value(3).run()
     assert_shows(app, e_text, e_tokens, picked=0)
+    # an upload: the tokens the model generates for that image and question
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.full((48, 40, 3), 235, np.uint8)
+    pixels[10:30, 8:28] = (30, 30, 200)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    tokens_widget(app).set_value(1).run()
+    app.radio(key="ask_source").set_value("Upload").run()
+    app.file_uploader(key="ask_upload").set_value(("s.png", buf.getvalue(), "image/png")).run()
+    explained.clear()
+    app.text_input(key="ask_q_upload").input("what shape is in the image?").run()
+    u_text, u_tokens = generated_for(f"llava:{llava_dirs['tinyA']}", Image.fromarray(pixels), "what shape is in the image?")
+    assert_shows(app, u_text, u_tokens, picked=0)
+    assert explained and all(spec.extra["generated"] == u_text for _m, spec, _t, _r in explained)
 
 
 def _generative_adapters() -> list[str]:
