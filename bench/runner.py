@@ -15,7 +15,7 @@ import time
 import traceback
 
 # In table order. Modules written by other parts of the project join when present.
-MODULES = ("recording", "batching", "views", "attribution", "scale", "app_start")
+MODULES = ("recording", "batching", "views", "attribution", "scale", "app_start", "generative_memory")
 
 
 def machine_info() -> dict:

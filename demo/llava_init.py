@@ -31,6 +31,7 @@ class LlavaShape:
     heads: int = 2
     context: int = 128
     select_strategy: str = "default"  # "default": drop the vision CLS feature; "full": keep it
+    text_intermediate: int | None = None  # the language model's MLP width; None: 4 x hidden
 
 
 def build_tokenizer(texts: list[str], *, context: int = 128):
@@ -72,7 +73,8 @@ def build_model(tokenizer, shape: LlavaShape, *, seed: int = 0):
     vision = CLIPVisionConfig(hidden_size=shape.vision_hidden, intermediate_size=shape.vision_hidden * 4,
                               num_hidden_layers=shape.vision_layers, num_attention_heads=shape.vision_heads,
                               image_size=shape.image_size, patch_size=shape.patch, attention_dropout=0.0)
-    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=shape.hidden, intermediate_size=shape.hidden * 4,
+    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=shape.hidden,
+                       intermediate_size=shape.text_intermediate or shape.hidden * 4,
                        num_hidden_layers=shape.layers, num_attention_heads=shape.heads,
                        num_key_value_heads=shape.heads, max_position_embeddings=shape.context,
                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
