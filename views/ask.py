@@ -8,7 +8,8 @@ recomputes nothing.
 
 Generative models (adapter architecture "generative") answer in generated tokens: the page shows
 them token by token with each token's probability (ui/answer_tokens.py: click a token, the first
-to start), and explains that token, the whole answer, or the answer rather than another typed one.
+to start), and explains that token, the whole answer, or the answer rather than another typed one,
+with the same maps, shares, agreement and deletion curves (analysis.attribution's generation targets).
 
 Models: ui.models.ask_models (the registry's models that can load here, plus any given as
 VL_LENS_ASK_MODELS="name=ADAPTER:DIR_OR_HUB_ID,...").
@@ -303,8 +304,7 @@ try:
 except (AdapterError, InputError) as e:
     st.error(str(e))
     st.stop()
-generative = getattr(adapter, "architecture", "") == "generative"
-chosen = generative_target() if generative else classifier_target()
+chosen = generative_target() if is_generative(adapter) else classifier_target()
 if chosen is None:
     st.stop()
 target, target_label, y_title, unavailable = chosen
