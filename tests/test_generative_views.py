@@ -330,3 +330,45 @@ def test_a_tiled_image_overlays_tiles_or_the_global_image_from_their_boxes(tiled
         area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).sum()
         assert area == pytest.approx(1.0, abs=1e-5)  # each part covers the whole picture once
         np.testing.assert_allclose(f["weight"].to_numpy(), want[f["token"].astype(int)], atol=2e-3)
+
+
+# ---- a layer recorded in full (record --full-layers) -------------------------------------------------
+@pytest.fixture(scope="module")
+def full_layer_store(tmp_path_factory):
+    """The tiny random LLaVA with its last decoder layer recorded in full (every query row)."""
+    from pipeline.record import limited, record_examples
+    from sources.easyvqa import EasyVQA
+    from store.zarr_store import VLStore
+    from testkit.tiny_llava import make_tiny_adapter
+
+    adapter, _ = make_tiny_adapter(tmp_path_factory.mktemp("llava_full"))
+    adapter.set_full_attention([-1])
+    path = tmp_path_factory.mktemp("stores") / "full.zarr"
+    record_examples(adapter, limited(iter(EasyVQA("test")), 1), VLStore(path, mode="a"), "full", total=1,
+                    progress=False)
+    return path
+
+
+def test_a_layer_recorded_in_full_shows_its_image_rows(full_layer_store, monkeypatch):
+    from store.zarr_store import VLStore
+
+    reader = VLStore(full_layer_store).run("full")
+    eid = reader.example_ids()[0]
+    tok = reader.tokens(eid)
+    at = open_page(monkeypatch, full_layer_store, "views/attention.py", run="full", layer=0, head=1)
+    at.run()
+    assert any("not those of the image tokens" in i.value for i in at.info)  # layer 0 keeps the words' rows only
+    at = open_page(monkeypatch, full_layer_store, "views/attention.py", run="full", layer=1, head=1)
+    at.run()
+    assert not at.exception, at.exception
+    assert any("Layer 1, head 1 was recorded in full" in c.value for c in at.caption)
+    values, qi, ki = reader.attention_rows(eid, "self", 1, 1)
+    assert len(qi) == len(tok["tokens"])
+    m = find_frame(at, "query_token", "key_token", "weight")
+    assert set(np.asarray(tok["modality"])[m["query_token"].unique()]) >= {"image"}  # image queries drawn
+    # the last patch's row (it sees <s>, <user> and every patch) is drawn from the full rows
+    patch = int([i for i, mo in enumerate(tok["modality"]) if mo == "image"][-1])
+    row = m[m["query_token"] == patch].sort_values("key_token")
+    np.testing.assert_allclose(row["weight"].to_numpy(), values[list(qi).index(patch)][row["key_token"]], atol=2e-3)
+    assert row["weight"].sum() == pytest.approx(1.0, abs=3e-3)
+    assert not any("not those of the image tokens" in i.value for i in at.info)  # the patch tab has rows to draw

@@ -29,12 +29,13 @@ MEAN = "mean"
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def read_attention(location: str, run: str, eid: str, kind: str, layer: int, head: str) -> np.ndarray:
-    """(query, key) of one head, or the mean over heads (reads one layer's chunks)."""
-    reader = open_store(location).run(run)
-    if head == MEAN:
-        return mean_over_heads(reader.attention(eid, kind, layer))
-    return reader.attention(eid, kind, layer, int(head))
+def read_attention(location: str, run: str, eid: str, kind: str, layer: int,
+                   head: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """((query, key) of one head or the mean over heads, query_index, key_index) of one layer: every
+    query row where the layer (and head, or every head for the mean) was recorded in full
+    (``record --full-layers``), else the kind's rows. Reads one layer's chunks."""
+    values, qi, ki = open_store(location).run(run).attention_rows(eid, kind, layer, None if head == MEAN else int(head))
+    return (mean_over_heads(values) if head == MEAN else values), qi, ki
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
@@ -78,7 +79,7 @@ if not kinds:
 c1, c2, c3 = st.columns([1, 3, 1])
 kind = pick_kind(kinds, key="att_kind", container=c1,
                  help="Each kind has its own query and key tokens (e.g. cross_l2v: text queries, image keys).")
-n_layers, n_heads, qidx, kidx = kind_layout(store.location, reader.name, eid, kind)
+n_layers, n_heads, kind_q, kind_k = kind_layout(store.location, reader.name, eid, kind)
 if n_layers > 1:
     layer = url_int("Layer", 0, n_layers - 1, param="layer", key="att_layer", default=n_layers - 1, container=c2)
 else:
@@ -87,19 +88,14 @@ head = url_choice("Head", [MEAN] + [str(h) for h in range(n_heads)], param="head
                   container=c3, format_func=lambda h: "mean over heads" if h == MEAN else f"head {h}")
 
 mod = np.asarray(modality)
-q_mods = mod[qidx]
-k_mods = mod[kidx]
-st.caption(f"Kind `{kind}`: {len(qidx)} queries ({', '.join(sorted(set(q_mods)))}) × {len(kidx)} keys "
-           f"({', '.join(sorted(set(k_mods)))}) · {n_layers} layers × {n_heads} heads · "
+st.caption(f"Kind `{kind}`: {len(kind_q)} queries ({', '.join(sorted(set(mod[kind_q])))}) × {len(kind_k)} keys "
+           f"({', '.join(sorted(set(mod[kind_k])))}) · {n_layers} layers × {n_heads} heads · "
            + ("causal rows: each sums to 1 over the keys up to its own token" if generative
               else "rows sum to 1 over the keys"))
 
 direction = url_choice("Direction", list(DIRECTIONS), param="dir", key="att_dir", omit_default=True, widget="radio",
                        horizontal=True, help="attends to: the token's row (where its attention goes); attended by: "
                                              "its column (how much each query puts on it).")
-# Tokens on the axis this direction reads them from.
-own_axis = qidx if direction == "attends to" else kidx
-other_mods = set(k_mods if direction == "attends to" else q_mods)
 verb_phrase = "attends to" if direction == "attends to" else "is attended by"
 
 drop_sinks = url_flag("Leave attention sinks out", param="nosink", key="att_nosink",
@@ -109,18 +105,28 @@ drop_sinks = url_flag("Leave attention sinks out", param="nosink", key="att_nosi
 st.caption(sink_line(sinks_at(store.location, reader.name, eid, kind, layer, generative), layer, drop_sinks))
 
 
-def shown_attention(lyr: int) -> np.ndarray:
-    """(query, key) of the chosen head at layer ``lyr``, with that layer's sinks left out when asked."""
-    m = read_attention(store.location, reader.name, eid, kind, lyr, head)
-    if not drop_sinks:
-        return m
-    return without_sinks(m, sinks_at(store.location, reader.name, eid, kind, lyr, generative).mask)
+def shown_attention(lyr: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(matrix, query_index, key_index) of the chosen head at layer ``lyr`` (``read_attention``), with
+    that layer's sinks left out when asked."""
+    m, qi, ki = read_attention(store.location, reader.name, eid, kind, lyr, head)
+    if drop_sinks:
+        m = without_sinks(m, sinks_at(store.location, reader.name, eid, kind, lyr, generative).mask)
+    return m, qi, ki
 
 
-def matrix_chart(matrix: np.ndarray, title: str, keep_q: list[str], keep_k: list[str]):
-    qk = np.isin(q_mods, keep_q)
-    kk = np.isin(k_mods, keep_k)
-    data = frame(matrix_rows(matrix, qidx, kidx, tokens, modality, query_keep=qk, key_keep=kk))
+matrix, qidx, kidx = shown_attention(layer)  # this layer's rows
+q_mods, k_mods = mod[qidx], mod[kidx]
+if len(qidx) > len(kind_q):
+    st.caption(f"Layer {layer}{'' if head == MEAN else f', head {head}'} was recorded in full (`record --full-layers`): "
+               f"every token's row, {len(qidx)} queries; the other layers keep the kind's {len(kind_q)}.")
+# Tokens on the axis this direction reads them from.
+own_axis = qidx if direction == "attends to" else kidx
+other_mods = set(k_mods if direction == "attends to" else q_mods)
+
+
+def matrix_chart(matrix: np.ndarray, qi: np.ndarray, ki: np.ndarray, title: str, keep_q: list[str], keep_k: list[str]):
+    data = frame(matrix_rows(matrix, qi, ki, tokens, modality, query_keep=np.isin(mod[qi], keep_q),
+                             key_keep=np.isin(mod[ki], keep_k)))
     return charts.attention_matrix(data, title=title), data
 
 
@@ -159,20 +165,17 @@ with tab_matrix:
         st.info("Choose at least one query and one key modality.")
     else:
         def matrix_frame(lyr: int) -> None:
-            m = shown_attention(lyr)
-            st.altair_chart(matrix_chart(m, f"{kind} · layer {lyr} · {head_label}", keep_q, keep_k)[0],
+            st.altair_chart(matrix_chart(*shown_attention(lyr), f"{kind} · layer {lyr} · {head_label}", keep_q, keep_k)[0],
                             width="content")
 
         playing = play_layers("att_play", n_layers, matrix_frame, container=f3,
                               help="Draw every layer in turn (the slider stays where it is).")
-        matrix = shown_attention(layer)
-        chart, data = matrix_chart(matrix, f"{kind} · layer {layer} · {head_label}", keep_q, keep_k)
+        chart, data = matrix_chart(matrix, qidx, kidx, f"{kind} · layer {layer} · {head_label}", keep_q, keep_k)
         if not playing:
             st.altair_chart(chart, key="att_matrix_chart", width="content")
         with st.expander("Download"):
             export_buttons(chart, data, f"attention_{kind}_L{layer}_{head}", key="att_matrix_export")
 
-matrix = shown_attention(layer)
 image = example_image(store.location, reader.name, eid)
 # A tiled image (SmolVLM / Idefics3): tile tokens and global-image tokens cover the same pixels, so the
 # overlays draw one part at a time (or both, the global image's boxes over the tiles').
@@ -221,10 +224,10 @@ with tab_text:
                 row_token = before
                 named = f"generating “{tokens[token]}” (row of #{before} “{tokens[before]}”)"
 
-        def row_of(m: np.ndarray):
-            return token_attention(m, qidx, kidx, row_token, direction)
+        def row_of(m: np.ndarray, qi: np.ndarray, ki: np.ndarray):
+            return token_attention(m, qi, ki, row_token, direction)
 
-        att = row_of(matrix)
+        att = row_of(matrix, qidx, kidx)
         boxes = overlay_boxes(in_part(att), tok["token_boxes"], modality)
         img_mass = float(boxes["weight"].sum())
         verb = "puts on" if direction == "attends to" else "gets from"
@@ -233,7 +236,7 @@ with tab_text:
         left, right = st.columns([3, 2])
         with left:
             def overlay_frame(lyr: int) -> None:
-                b = overlay_boxes(in_part(row_of(shown_attention(lyr))), tok["token_boxes"], modality)
+                b = overlay_boxes(in_part(row_of(*shown_attention(lyr))), tok["token_boxes"], modality)
                 st.altair_chart(overlay_chart(image, b, opacity, smooth, f"{named} · layer {lyr}")[0],
                                 width="content")
 
@@ -274,8 +277,9 @@ def patch_to_text() -> None:
     image_tokens = [int(t) for t in own_axis if mod[t] == "image" and (part is None or t in set(parts[part]))]
     if not image_tokens and generative and direction == "attends to" and "image" in set(k_mods):
         st.info("This run recorded the attention rows of the prompt's words and the answer, not those of the image "
-                "tokens (they would hold nearly all of a full map). Choose **attended by** to see how much each "
-                "word puts on a patch.")
+                "tokens (they would hold nearly all of a full map), at this layer and head. Choose **attended by** "
+                "to see how much each word puts on a patch, or record chosen layers in full (`record "
+                "--full-layers`).")
     elif not image_tokens or "text" not in other_mods:
         st.info(f"In kind `{kind}`, no image token {verb_phrase} text tokens. "
                 + ("Pick a cross or joint kind." if len(kinds) > 1 else ""))
