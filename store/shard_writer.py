@@ -3,7 +3,7 @@
 Zarr's own write path costs a few event-loop trips and thread hops per chunk, which for a small
 model took longer than the forward pass. This module encodes an example's arrays itself, into
 exactly the files zarr would write (metadata documents made by zarr once per dtype and rank, then
-filled in; zstd-compressed chunks; shards in zarr's ``sharding_indexed`` layout, chunks in Morton
+filled in; chunks compressed as COMPRESSORS says; shards in zarr's ``sharding_indexed`` layout, chunks in Morton
 order, index and CRC32C at the end), and writes them:
 
 - ``write_example`` on a local directory: plain ``os`` calls from the calling thread;
@@ -30,10 +30,11 @@ from store.json_values import jsonable
 
 
 class ArrayPlan(NamedTuple):
-    """One array of an example: where, what, dimension names, inner chunk shape, attributes.
+    """One array of an example: where, what, dimension names, inner chunk shape, attributes, codec.
 
     ``inner_chunks`` None: one chunk holding the whole array. Otherwise the array is one shard
-    (one file) holding chunks of that shape, each readable on its own.
+    (one file) holding chunks of that shape, each readable on its own. ``codec``: a key of
+    COMPRESSORS (how its chunks are compressed).
     """
 
     name: str
@@ -41,6 +42,7 @@ class ArrayPlan(NamedTuple):
     dims: tuple[str, ...]
     inner_chunks: tuple[int, ...] | None
     attrs: dict | None
+    codec: str = "zstd"
 
 
 # Example arrays keep their chunk file directly in the array's directory ("c.0.0.0.0"), not under
@@ -49,21 +51,42 @@ class ArrayPlan(NamedTuple):
 # named in each array's metadata, so stores written either way read.
 CHUNK_KEY_ENCODING = {"name": "default", "configuration": {"separator": "."}}
 
-# What the fast path writes; zarr's defaults must be these or the fast path steps aside.
-# zstd level -1 (zstd's fast mode): on the demo model's attention blocks a little under half the
-# time of zarr's default level (3) for files about a fifth larger, and hidden states (which barely
-# compress at any level) cost next to nothing. The store stays at about a third of the raw float32
-# size, well inside its goal (docs/scale.md has the figures).
+# How the fast path compresses, by the ArrayPlan's ``codec``; zarr must describe the same codecs in
+# its metadata or the fast path steps aside.
+# - "shuffle" (attention, hidden states: float16): blosc's byte shuffle then lz4. On the demo
+#   model's attention blocks about a fifth of the time of zstd level -1 for files about a seventh
+#   smaller (the shuffle puts the float16 exponents together); hidden states, which zstd did not
+#   compress at all, shrink by about 15% for the same time.
+# - "zstd" (the image): zstd's fast mode (level -1).
+# - "raw" (the token table: a few hundred bytes): no compression, nothing to gain.
 ZSTD_LEVEL = -1
 _ZSTD = {"name": "zstd", "configuration": {"level": ZSTD_LEVEL, "checksum": False}}
+BLOSC = {"cname": "lz4", "clevel": 5, "shuffle": "shuffle", "blocksize": 0}
+COMPRESSORS = ("shuffle", "zstd", "raw")
 _INDEX_CODECS = [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}]
 
 
-def _little_endian_zstd(codecs) -> bool:
-    """Whether a codec list is bytes (little-endian; no endianness for one-byte types) then zstd at ZSTD_LEVEL."""
+def _compressor_docs(codec: str, itemsize: int) -> list[dict]:
+    """The compressor entries zarr writes in an array's codec list after its bytes / vlen-utf8 codec."""
+    if codec == "shuffle":
+        return [{"name": "blosc", "configuration": {"typesize": itemsize, **BLOSC}}]
+    return [_ZSTD] if codec == "zstd" else []
+
+
+def zarr_compressors(codec: str, itemsize: int):
+    """The zarr codec objects for ``codec`` (what the metadata template and zarr's own writer use)."""
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    if codec == "shuffle":
+        return (BloscCodec(typesize=itemsize, **BLOSC),)
+    return (ZstdCodec(level=ZSTD_LEVEL),) if codec == "zstd" else None
+
+
+def _little_endian_then(codecs, compressors: list[dict]) -> bool:
+    """Whether a codec list is bytes (little-endian; no endianness for one-byte types) then ``compressors``."""
     codecs = [dict(c) for c in codecs or ()]
-    return (len(codecs) == 2 and codecs[0].get("name") == "bytes"
-            and codecs[0].get("configuration", {}).get("endian", "little") == "little" and codecs[1] == _ZSTD)
+    return (len(codecs) == 1 + len(compressors) and codecs[0].get("name") == "bytes"
+            and codecs[0].get("configuration", {}).get("endian", "little") == "little" and codecs[1:] == compressors)
 
 
 _EMPTY = 2**64 - 1  # a shard index entry for a chunk that is not stored
@@ -79,44 +102,58 @@ def dtype_key(data: np.ndarray) -> str:
 
 
 @functools.lru_cache(maxsize=32)
-def _metadata_template(dtype: str, ndim: int, sharded: bool) -> str | None:
-    """zarr's own metadata document for a dtype, rank and layout (JSON text), or None if the fast
-    path can't match it.
+def _metadata_template(dtype: str, ndim: int, sharded: bool, codec: str = "zstd") -> str | None:
+    """zarr's own metadata document for a dtype, rank, layout and codec (JSON text), or None if the
+    fast path can't match it.
 
-    Made once per (dtype, rank, sharded) by zarr itself, creating the array in memory; the fast
-    path fills in shape, chunk shapes, dimension names and attributes, the only fields that differ
-    between our arrays. ``dtype`` is a numpy dtype string or STRING.
+    Made once per (dtype, rank, sharded, codec) by zarr itself, creating the array in memory; the
+    fast path fills in shape, chunk shapes, dimension names and attributes, the only fields that
+    differ between our arrays. ``dtype`` is a numpy dtype string or STRING.
     """
     from zarr.storage import MemoryStore
 
     mem = MemoryStore()
     ones = (1,) * ndim
-    zarr.create_array(store=mem, name="a", shape=ones, dtype=str if dtype == STRING else np.dtype(dtype),
+    text = dtype == STRING
+    itemsize = 1 if text else np.dtype(dtype).itemsize
+    if codec not in COMPRESSORS or (text and codec == "shuffle"):
+        return None
+    zarr.create_array(store=mem, name="a", shape=ones, dtype=str if text else np.dtype(dtype),
                       chunks=ones, shards=ones if sharded else None, dimension_names=("d",) * ndim,
-                      chunk_key_encoding=CHUNK_KEY_ENCODING, compressors=zstd_codec())
+                      chunk_key_encoding=CHUNK_KEY_ENCODING, compressors=zarr_compressors(codec, itemsize))
     doc = json.loads(sync(mem.get("a/zarr.json", prototype=_prototype())).to_bytes())
     codecs = [dict(c) for c in doc["codecs"]]
+    expected = _compressor_docs(codec, itemsize)
     if sharded:
-        if dtype == STRING or len(codecs) != 1 or codecs[0].get("name") != "sharding_indexed":
+        if text or len(codecs) != 1 or codecs[0].get("name") != "sharding_indexed":
             return None
         conf = codecs[0]["configuration"]
-        if (not _little_endian_zstd(conf.get("codecs")) or conf.get("index_codecs") != _INDEX_CODECS
+        if (not _little_endian_then(conf.get("codecs"), expected) or conf.get("index_codecs") != _INDEX_CODECS
                 or conf.get("index_location") != "end"):
             return None
-    elif dtype == STRING:
-        if codecs != [_VLEN_UTF8, _ZSTD]:
+    elif text:
+        if codecs != [_VLEN_UTF8, *expected]:
             return None
-    elif not _little_endian_zstd(codecs):
+    elif not _little_endian_then(codecs, expected):
         return None
     if doc.get("chunk_key_encoding") != CHUNK_KEY_ENCODING:
         return None
     return json.dumps(doc)
 
 
-def zstd_codec():
-    from zarr.codecs import ZstdCodec
+def _compress_function(codec: str, itemsize: int):
+    """bytes -> the chunk file's bytes, as zarr's codecs for ``codec`` write them."""
+    if codec == "shuffle":
+        from numcodecs import Blosc
 
-    return ZstdCodec(level=ZSTD_LEVEL)
+        blosc = Blosc(cname=BLOSC["cname"], clevel=BLOSC["clevel"], shuffle=Blosc.SHUFFLE,
+                      blocksize=BLOSC["blocksize"], typesize=itemsize)
+        return blosc.encode
+    if codec == "zstd":
+        from numcodecs.zstd import compress as zstd_compress
+
+        return lambda block: zstd_compress(block, ZSTD_LEVEL)
+    return lambda block: np.ascontiguousarray(block).tobytes()
 
 
 def _prototype():
@@ -179,7 +216,7 @@ def encode_arrays(arrays: list[ArrayPlan]) -> Encoded | None:
     small model took longer than the forward pass. Here each metadata document is zarr's own
     (``_metadata_template``) with the shape, chunks, names and attributes filled in, and each file
     is what zarr's codecs produce: little-endian C-order bytes (text: zarr's vlen-utf8 encoding)
-    compressed with zstd, in one chunk or in one shard with zarr's index. Every subgroup's document
+    compressed as the plan's ``codec`` says, in one chunk or in one shard with zarr's index. Every subgroup's document
     carries the consolidated metadata of what is below it, as ``zarr.consolidate_metadata`` writes
     it. If zarr's defaults ever differ, returns None and the caller falls back to zarr's writer,
     so the format cannot drift (a test compares both paths).
@@ -206,17 +243,13 @@ def encode_arrays(arrays: list[ArrayPlan]) -> Encoded | None:
 
 def _encode_array(plan: ArrayPlan) -> tuple[dict, bytes] | None:
     """(metadata document, chunk or shard bytes) of one array, or None where the fast path steps aside."""
-    from numcodecs.zstd import compress as zstd_compress
-
-    def compress(block: np.ndarray) -> bytes:
-        return zstd_compress(block, ZSTD_LEVEL)
-
     data = np.ascontiguousarray(plan.data)
     sharded = plan.inner_chunks is not None
     key = dtype_key(data)
-    template = _metadata_template(key, data.ndim, sharded)
+    template = _metadata_template(key, data.ndim, sharded, plan.codec)
     if template is None or data.ndim == 0 or min(data.shape) < 1:
         return None
+    compress = _compress_function(plan.codec, 1 if key == STRING else data.dtype.itemsize)
     doc = json.loads(template)
     doc["shape"] = list(data.shape)
     doc["chunk_grid"]["configuration"]["chunk_shape"] = list(data.shape)  # one chunk / shard
@@ -386,7 +419,8 @@ async def _write_arrays_with_zarr(store, path: str, arrays: list[ArrayPlan]) -> 
                                      chunks=plan.inner_chunks or data.shape,
                                      shards=data.shape if plan.inner_chunks else None,
                                      dimension_names=plan.dims, attributes=jsonable(plan.attrs or {}),
-                                     chunk_key_encoding=CHUNK_KEY_ENCODING, compressors=zstd_codec())
+                                     chunk_key_encoding=CHUNK_KEY_ENCODING,
+                                     compressors=zarr_compressors(plan.codec, 1 if text else data.dtype.itemsize))
         await arr.setitem(Ellipsis, data.astype(object) if text else data)
 
     await asyncio.gather(*(put(a) for a in arrays))

@@ -640,11 +640,11 @@ TOKEN_COORDS = {"tokens": (("token",), None), "modality": (("token",), None),
 
 def _array_plans(record: Record) -> list[ArrayPlan]:
     """The example's arrays (store version 3; the module docstring shows the layout)."""
-    plans = [ArrayPlan("image", record.image, ("y", "x", "channel"), None, None)]
+    plans = [ArrayPlan("image", record.image, ("y", "x", "channel"), None, None, "zstd")]
     for name, (dims, columns) in TOKEN_COORDS.items():
         data = getattr(record, name)
         plans.append(ArrayPlan(name, np.asarray(data, dtype=object) if len(dims) == 1 else data, dims, None,
-                               {"columns": columns} if columns else None))
+                               {"columns": columns} if columns else None, "raw"))
     for kind, block in record.attention.items():
         plans += _attention_plans(f"attention/{kind}", block, record.n_tokens)
     for kind, full in record.full_attention.items():
@@ -660,10 +660,10 @@ def _attention_plans(base: str, block: AttentionBlock, n_tokens: int, attrs: dic
     positions as the coordinate of ``query`` / ``key``."""
     L, H, Q, K = block.values.shape
     plans = [ArrayPlan(f"{base}/attention", block.values, AttentionBlock.DIMS, (1, 1, Q, K),
-                       {"query_index": block.query_index, "key_index": block.key_index, **(attrs or {})})]
+                       {"query_index": block.query_index, "key_index": block.key_index, **(attrs or {})}, "shuffle")]
     for dim, index in (("query", block.query_index), ("key", block.key_index)):
         if not _every_token(index, n_tokens):
-            plans.append(ArrayPlan(f"{base}/{dim}", np.asarray(index, np.int32), (dim,), None, None))
+            plans.append(ArrayPlan(f"{base}/{dim}", np.asarray(index, np.int32), (dim,), None, None, "raw"))
     return plans
 
 
@@ -673,7 +673,7 @@ def _full_attention_plans(kind: str, full: FullAttention, n_tokens: int) -> list
     base = f"full_attention/{kind}"
     plans = _attention_plans(base, full.block, n_tokens, {"layers": list(full.layers), "heads": list(full.heads)})
     for dim, index in (("layer", full.layers), ("head", full.heads)):
-        plans.append(ArrayPlan(f"{base}/{dim}", np.asarray(index, np.int32), (dim,), None, None))
+        plans.append(ArrayPlan(f"{base}/{dim}", np.asarray(index, np.int32), (dim,), None, None, "raw"))
     return plans
 
 
@@ -693,10 +693,10 @@ def _hidden_plans(stream: str, block: HiddenBlock, n_tokens: int) -> list[ArrayP
     every = _every_token(block.token_index, n_tokens)
     token_dim = "token" if every else f"{stream}_token"
     plans = [ArrayPlan(f"hidden/{stream}/hidden", block.values, ("layer", token_dim, "dim"), (1, T, D),
-                       {"token_index": block.token_index})]
+                       {"token_index": block.token_index}, "shuffle")]
     if not every:
         plans.append(ArrayPlan(f"hidden/{stream}/{token_dim}", np.asarray(block.token_index, np.int32),
-                               (token_dim,), None, None))
+                               (token_dim,), None, None, "raw"))
     return plans
 
 

@@ -70,6 +70,24 @@ def test_an_example_is_its_arrays_and_their_coordinates(tmp_path):
                            + [f"{g}zarr.json" for g in groups])
 
 
+def test_chunks_are_compressed_by_what_they_hold(tmp_path):
+    """float16 attention and hidden states: blosc's byte shuffle then lz4 (faster than zstd and
+    smaller on them); the image: zstd; the token table (a few hundred bytes): not compressed."""
+    rec = grid_record(layers=2, heads=2)
+    write(VLStore(tmp_path / "s.zarr", mode="a"), rec)
+    ex = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")[f"runs/hand/examples/{rec.example_id}"]
+    blosc = {"name": "blosc", "configuration": {"typesize": 2, "cname": "lz4", "clevel": 5, "shuffle": "shuffle",
+                                                "blocksize": 0}}
+    for name in ("attention/self/attention", "hidden/joint/hidden"):
+        inner = ex[name].metadata.to_dict()["codecs"][0]["configuration"]["codecs"]
+        assert [c["name"] for c in inner] == ["bytes", "blosc"] and inner[1] == blosc, name
+    assert [c["name"] for c in ex["image"].metadata.to_dict()["codecs"]] == ["bytes", "zstd"]
+    assert [c["name"] for c in ex["tokens"].metadata.to_dict()["codecs"]] == ["vlen-utf8"]
+    assert [c["name"] for c in ex["token_boxes"].metadata.to_dict()["codecs"]] == ["bytes"]
+    chunk = tmp_path / "s.zarr" / "runs" / "hand" / "examples" / rec.example_id / "token_boxes" / "c.0.0"
+    assert chunk.read_bytes() == rec.token_boxes.astype("<f4").tobytes()  # the raw float32 values
+
+
 def _labelled_store(tmp_path):
     from tests.records import grid_record
 
