@@ -31,7 +31,7 @@ import numpy as np
 from core.answers import normalize_answer
 from core.errors import RecordError
 
-SCHEMA_VERSION = 3  # store layout version; see store/zarr_store.py (versions 1 and 2 still read)
+SCHEMA_VERSION = 4  # store layout version; see store/zarr_store.py (versions 1 to 3 still read)
 MODALITIES = ("text", "image", "special")
 ROLES = ("prompt", "answer")
 # Tolerance on attention row sums: values are stored in float16 (about 3 significant digits).

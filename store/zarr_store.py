@@ -1,11 +1,12 @@
 """Read and write Records in a Zarr v3 store.
 
-Layout, store version 3 (one group per model run; every array has ``dimension_names``, and every
+Layout, store version 4 (one group per model run; every array has ``dimension_names``, and every
 dimension a coordinate array, so xarray opens an example or the run index as labelled data)::
 
     <root>/                                   attrs: {"vl_lens": {"format": ..., "schema_version": N}}
       runs/<run>/                             attrs: provenance (model, adapter, versions, config)
-        examples/<example_id>/                attrs: tokens, modality, token_boxes / token_grid /
+        examples/                             a plain directory (no group document)
+          <example_id>/                       attrs: tokens, modality, token_boxes / token_grid /
                                               token_spans, head_stats, prediction, ...; "committed" last;
                                               consolidated metadata of everything below
           image              (y, x, channel)            uint8
@@ -27,17 +28,27 @@ dimension a coordinate array, so xarray opens an example or the run index as lab
 
     xarray.open_datatree("store.zarr/runs/<run>/examples/<id>", engine="zarr")
     xarray.open_zarr("store.zarr/runs/<run>/index/head_stats/self").head_stats.sel(stat="text_to_image")
+    xarray.open_datatree("store.zarr", engine="zarr")     # every run's index (no example)
 
-(Open the group by its path, as above: xarray looks for consolidated metadata at the root it is
-given, and each example and the index carry theirs.) In an example, layer, head and token are
+Consolidated metadata: each example carries its own (written with it); at the end of a run
+(``RunWriter.consolidate``) the index, the run, ``runs`` and the root are consolidated, so xarray
+and zarr open any of them in one read and without a warning. Their consolidated metadata covers
+the runs and their indexes only: ``examples/`` is not a group, so each example is a hierarchy of
+its own (open it by its path, as above) and the run's and root's documents do not grow with every
+example's arrays (consolidating them over the examples made a 300-example run's document 13 MB and
+took longer than recording it). A writer drops the root's, ``runs``' and its run's consolidated
+metadata when it opens, so nobody reads a stale listing while it writes. In an example, layer, head and token are
 positions (``isel``); the index has layer and head coordinates too. Each array costs two files,
 and creating files is most of a small model's write, so an example holds no more than that. Attention and hidden states are sharded: each
 array is one file holding its chunks and an index of their byte ranges (zarr's ``sharding_indexed``
 codec), so reading one head still reads one chunk (plus the small index). The token table and the
 head statistics are also kept as JSON in the example's group document, which is what the app reads
-(one small read). Version 2 (no coordinate arrays; attention/<kind> and hidden/<stream> were the
-arrays themselves) and version 1 (one file per chunk; token coordinates and head statistics as
-arrays) still read.
+(one small read). Chunks: float16 attention and hidden states blosc (byte shuffle + lz4), the
+image zstd, the token table raw (store/shard_writer.py says why). Version 3 (examples/ a group,
+nothing above an example or the index consolidated, zstd chunks), version 2 (no coordinate arrays;
+attention/<kind> and hidden/<stream> were the arrays themselves) and version 1 (one file per chunk;
+token coordinates and head statistics as arrays) still read; writing into an older store makes it
+version 4 (its runs' examples/ group documents are removed at the next consolidation).
 
 Commit protocol: an example's arrays are written first and its group attribute ``committed``
 last, so a reader never sees a half-written example and a run killed midway keeps every
@@ -182,7 +193,7 @@ class VLStore:
             self._store = _open_store(location, read_only=self.read_only)
             if mode == "a":
                 _check_writable(location)
-                root = zarr.open_group(self._store, mode="a")
+                root = zarr.open_group(self._store, mode="a", use_consolidated=False)
                 meta = root.attrs.get("vl_lens")
                 if meta is None:
                     if list(root.keys()):
@@ -191,7 +202,8 @@ class VLStore:
                     root.attrs["vl_lens"] = {"format": FORMAT_NAME, "schema_version": SCHEMA_VERSION}
                     root.require_group("runs")
             else:
-                root = zarr.open_group(self._store, mode="r")
+                # its attributes only: the consolidated runs and indexes are not needed here
+                root = zarr.open_group(self._store, mode="r", use_consolidated=False)
         except StoreError:
             raise
         except Exception as e:  # noqa: BLE001 - whatever zarr raises on a bad store becomes one clear line
@@ -258,7 +270,7 @@ class RunReader:
         self.name = name
         self.path = f"runs/{name}"
         try:
-            self._group = zarr.open_group(store._store, path=self.path, mode="r")
+            self._group = zarr.open_group(store._store, path=self.path, mode="r", use_consolidated=False)
         except Exception as e:  # noqa: BLE001 - a damaged run group: one clear line
             raise StoreError(f"run {name!r} of {store.location} cannot be read (corrupt metadata: "
                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__})") from e
@@ -517,7 +529,7 @@ class RunWriter(RunReader):
         self.store = store
         self.name = name
         self.path = f"runs/{name}"
-        grp = zarr.open_group(store._store, path=self.path, mode="a")
+        grp = zarr.open_group(store._store, path=self.path, mode="a", use_consolidated=False)
         old = grp.attrs.get("provenance")
         prov = jsonable(provenance)
         if old and old.get("model_id") not in (None, prov.get("model_id")):
@@ -525,7 +537,12 @@ class RunWriter(RunReader):
                              f"{prov.get('model_id')!r}; choose another run name")
         if not old:
             grp.attrs["provenance"] = prov
-        grp.require_group("examples")
+        # examples/ is a plain directory (each example is a Zarr hierarchy of its own, opened by
+        # its path), so the run's consolidated metadata need not list every example's arrays.
+        # Until this writer's ``consolidate`` the store changes under the consolidated documents:
+        # drop them, so zarr and xarray read the store itself meanwhile.
+        for path in ("", "runs", self.path):
+            _drop_consolidated(store._store, path)
         self._group = grp
 
     def committed_ids(self) -> set[str]:
@@ -550,7 +567,8 @@ class RunWriter(RunReader):
                              _example_document(record, head_stats, group))
 
     def consolidate(self) -> int:
-        """Rewrite index/ from the committed examples; returns how many it covers."""
+        """Rewrite index/ from the committed examples and consolidate the store's metadata (the
+        module docstring says what); returns how many examples the index covers."""
         with _writing(self.store.location):
             return self._consolidate()
 
@@ -575,6 +593,7 @@ class RunWriter(RunReader):
         idx.attrs["examples"] = jsonable(rows)
         idx.attrs["written"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         _consolidate_metadata(self.store._store, f"{self.path}/index")
+        _consolidate_store(self.store._store)
         return len(rows)
 
 
@@ -619,6 +638,47 @@ def _consolidate_metadata(store, path: str) -> None:
         warnings.simplefilter("ignore")
         for g in sorted(groups, key=lambda g: -g.count("/")):
             zarr.consolidate_metadata(store, path=g)
+
+
+def _consolidate_store(store) -> None:
+    """Consolidate the run groups, ``runs`` and the root (store version 4), so xarray and zarr open
+    the store or a run in one read and without a warning. Their metadata covers the runs and their
+    indexes only: an example is a hierarchy of its own below the plain directory ``examples/``
+    (versions 1-3 made that directory a group: its document is removed here, or consolidating
+    would copy every example's metadata into the run's and the root's documents)."""
+    import warnings
+
+    runs = _list_dir(store, "runs")
+    for run in runs:
+        _delete(store, f"runs/{run}/examples/zarr.json")
+    with warnings.catch_warnings():  # "not part of the Zarr format 3 specification": zarr-python reads it
+        warnings.simplefilter("ignore")
+        for run in runs:
+            if _is_group(store, f"runs/{run}"):
+                zarr.consolidate_metadata(store, path=f"runs/{run}")
+        zarr.consolidate_metadata(store, path="runs")
+        zarr.consolidate_metadata(store)
+
+
+def _drop_consolidated(store, path: str) -> None:
+    """Remove the consolidated metadata from the group document at ``path`` ("" the root), if any."""
+    from zarr.core.buffer import default_buffer_prototype
+
+    key = f"{path}/zarr.json" if path else "zarr.json"
+    proto = default_buffer_prototype()
+    raw = sync(store.get(key, prototype=proto))
+    if raw is None:
+        return
+    doc = json.loads(raw.to_bytes())
+    if isinstance(doc, dict) and doc.pop("consolidated_metadata", None) is not None:
+        sync(store.set(key, proto.buffer.from_bytes(json.dumps(doc).encode())))  # atomic on local disk
+
+
+def _delete(store, key: str) -> None:
+    try:
+        sync(store.delete(key))
+    except FileNotFoundError:
+        pass
 
 
 def _is_group(store, path: str) -> bool:

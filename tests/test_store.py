@@ -141,6 +141,64 @@ def test_xarray_selects_head_statistics_by_name_in_the_run_index(tmp_path):
     assert sorted(ds.example.values) == ["ex0", "ex1", "ex2"]
 
 
+def test_a_finished_run_opens_in_zarr_and_xarray_without_warnings(tmp_path):
+    """The end of a run consolidates the run, ``runs`` and the root: xarray opens the store, a run
+    or the whole tree without its "no consolidated metadata" warning, and zarr's consolidated view
+    lists the run and its index. The examples are not in it: each is a hierarchy of its own,
+    opened by its path (a run's metadata would otherwise grow with every example's arrays)."""
+    import json
+    import warnings
+
+    xr = pytest.importorskip("xarray")
+    _labelled_store(tmp_path)
+    path = str(tmp_path / "s.zarr")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        root = xr.open_zarr(path)
+        run = xr.open_zarr(path, group="runs/hand")
+        tree = xr.open_datatree(path, engine="zarr")
+        ex = xr.open_zarr(f"{path}/runs/hand/examples/ex1")
+    assert root.attrs["vl_lens"]["schema_version"] == 4 and run.attrs["provenance"]["model_id"] == "hand"
+    stats = tree["runs/hand/index/head_stats/self"].to_dataset().head_stats
+    assert sorted(stats.example.values) == ["ex0", "ex1", "ex2"] and ex.sizes["token"] > 0
+    g = zarr.open_consolidated(path, mode="r")
+    assert list(g["runs"].group_keys()) == ["hand"]
+    assert sorted(g["runs/hand"].group_keys()) == ["index"]
+    assert not (tmp_path / "s.zarr" / "runs" / "hand" / "examples" / "zarr.json").exists()
+    # each document stays small: it lists the runs and their indexes, not the examples' arrays
+    listed = json.loads((tmp_path / "s.zarr" / "zarr.json").read_text())["consolidated_metadata"]["metadata"]
+    kind = "runs/hand/index/head_stats/self"
+    assert sorted(listed) == sorted(["runs", "runs/hand", "runs/hand/index", "runs/hand/index/head_stats", kind,
+                                     *(f"{kind}/{a}" for a in ("head_stats", "example", "stat", "layer", "head"))])
+
+
+def test_writing_another_run_drops_then_reconsolidates_the_metadata(tmp_path):
+    """While a writer works, the store's consolidated documents would be stale: they are dropped
+    (zarr and xarray read the store itself meanwhile) and rewritten by its ``consolidate``."""
+    import warnings
+
+    xr = pytest.importorskip("xarray")
+    _labelled_store(tmp_path)
+    path = str(tmp_path / "s.zarr")
+    store = VLStore(path, mode="a")
+    w = store.writer("second", {"model_id": "other"})
+    for p in ("", "runs"):
+        with pytest.raises(ValueError, match="onsolidated"):  # none while the store changes
+            zarr.open_consolidated(path, path=p, mode="r")
+    zarr.open_consolidated(path, path="runs/hand", mode="r")  # a run it does not touch keeps its own
+    rec = grid_record(layers=2, heads=3, example_id="new", seed=7)
+    w.write(rec, compute_head_stats(rec))
+    assert w.consolidate() == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tree = xr.open_datatree(path, engine="zarr")
+        xr.open_zarr(path, group="runs/hand")
+    assert sorted(tree["runs"].children) == ["hand", "second"]
+    assert list(tree["runs/second/index/head_stats/self"].to_dataset().example.values) == ["new"]
+    assert sorted(zarr.open_consolidated(path, mode="r")["runs"].group_keys()) == ["hand", "second"]
+    assert VLStore(path).run("hand").example_ids() == ["ex0", "ex1", "ex2"]  # the first run: as it was
+
+
 def test_reading_one_head_reads_one_chunk(tmp_path, monkeypatch):
     rec = grid_record(layers=4, heads=4)
     store = VLStore(tmp_path / "s.zarr", mode="a")

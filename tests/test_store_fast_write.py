@@ -138,7 +138,7 @@ def test_version1_stores_still_read_and_take_new_examples(tmp_path, tiny_vilt, r
     assert names == list(old_stats["self"].names)
     np.testing.assert_array_equal(values, old_stats["self"].values.astype(np.float32))
 
-    # Writing into it: the new example is version 3, so the store says version 3 (an older
+    # Writing into it: the new example is version 4, so the store says version 4 (an older
     # VL-Lens then asks to be upgraded instead of failing on it); both examples read.
     new = tiny_vilt.run(rgb_image, "what color is the shape?", label="red")
     assert new.example_id != old.example_id
@@ -146,7 +146,7 @@ def test_version1_stores_still_read_and_take_new_examples(tmp_path, tiny_vilt, r
     writer = zs.VLStore(tmp_path / "old.zarr", mode="a").writer("r", {"model_id": "m"})
     assert writer.write(new, new_stats) is True
     root = json.loads((tmp_path / "old.zarr" / "zarr.json").read_text())
-    assert root["attributes"]["vl_lens"]["schema_version"] == zs.SCHEMA_VERSION == 3
+    assert root["attributes"]["vl_lens"]["schema_version"] == zs.SCHEMA_VERSION == 4
     assert writer.consolidate() == 2
     run = zs.VLStore(tmp_path / "old.zarr").run("r")
     ids, names, stats = run.head_stats_all("self")
@@ -257,7 +257,7 @@ def _write_version2(path: Path, recs_stats) -> None:
     idx.attrs["examples"] = rows
 
 
-def test_version2_stores_still_read_and_take_version3_examples(tmp_path, tiny_vilt, rgb_image):
+def test_version2_stores_still_read_and_take_version4_examples(tmp_path, tiny_vilt, rgb_image):
     from analysis.head_stats import compute_head_stats
     import store.zarr_store as zs
 
@@ -276,14 +276,14 @@ def test_version2_stores_still_read_and_take_version3_examples(tmp_path, tiny_vi
     np.testing.assert_array_equal(back.token_boxes, old.token_boxes)
     assert back.tokens == old.tokens and back.prediction == old.prediction
 
-    # A version-3 example beside them: the store says version 3, everything reads, and the index
-    # is rewritten in the version-3 layout over all three.
+    # A version-4 example beside them: the store says version 4, everything reads, and the index
+    # is rewritten in the version-3/4 layout over all three.
     new = tiny_vilt.run(rgb_image, "what color is the shape?", label="red")
     writer = zs.VLStore(tmp_path / "v2.zarr", mode="a").writer("r", {"model_id": "m"})
     assert writer.write(new, compute_head_stats(new)) is True
     assert writer.consolidate() == 3
     root = json.loads((tmp_path / "v2.zarr" / "zarr.json").read_text())
-    assert root["attributes"]["vl_lens"]["schema_version"] == 3
+    assert root["attributes"]["vl_lens"]["schema_version"] == 4
     run = zs.VLStore(tmp_path / "v2.zarr").run("r")
     assert (tmp_path / "v2.zarr" / "runs" / "r" / "index" / "head_stats" / "self" / "head_stats").is_dir()
     ids, _, stats = run.head_stats_all("self")
@@ -293,6 +293,72 @@ def test_version2_stores_still_read_and_take_version3_examples(tmp_path, tiny_vi
         np.testing.assert_array_equal(got.attention["self"].values, r.attention["self"].values)
         np.testing.assert_array_equal(got.hidden["joint"].values, r.hidden["joint"].values)
         assert got.tokens == r.tokens and got.modality == r.modality
+
+
+def _write_version3(path: Path, recs_stats, monkeypatch) -> None:
+    """A store as VL-Lens wrote it in version 3: the example layout of today, every chunk zstd
+    level -1, ``examples/`` a group, nothing above an example or the index consolidated."""
+    import store.zarr_store as zs
+
+    plans = zs._array_plans
+    with monkeypatch.context() as m:
+        m.setattr(zs, "_array_plans", lambda rec: [p._replace(codec="zstd") for p in plans(rec)])
+        w = zs.VLStore(path, mode="a").writer("r", {"model_id": "m", "attention_kinds": ["self"]})
+        for rec, stats in recs_stats:
+            w.write(rec, stats)
+        rows = w.consolidate()
+    assert rows == len(recs_stats)
+    for doc_path in (path / "zarr.json", path / "runs" / "zarr.json", path / "runs" / "r" / "zarr.json"):
+        doc = json.loads(doc_path.read_text())
+        doc.pop("consolidated_metadata", None)
+        if doc_path == path / "zarr.json":
+            doc["attributes"]["vl_lens"]["schema_version"] = 3
+        doc_path.write_text(json.dumps(doc))
+    (path / "runs" / "r" / "examples" / "zarr.json").write_text(
+        json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {}}))
+
+
+def test_version3_stores_still_read_and_take_version4_examples(tmp_path, tiny_vilt, rgb_image, monkeypatch):
+    """Version 3 (as written until store version 4): zstd chunks, ``examples/`` a group, nothing
+    consolidated above the examples. It reads; writing into it upgrades it to version 4: the
+    ``examples`` group document goes (the run's consolidated metadata then covers its index only),
+    and the store opens in xarray without a warning."""
+    import warnings
+
+    xr = pytest.importorskip("xarray")
+    from analysis.head_stats import compute_head_stats
+    import store.zarr_store as zs
+
+    olds = [tiny_vilt.run(rgb_image, q, label="red") for q in ("what shape is this?", "is it red?")]
+    old_stats = [compute_head_stats(r) for r in olds]
+    store = tmp_path / "v3.zarr"
+    _write_version3(store, list(zip(olds, old_stats)), monkeypatch)
+    ex_dir = store / "runs" / "r" / "examples"
+    att_doc = json.loads((ex_dir / olds[0].example_id / "attention" / "self" / "attention" / "zarr.json").read_text())
+    assert att_doc["codecs"][0]["configuration"]["codecs"][1]["name"] == "zstd"  # written as version 3 did
+    run = zs.VLStore(store).run("r")
+    for r, st in zip(olds, old_stats):
+        back = run.record(r.example_id)
+        np.testing.assert_array_equal(back.attention["self"].values, r.attention["self"].values)
+        np.testing.assert_array_equal(back.hidden["joint"].values, r.hidden["joint"].values)
+        np.testing.assert_array_equal(back.token_boxes, r.token_boxes)
+        assert back.tokens == r.tokens and back.prediction == r.prediction
+        np.testing.assert_array_equal(run.head_stats(r.example_id)["self"][1], st["self"].values.astype(np.float32))
+
+    new = tiny_vilt.run(rgb_image, "what color is the shape?", label="red")
+    writer = zs.VLStore(store, mode="a").writer("r", {"model_id": "m"})
+    assert writer.write(new, compute_head_stats(new)) is True
+    assert writer.consolidate() == 3
+    assert json.loads((store / "zarr.json").read_text())["attributes"]["vl_lens"]["schema_version"] == 4
+    assert not (ex_dir / "zarr.json").exists()
+    run = zs.VLStore(store).run("r")
+    assert sorted(run.example_ids()) == sorted([*(r.example_id for r in olds), new.example_id])
+    for r in (*olds, new):
+        np.testing.assert_array_equal(run.record(r.example_id).attention["self"].values, r.attention["self"].values)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tree = xr.open_datatree(str(store), engine="zarr")
+    assert tree["runs/r/index/head_stats/self"].to_dataset().head_stats.sizes["example"] == 3
 
 
 def test_dual_stream_example_opens_as_one_aligned_tree(tmp_path):
