@@ -144,16 +144,15 @@ def _metadata_template(dtype: str, ndim: int, sharded: bool, codec: str = "zstd"
 def _compress_function(codec: str, itemsize: int):
     """bytes -> the chunk file's bytes, as zarr's codecs for ``codec`` write them."""
     if codec == "shuffle":
-        import numcodecs.blosc
-        from numcodecs import Blosc
+        import numcodecs.blosc as blosc
 
         # Blosc's own threads (two here) fight torch and the other processes for the cores: on a
         # busy machine they made an example's encoding up to five times slower, for no gain on
         # chunks this small. Process-wide, as numcodecs offers it (zarr's blosc reads follow it).
-        numcodecs.blosc.use_threads = False
-        blosc = Blosc(cname=BLOSC["cname"], clevel=BLOSC["clevel"], shuffle=Blosc.SHUFFLE,
-                      blocksize=BLOSC["blocksize"], typesize=itemsize)
-        return blosc.encode
+        blosc.use_threads = False
+        cname, level, blocksize = BLOSC["cname"].encode(), BLOSC["clevel"], BLOSC["blocksize"]
+        # numcodecs' compress itself: what Blosc(...).encode calls, without its per-call checks
+        return lambda block: blosc.compress(block, cname, level, blosc.SHUFFLE, blocksize, itemsize)
     if codec == "zstd":
         from numcodecs.zstd import compress as zstd_compress
 
