@@ -37,7 +37,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from core.kinds import STREAM_MODALITIES, streams
-from store.schema import AttentionBlock, Record, as_float32
+from store.schema import MODALITIES, AttentionBlock, Record, as_float32
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,14 +57,18 @@ class StatInput:
     def key_mass(self, modality: str) -> np.ndarray:
         """(layer, head, query): the attention mass each query puts on the keys of one modality.
 
-        One matrix-vector product over all layers and heads, cached: the built-in statistics
-        share it (masking the full (layer, head, query, key) array once per statistic cost
-        more than the rest of recording for a ViLT-B/32-sized model).
+        One matrix product over all layers and heads for every key modality at once, cached: the
+        built-in statistics share it (masking the full (layer, head, query, key) array once per
+        statistic cost more than the rest of recording for a ViLT-B/32-sized model).
         """
-        if modality not in self._key_mass:
+        if not self._key_mass:  # every key modality in one pass over the values
             L, H, Q, K = self.values.shape
-            keys = (self.key_modality == modality).astype(np.float32)
-            self._key_mass[modality] = (self.values.reshape(-1, K) @ keys).reshape(L, H, Q)
+            keys = np.stack([self.key_modality == m for m in MODALITIES], axis=1).astype(np.float32)  # (K, 3)
+            mass = self.values.reshape(-1, K) @ keys  # (L * H * Q, 3)
+            self._key_mass.update({m: np.ascontiguousarray(mass[:, i]).reshape(L, H, Q)
+                                   for i, m in enumerate(MODALITIES)})
+        if modality not in self._key_mass:
+            return np.zeros(self.values.shape[:3], np.float32)  # not a modality: no key has it
         return self._key_mass[modality]
 
 
@@ -73,21 +77,8 @@ def _undefined(inp: StatInput) -> np.ndarray:
     return np.full(inp.values.shape[:2], np.nan, dtype=np.float32)
 
 
-def _mass(inp: StatInput, qmask: np.ndarray, kmask2d: np.ndarray) -> np.ndarray:
-    """Mean over selected queries of the row mass on the keys selected per query -> (layer, head)."""
-    if not qmask.any() or not kmask2d[qmask].any():
-        return _undefined(inp)
-    v = inp.values[:, :, qmask, :]  # (L, H, q, K)
-    m = kmask2d[qmask]  # (q, K)
-    return (v * m[None, None]).sum(-1).mean(-1).astype(np.float32)
-
-
-def _key_mask(inp: StatInput, modality: str) -> np.ndarray:
-    return np.broadcast_to(inp.key_modality == modality, (len(inp.query_modality), len(inp.key_modality)))
-
-
 def _modality_mass(inp: StatInput, source: str, target: str) -> np.ndarray:
-    """``_mass`` for all ``source`` queries on all ``target`` keys, from the cached key masses."""
+    """Mean over ``source`` queries of the row mass on ``target`` keys -> (layer, head), from the cached key masses."""
     q = inp.query_modality == source
     if not q.any() or not (inp.key_modality == target).any():
         return _undefined(inp)
@@ -113,15 +104,26 @@ def text_to_text(inp: StatInput) -> np.ndarray:
 def image_to_image_nonlocal(inp: StatInput) -> np.ndarray:
     """Image->image mass excluding the token itself and its 8 grid neighbours.
 
-    Tokens without grid positions (detector regions) exclude only themselves.
+    Tokens without grid positions (detector regions) exclude only themselves. Computed as the
+    cached image mass minus the few excluded (query, key) entries (at most 9 per query), so no
+    masked copy of the (layer, head, query, key) array is made: that copy was half of a
+    ViLT-B/32-sized model's head statistics.
     """
-    km = _key_mask(inp, "image").copy()
-    km &= inp.query_token[:, None] != inp.key_token[None, :]
-    qg, kg = inp.query_grid, inp.key_grid
+    queries = np.flatnonzero(inp.query_modality == "image")
+    image_keys = inp.key_modality == "image"
+    if not queries.size:
+        return _undefined(inp)
+    qg, kg = inp.query_grid[queries], inp.key_grid
     both_grid = (qg[:, None, 0] >= 0) & (kg[None, :, 0] >= 0)
     cheb = np.maximum(np.abs(qg[:, None, 0] - kg[None, :, 0]), np.abs(qg[:, None, 1] - kg[None, :, 1]))
-    km &= ~(both_grid & (cheb <= 1))
-    return _mass(inp, inp.query_modality == "image", km)
+    local = (inp.query_token[queries][:, None] == inp.key_token[None, :]) | (both_grid & (cheb <= 1))
+    excluded = image_keys[None, :] & local  # (query, key) over the image queries
+    if not (image_keys[None, :] & ~local).any():
+        return _undefined(inp)
+    pq, pk = np.nonzero(excluded)
+    total = inp.key_mass("image")[:, :, queries].sum(-1, dtype=np.float64)  # (layer, head)
+    near = inp.values[:, :, queries[pq], pk].sum(-1, dtype=np.float64)
+    return ((total - near) / len(queries)).astype(np.float32)
 
 
 def mean_of_directions(parts: list[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:

@@ -73,6 +73,22 @@ def test_nonlocal_keeps_far_patches_only():
     assert s["image_to_image_nonlocal"][0, 0] == pytest.approx(np.mean(expected), rel=1e-3)
 
 
+def test_nonlocal_equals_its_definition_on_random_attention():
+    """The statistic is computed as image mass minus the excluded entries; it must equal the
+    definition (mean over image queries of the mass on image keys that are neither the query nor
+    a grid neighbour), written out directly, for every layer and head."""
+    rec = grid_record(layers=3, heads=2, grid=(4, 5), seed=11)
+    v = rec.attention["self"].values.astype(np.float64)
+    img = rec.indices("image")
+    grid = rec.token_grid
+    expected = np.zeros(v.shape[:2])
+    for q in img:
+        far = [k for k in img if k != q and max(abs(grid[q] - grid[k])) > 1]
+        expected += v[:, :, q, far].sum(-1)
+    expected /= len(img)
+    np.testing.assert_allclose(stats(rec)["image_to_image_nonlocal"], expected, atol=1e-6)
+
+
 def test_the_hot_head_is_found():
     """One head of one layer sends all text attention to the image: only that cell is near 1."""
     rows = {W1: {P01: 1.0}, W2: {P10: 1.0}}
