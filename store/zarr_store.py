@@ -22,7 +22,7 @@ dimension a coordinate array, so xarray opens an example or the run index as lab
                              in the example's document, "full_attention": {kind: {layers, heads}})
           hidden/<stream>/   hidden (layer, token, dim) float16, chunk = one layer (a stream over some
                              tokens only: dimension <stream>_token, a coordinate of their positions)
-        index/                                attrs: summary rows of the examples it covers
+        index/             summary (example) text: a JSON summary row per example it covers; example (ids)
           head_stats/<kind>/ head_stats (example, stat, layer, head) float32; example (ids), stat
                              (names), layer, head: coordinates; metadata consolidated
 
@@ -293,7 +293,7 @@ class RunReader:
     def _index(self) -> tuple[list[dict], dict[str, np.ndarray]]:
         try:
             idx = zarr.open_group(self.store._store, path=f"{self.path}/index", mode="r")
-            rows = list(idx.attrs.get("examples", []))
+            rows = _index_rows(self.store._store, f"{self.path}/index", idx)
             stats = {}
             base = f"{self.path}/index/head_stats"
             for kind in _list_dir(self.store._store, base):
@@ -590,11 +590,26 @@ class RunWriter(RunReader):
                 continue  # a kind missing from some examples is read per example instead
             _write_index_kind(idx.require_group(f"head_stats/{kind}"), np.stack(vals).astype(np.float32), ids,
                               names_by_kind[kind])
-        idx.attrs["examples"] = jsonable(rows)
+        if rows:  # version 4: the rows as an array, out of the consolidated documents (one JSON text each)
+            _put(idx, "summary", np.array([json.dumps(r) for r in jsonable(rows)], dtype=object), ("example",))
+            _put(idx, "example", ids, ("example",))
         idx.attrs["written"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         _consolidate_metadata(self.store._store, f"{self.path}/index")
         _consolidate_store(self.store._store)
         return len(rows)
+
+
+def _index_rows(store, path: str, idx) -> list[dict]:
+    """The summary rows of the run index at ``path``: version 4 keeps them in the ``summary`` array
+    (example,) of JSON texts, so the run's and the root's consolidated metadata, which copy every
+    attribute of the index, stay small; versions 1-3 in the index's ``examples`` attribute."""
+    if "examples" in idx.attrs:
+        return list(idx.attrs["examples"])
+    try:
+        texts = zarr.open_array(store, path=f"{path}/summary", mode="r")[:]
+    except Exception:  # noqa: BLE001 - no rows (an empty run) or a damaged array: the scan covers it
+        return []
+    return [json.loads(t) for t in texts.tolist()]
 
 
 def _open_array(store, *paths: str):

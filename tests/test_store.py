@@ -166,10 +166,15 @@ def test_a_finished_run_opens_in_zarr_and_xarray_without_warnings(tmp_path):
     assert sorted(g["runs/hand"].group_keys()) == ["index"]
     assert not (tmp_path / "s.zarr" / "runs" / "hand" / "examples" / "zarr.json").exists()
     # each document stays small: it lists the runs and their indexes, not the examples' arrays
-    listed = json.loads((tmp_path / "s.zarr" / "zarr.json").read_text())["consolidated_metadata"]["metadata"]
+    text = (tmp_path / "s.zarr" / "zarr.json").read_text()
+    listed = json.loads(text)["consolidated_metadata"]["metadata"]
     kind = "runs/hand/index/head_stats/self"
-    assert sorted(listed) == sorted(["runs", "runs/hand", "runs/hand/index", "runs/hand/index/head_stats", kind,
+    assert sorted(listed) == sorted(["runs", "runs/hand", "runs/hand/index", "runs/hand/index/summary",
+                                     "runs/hand/index/example", "runs/hand/index/head_stats", kind,
                                      *(f"{kind}/{a}" for a in ("head_stats", "example", "stat", "layer", "head"))])
+    assert "what color" not in text  # the index's summary rows are an array, not copied into the documents
+    index = tree["runs/hand/index"].to_dataset()  # one JSON summary row per example, labelled by its id
+    assert json.loads(str(index.summary.sel(example="ex2").values))["example_id"] == "ex2"
 
 
 def test_writing_another_run_drops_then_reconsolidates_the_metadata(tmp_path):
