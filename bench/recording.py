@@ -73,7 +73,7 @@ def run(quick: bool = False) -> dict:
             "baseline = Adapter.predict (same preprocessing, forward without attention output); goal ratio <= 1.5")
         out[f"store bytes / raw float32, {label}"] = figure(
             m["stored_bytes"] / 1e6, m["raw_bytes"] / 1e6, "MB/example",
-            "every stored file of the example (float16 attention + hidden, zstd; image, tokens, head stats, "
+            "every stored file of the example (float16 attention + hidden, blosc-lz4; image, tokens, head stats, "
             "metadata) vs float32 attention + hidden; goal ratio <= 0.5"
             + ("; random weights: near-uniform attention compresses far better than a trained model's"
                if label == "ViLT-B/32" or "random" in desc else ""))
