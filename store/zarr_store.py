@@ -595,7 +595,7 @@ class RunWriter(RunReader):
             _put(idx, "example", ids, ("example",))
         idx.attrs["written"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         _consolidate_metadata(self.store._store, f"{self.path}/index")
-        _consolidate_store(self.store._store)
+        _consolidate_store(self.store._store, self.path)
         return len(rows)
 
 
@@ -655,24 +655,21 @@ def _consolidate_metadata(store, path: str) -> None:
             zarr.consolidate_metadata(store, path=g)
 
 
-def _consolidate_store(store) -> None:
-    """Consolidate the run groups, ``runs`` and the root (store version 4), so xarray and zarr open
-    the store or a run in one read and without a warning. Their metadata covers the runs and their
-    indexes only: an example is a hierarchy of its own below the plain directory ``examples/``
-    (versions 1-3 made that directory a group: its document is removed here, or consolidating
-    would copy every example's metadata into the run's and the root's documents)."""
+def _consolidate_store(store, run_path: str) -> None:
+    """Consolidate the run at ``run_path``, ``runs`` and the root (store version 4), so xarray and
+    zarr open the store or the run in one read and without a warning. Their metadata covers the
+    runs and their indexes only: an example is a hierarchy of its own below the plain directory
+    ``examples/`` (versions 1-3 made that directory a group: its document is removed here, or
+    consolidating would copy every example's metadata into the run's and the root's documents).
+    Other runs keep theirs: one may be being written right now."""
     import warnings
 
-    runs = _list_dir(store, "runs")
-    for run in runs:
+    for run in _list_dir(store, "runs"):
         _delete(store, f"runs/{run}/examples/zarr.json")
     with warnings.catch_warnings():  # "not part of the Zarr format 3 specification": zarr-python reads it
         warnings.simplefilter("ignore")
-        for run in runs:
-            if _is_group(store, f"runs/{run}"):
-                zarr.consolidate_metadata(store, path=f"runs/{run}")
-        zarr.consolidate_metadata(store, path="runs")
-        zarr.consolidate_metadata(store)
+        for path in (run_path, "runs", ""):
+            zarr.consolidate_metadata(store, path=path or None)
 
 
 def _drop_consolidated(store, path: str) -> None:
