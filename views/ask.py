@@ -99,10 +99,11 @@ def recorded_answer(model: str, eid: str, question: str, _image: np.ndarray) -> 
     return record_answer_tokens(record), record.notices
 
 
-def spec_for(model: str, eid: str, question: str, target: tuple, image: np.ndarray):
-    """The spec ``target`` needs: a generative "A rather than B" teacher-forces both answers; any other
-    target is read in the spec of the model's own answer."""
-    answers = spec_answers(target[0]) if is_generative(get_adapter(model)) else None
+def spec_for(adapter, model: str, eid: str, question: str, target: tuple, image: np.ndarray):
+    """The spec ``target`` needs (``adapter``: the model's; get_spec builds it under the gate): a
+    generative "A rather than B" teacher-forces both answers; any other target is read in the spec of
+    the model's own answer."""
+    answers = spec_answers(target[0]) if is_generative(adapter) else None
     return get_spec(model, eid, question, tuple(answers) if answers else None, image)
 
 
@@ -124,7 +125,8 @@ def top_answers(model: str, eid: str, question: str, _image: np.ndarray, k: int 
 @st.cache_data(show_spinner=False, max_entries=64)
 def forward_seconds(model: str, eid: str, question: str, target: tuple, _image: np.ndarray) -> float:
     with GATE.hold(model):
-        return time_one_forward(get_adapter(model), spec_for(model, eid, question, target, _image))
+        adapter = get_adapter(model)
+        return time_one_forward(adapter, spec_for(adapter, model, eid, question, target, _image))
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
@@ -132,7 +134,7 @@ def run_method(model: str, eid: str, question: str, target: tuple, method: str, 
                _image: np.ndarray):
     adapter = get_adapter(model)
     with GATE.hold(model):  # one computation per model at a time: attribution hooks the shared model
-        spec = spec_for(model, eid, question, target, _image)
+        spec = spec_for(adapter, model, eid, question, target, _image)
         return attribute(adapter, spec, resolve(adapter, spec, target), method, **dict(params))
 
 
@@ -141,7 +143,7 @@ def deletion(model: str, eid: str, question: str, target: tuple, method: str, pa
              _image: np.ndarray):
     adapter = get_adapter(model)
     with GATE.hold(model):
-        spec = spec_for(model, eid, question, target, _image)
+        spec = spec_for(adapter, model, eid, question, target, _image)
         t = resolve(adapter, spec, target)
         if method == "random":
             return random_deletion_curve(adapter, spec, t)
@@ -315,7 +317,7 @@ if unavailable:
     st.stop()
 try:
     with queue_notice():
-        spec = spec_for(model, eid, question, target, image)
+        spec = spec_for(adapter, model, eid, question, target, image)
 except (AdapterError, InputError) as e:
     st.error(str(e))
     st.stop()
