@@ -181,3 +181,16 @@ def test_record_cli_full_layers_write_a_store_whose_reader_gives_every_row(tiny_
             assert cli.main(["record", "--model", f"llava:{tiny_dir}", "--limit", "1", "--out", str(out),
                              "--run", "bad", *flags]) != 0
         assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("page", ["views/attention.py", "views/head_summary.py", "views/browser.py"])
+def test_views_draw_a_store_with_full_layers(tmp_path, monkeypatch, page):
+    """A store written with full layers opens in the views as before (they read the kept rows)."""
+    from tests.view_records import open_page, write_store
+
+    rec, _ = _language_and_full(full_layers=(2,), full_heads=(0, 1))
+    path = write_store(tmp_path / "s.zarr", [rec])
+    at = open_page(monkeypatch, path, page, run="hand", ex=rec.example_id, kind="self", layer=2, head=0)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
