@@ -16,6 +16,10 @@ terms:
 - ``occlude(inputs, spec, region_mask, word_mask)`` -> inputs with those regions / words replaced
   by their baseline (for occlusion and deletion curves).
 
+Generative adapters implement the same contract over teacher-forced answers
+(adapters/generative_attribution.py): their spec's ``forward_logits`` is (batch, answer tokens, 3) scores
+of the answer tokens, which ``GenerationTarget`` (analysis/attribution/targets.py) reads.
+
 Loading never passes ``trust_remote_code``. Models are put in eval mode.
 """
 from __future__ import annotations

@@ -46,7 +46,7 @@ def add_arguments(p):
                    help="answer to explain (default: the model's top answer; for a generative model its first "
                         "generated token), or 'A rather than B'; generative models also take 'whole' (the whole "
                         "generated answer) and any answer text A (teacher-forced)")
-    p.add_argument("--target-token", type=int, default=None,
+    p.add_argument("--target-token", type=int, default=None, metavar="K",
                    help="generative models: explain generated token K (0 = the first answer token)")
     p.add_argument("--score", choices=("logprob", "logit"), default="logprob",
                    help="generative models: explain a token's log-probability (default) or its logit")

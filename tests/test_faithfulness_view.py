@@ -81,7 +81,7 @@ def test_shipped_evaluations_open(monkeypatch):
     """docs/faithfulness/ ships one evaluation per demo model; each opens (a fresh session per link) with
     all five methods and random."""
     monkeypatch.delenv("VL_LENS_FAITHFULNESS_DIRS", raising=False)
-    for model in ("vilt-easyvqa", "lxmert-easyvqa", "kdvlp-easyvqa"):
+    for model in ("vilt-easyvqa", "lxmert-easyvqa", "kdvlp-easyvqa", "llava-easyvqa"):
         app = AppTest.from_file(PAGE, default_timeout=60)
         app.query_params["evaluation"] = model
         app.run()

@@ -268,8 +268,24 @@ def test_occlusion_of_a_region_is_its_patch_pixels(llava, square):
     words[:] = True
     ids = llava.occlude(spec.inputs, spec, word_mask=words)["input_ids"]
     text = spec.word_token_index[~spec.word_is_special]
-    assert (ids[0, text] == llava.pad_id).all()
+    assert (ids[0, text] == llava.word_baseline_id()).all()
     assert torch.equal(ids[0, spec.extra["prompt_length"]:], spec.inputs["input_ids"][0, spec.extra["prompt_length"]:])
+
+
+def test_word_baseline_is_not_a_zero_embedding(llava):
+    """Llama-style embeddings keep the padding row at zero; RMSNorm makes IG's path from it a step, so the
+    baseline word is then the unknown token; a non-zero padding row is used as is."""
+    weight = llava.input_embeddings().weight
+    assert float(weight[llava.pad_id].detach().abs().max()) == 0.0  # the tiny LLaVA's padding_idx row
+    assert llava.word_baseline_id() == llava.tokenizer.unk_token_id
+    assert float(weight[llava.word_baseline_id()].detach().abs().max()) > 0
+    with torch.no_grad():
+        saved = weight[llava.pad_id].clone()
+        weight[llava.pad_id] = 0.5
+        try:
+            assert llava.word_baseline_id() == llava.pad_id
+        finally:
+            weight[llava.pad_id] = saved
 
 
 # ---- every method on every generative adapter (the attribution part of the contract) ----------------
