@@ -12,10 +12,21 @@ N_EXAMPLES = 8
 
 @pytest.fixture(scope="module")
 def client():
+    import sys
+    import types
+
     from distributed import Client, LocalCluster
 
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                           silence_logs=logging.ERROR)
+    # Streamlit's script runner (the AppTests earlier in the session) installs the app script as
+    # __main__ and leaves it there; a spawned worker re-runs __main__'s file as it starts, so it would
+    # run streamlit_app.py. The workers start from a bare __main__ instead.
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                               silence_logs=logging.ERROR)
+    finally:
+        sys.modules["__main__"] = main
     c = Client(cluster)
     yield c
     c.close()
