@@ -464,6 +464,17 @@ class GenerativeAdapter(GenerativeAttribution, Adapter):
         added = getattr(self.tokenizer, "added_tokens_decoder", {}) or {}
         return set(self.tokenizer.all_special_ids) | {int(i) for i, t in added.items() if getattr(t, "special", False)}
 
+    def _answer_token_labels(self, token_ids) -> tuple[list[str], list[str]]:
+        """Record token strings and modalities ("text" / "special") of answer token ids.
+
+        A checkpoint's embedding is often wider than its tokenizer (Qwen2-VL: 151,936 rows): an id
+        past the tokenizer has no string; it is a special token "<id N>"."""
+        specials = self._special_ids()
+        strings = self.tokenizer.convert_ids_to_tokens(list(token_ids))
+        tokens = [f"<id {i}>" if s is None else s for i, s in zip(token_ids, strings)]
+        modality = ["special" if i in specials or s is None else "text" for i, s in zip(token_ids, strings)]
+        return tokens, modality
+
     def _answer_text(self, token_ids) -> str:
         return self.tokenizer.decode(list(token_ids), skip_special_tokens=True).strip()
 
@@ -487,13 +498,9 @@ class GenerativeAdapter(GenerativeAttribution, Adapter):
         rgb, q, prompt = self._encode(image, question)
         answer = self._generate(prompt)
         gen = list(answer.token_ids)
-        specials = self._special_ids()
-        # A checkpoint's embedding is often wider than its tokenizer (Qwen2-VL: 151,936 rows): an id
-        # past the tokenizer has no string; it is recorded as a special token "<id N>".
-        answer_tokens = self.tokenizer.convert_ids_to_tokens(gen)
-        tokens = prompt.tokens + [f"<id {i}>" if t is None else t for i, t in zip(gen, answer_tokens)]
-        modality = prompt.modality + ["special" if i in specials or t is None else "text"
-                                      for i, t in zip(gen, answer_tokens)]
+        answer_tokens, answer_modality = self._answer_token_labels(gen)
+        tokens = prompt.tokens + answer_tokens
+        modality = prompt.modality + answer_modality
         role = ["prompt"] * len(prompt.tokens) + ["answer"] * len(gen)
         n_gen = len(gen)
         boxes = np.concatenate([prompt.boxes, np.full((n_gen, 4), np.nan, np.float32)])
@@ -594,16 +601,24 @@ class GenerativeAdapter(GenerativeAttribution, Adapter):
     def _with_image_features(self, inputs: dict) -> dict:
         """``inputs`` with the image features put in place as input embeddings: one vision tower
         run per distinct image (``image_index`` maps examples to them)."""
-        import torch
-
-        feats = self._image_features({k: inputs[k] for k in self.image_input_names})
-        feats = torch.cat([feats[i] for i in inputs["image_index"].tolist()])  # (image tokens of the batch, dim)
         ids = inputs["input_ids"]
-        embeds = self.input_embeddings()(ids)
-        mask = (ids == self.image_token_id)[..., None].expand_as(embeds)
-        embeds = embeds.masked_scatter(mask, feats.to(embeds.dtype))
+        embeds = self._embed_with_images(ids, ids == self.image_token_id,
+                                         {k: inputs[k] for k in self.image_input_names}, inputs["image_index"])
         rest = {k: v for k, v in inputs.items() if k not in ("input_ids", "image_index", *self.image_input_names)}
         return {"inputs_embeds": embeds, **rest}
+
+    def _embed_with_images(self, ids, image_mask, image_inputs: dict, image_index):
+        """Token embeddings of ``ids`` (B, T) with the image features in place where ``image_mask`` (B, T)
+        is true; ``image_index`` (one per row) picks each row's image among ``image_inputs``' (None: in
+        order). One vision tower run per distinct image."""
+        import torch
+
+        feats = self._image_features(image_inputs)
+        if image_index is not None:
+            feats = [feats[i] for i in image_index.tolist()]
+        embeds = self.input_embeddings()(ids)
+        mask = image_mask[..., None].expand_as(embeds)
+        return embeds.masked_scatter(mask, torch.cat(feats).to(embeds.dtype))
 
     def generate_batch(self, images: list[Image.Image], questions: list[str]) -> list[str]:
         """Greedy answers of a batch (left-padded prompts); the same texts as ``predict`` one by one."""

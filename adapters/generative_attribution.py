@@ -158,11 +158,11 @@ class GenerativeAttribution:
         inputs = {"input_ids": ids, **image_inputs, PROMPT_LENGTH: P, ANSWER_LENGTHS: tuple(len(s) for s in seqs)}
         baselines = dict(inputs, input_ids=pad_words(ids, text_pos, self.word_baseline_id()),
                          **self._image_baseline(image_inputs))
-        specials = set(self.tokenizer.all_special_ids)
-        answer_tokens = tuple(tuple(self.tokenizer.convert_ids_to_tokens(s)) for s in seqs)
+        labels = [self._answer_token_labels(s) for s in seqs]  # (tokens, modality) per answer, as a Record's
+        answer_tokens = tuple(tuple(tokens) for tokens, _ in labels)
         return AttributionSpec(
             record_tokens=tuple(prompt.tokens) + answer_tokens[0],
-            record_modality=tuple(prompt.modality) + tuple("special" if t in specials else "text" for t in seqs[0]),
+            record_modality=tuple(prompt.modality) + tuple(labels[0][1]),
             inputs=inputs, baselines=baselines, word_token_index=words, word_is_special=is_special,
             region_boxes=np.asarray(prompt.boxes, np.float32)[regions].reshape(-1, 4), region_token_index=regions,
             cls_token_index=P - 1, notices=tuple(prompt.notices),

@@ -165,22 +165,10 @@ class Qwen2VLAdapter(GenerativeAdapter):
         n_prompt = prompt.inputs["input_ids"].shape[1]
         types = torch.zeros_like(ids)
         types[:, :n_prompt] = prompt.inputs["mm_token_type_ids"]
-        embeds = self._embed_with_images(ids, types, prompt.image_inputs(self.image_input_names), None)
+        embeds = self._embed_with_images(ids, types == 1, prompt.image_inputs(self.image_input_names), None)
         positions, _ = self.model.model.get_rope_index(ids, mm_token_type_ids=types,
                                                        image_grid_thw=prompt.inputs["image_grid_thw"])
         return {"inputs_embeds": embeds, "position_ids": positions, "attention_mask": torch.ones_like(ids)}
-
-    def _embed_with_images(self, ids, types, image_inputs: dict, image_index):
-        """Token embeddings of ``ids`` with the image features at the positions where ``types`` is 1;
-        ``image_index`` (one per row) picks each row's image among ``image_inputs``' (None: in order)."""
-        import torch
-
-        feats = self._image_features(image_inputs)
-        if image_index is not None:
-            feats = [feats[i] for i in image_index.tolist()]
-        embeds = self.input_embeddings()(ids)
-        mask = (types == 1)[..., None].expand_as(embeds)
-        return embeds.masked_scatter(mask, torch.cat(feats).to(embeds.dtype))
 
     def _with_image_features(self, inputs: dict) -> dict:
         """Training and first-token logits (``encode_batch``'s right-padded rows): input embeddings
@@ -188,7 +176,7 @@ class Qwen2VLAdapter(GenerativeAdapter):
         them from embeddings alone)."""
         ids, index = inputs["input_ids"], inputs["image_index"]
         types = self._extra_model_inputs(ids)["mm_token_type_ids"]
-        embeds = self._embed_with_images(ids, types, {k: inputs[k] for k in self.image_input_names}, index)
+        embeds = self._embed_with_images(ids, types == 1, {k: inputs[k] for k in self.image_input_names}, index)
         positions, _ = self.model.model.get_rope_index(ids, mm_token_type_ids=types,
                                                        image_grid_thw=inputs["image_grid_thw"][index],
                                                        attention_mask=inputs["attention_mask"])
