@@ -288,16 +288,28 @@ class HeadStats:
     not_applicable: Mapping[str, str] = field(default_factory=dict)
 
 
+def not_applicable_reasons(kind: str, stats) -> dict[str, str]:
+    """statistic -> why ``kind`` cannot vary it, for those of ``stats`` it cannot."""
+    return {s: r for s in stats if (r := not_applicable(kind, s)) is not None}
+
+
+def stat_values(inp: StatInput, stats: dict[str, StatFn] | None = None) -> tuple[np.ndarray, dict[str, str]]:
+    """((stat, ...) values of every statistic of ``stats`` on ``inp``, NaN where ``inp.kind`` cannot vary
+    it; statistic -> why for those)."""
+    stats = HEAD_STATS if stats is None else stats
+    vals = np.stack([np.asarray(fn(inp), dtype=np.float32) for fn in stats.values()])
+    reasons = not_applicable_reasons(inp.kind, stats)
+    for stat in reasons:
+        vals[list(stats).index(stat)] = np.nan
+    return vals, reasons
+
+
 def compute_head_stats(record: Record, stats: dict[str, StatFn] | None = None) -> dict[str, HeadStats]:
     """kind -> HeadStats for every attention kind of the record."""
     stats = HEAD_STATS if stats is None else stats
     out = {}
     for kind in record.attention:
-        inp = stat_input(record, kind)
-        vals = np.stack([np.asarray(fn(inp), dtype=np.float32) for fn in stats.values()])
-        reasons = {s: r for s in stats if (r := not_applicable(kind, s)) is not None}
-        for stat in reasons:
-            vals[list(stats).index(stat)] = np.nan
+        vals, reasons = stat_values(stat_input(record, kind), stats)
         out[kind] = HeadStats(names=tuple(stats), values=vals, not_applicable=reasons)
     return out
 

@@ -127,7 +127,7 @@ def head_stats_without_sinks(values: np.ndarray, query_index: np.ndarray, key_in
     and, for a generated answer, answer_to_image / answer_to_question. A statistic whose query rows were
     not recorded (a generative run keeps no image rows by default: image -> text) is NaN.
     """
-    from analysis.head_stats import HEAD_STATS, StatInput, not_applicable
+    from analysis.head_stats import HEAD_STATS, StatInput, stat_values
     from analysis.layer_stats import answer_stats_of_rows
 
     v = np.asarray(values, np.float32)
@@ -137,10 +137,7 @@ def head_stats_without_sinks(values: np.ndarray, query_index: np.ndarray, key_in
     grid = np.asarray(grid)
     inp = StatInput(values=clean, query_modality=modality[qi], key_modality=modality[ki], query_token=qi, key_token=ki,
                     query_grid=grid[qi], key_grid=grid[ki], kind=kind)
-    out = {name: np.asarray(fn(inp), np.float32) for name, fn in HEAD_STATS.items()}
-    for name in out:
-        if not_applicable(kind, name) is not None:
-            out[name] = np.full(v.shape[:2], np.nan, np.float32)
+    out = dict(zip(HEAD_STATS, stat_values(inp)[0]))
     if np.array_equal(ki, np.arange(len(modality))):  # answer rows need every token as a key
         out.update(answer_stats_of_rows(clean, qi, modality, role))
     return list(out), np.stack(list(out.values()))
