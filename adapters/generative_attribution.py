@@ -2,11 +2,12 @@
 teacher-forced forward, so every method of analysis/attribution/ explains generated answers.
 
 A mixin for ``GenerativeAdapter`` (adapters/generative.py). It reaches the model only through the
-adapter's hooks: ``_encode`` / ``_generate`` (prompt and greedy answer), ``_with_image_features`` (the
-input embeddings with the image features in place), ``input_embeddings`` and ``patch_embedding`` (the
-two layers Integrated Gradients attributes at), ``image_input_names``, and two hooks of its own a family
-overrides when its vision patches do not map one to one onto image tokens, or its pixels are not one
-(batch, channel, y, x) image: ``patch_token_index`` and ``_occlude_patches``.
+adapter's hooks: ``_encode`` / ``_generate`` (prompt and greedy answer), ``_embed_with_images`` (the
+input embeddings with the image features in place at the prompt's image tokens), ``input_embeddings``
+and ``patch_embedding`` (the two layers Integrated Gradients attributes at), ``image_input_names``, and
+hooks of its own a family overrides: ``_decoder`` when its positions depend on the tokens (multimodal
+rotary positions), ``patch_token_index`` and ``_occlude_patches`` when its vision patches do not map one
+to one onto image tokens, or its pixels are not one (batch, channel, y, x) image.
 
 The spec (``attribution_spec``) teacher-forces J answers after the prompt (default: the greedy answer,
 as generated; or answer texts, each tokenized and followed by the end-of-sequence token, as in training):
@@ -96,10 +97,11 @@ class GenerativeAttribution:
 
         return {k: torch.zeros_like(v) for k, v in image_inputs.items() if v.is_floating_point()}
 
-    def _decoder(self, embeds, mask, seq_ids, image_inputs: dict, output_attentions: bool):
+    def _decoder(self, embeds, mask, seq_ids, prompt_length: int, image_inputs: dict, output_attentions: bool):
         """(last hidden states (B, T, D), attentions or None) of the language model on input embeddings
-        ``embeds`` (B, T, D) of the token ids ``seq_ids`` (B, T) (right padding: ``mask`` 0); a family whose
-        positions depend on the tokens (multimodal rotary positions) overrides it."""
+        ``embeds`` (B, T, D) of the token ids ``seq_ids`` (B, T) (right padding: ``mask`` 0), whose first
+        ``prompt_length`` are the prompt; a family whose positions depend on the tokens (multimodal rotary
+        positions) overrides it."""
         out = self.model.model(inputs_embeds=embeds, attention_mask=mask, use_cache=False,
                                output_attentions=output_attentions)
         return out.last_hidden_state, (out.attentions if output_attentions else None)
@@ -195,9 +197,11 @@ class GenerativeAttribution:
         ids, P, lengths = inputs["input_ids"], int(inputs[PROMPT_LENGTH]), tuple(inputs[ANSWER_LENGTHS])
         B, T = ids.shape[0], P + max(lengths)
         image_inputs = {k: inputs[k] for k in self.image_input_names}
-        feats = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
-                 "image_index": torch.arange(B, device=ids.device), **image_inputs}
-        embeds = self._with_image_features(feats)["inputs_embeds"]  # (B, P + sum L, D): one embedding call
+        # Image features go only where the prompt has image tokens: an answer token equal to the image
+        # token (a degenerate model may write one) stays a word embedding, as in generate.
+        in_prompt = torch.arange(ids.shape[1], device=ids.device) < P
+        embeds = self._embed_with_images(ids, (ids == self.image_token_id) & in_prompt, image_inputs,
+                                         torch.arange(B, device=ids.device))  # (B, P + sum L, D): one call
         seqs, seq_ids, masks, starts = [], [], [], np.cumsum((0,) + lengths)
         for j, L in enumerate(lengths):
             keep = list(range(P)) + list(range(P + starts[j], P + starts[j] + L))
@@ -209,7 +213,8 @@ class GenerativeAttribution:
         J = len(lengths)
         hidden, attentions = self._decoder(torch.stack(seqs, 1).reshape(B * J, T, -1),
                                            torch.stack(masks, 1).reshape(B * J, T),
-                                           torch.stack(seq_ids, 1).reshape(B * J, T), image_inputs, output_attentions)
+                                           torch.stack(seq_ids, 1).reshape(B * J, T), P, image_inputs,
+                                           output_attentions)
         hidden = hidden.reshape(B, J, T, -1)
         head = self.model.get_output_embeddings()
         out = []

@@ -114,13 +114,16 @@ class Qwen2VLAdapter(GenerativeAdapter):
             raise AdapterError(f"internal: {n_patches} vision patches for {len(pos)} image tokens")
         return pos[np.arange(n_patches) // self.merge ** 2]
 
-    def _decoder(self, embeds, mask, seq_ids, image_inputs: dict, output_attentions: bool):
+    def _decoder(self, embeds, mask, seq_ids, prompt_length: int, image_inputs: dict, output_attentions: bool):
         """The language model on teacher-forced rows with each row's multimodal rotary positions (the
-        rows of one input share its image: ``image_grid_thw`` repeated)."""
+        rows of one input share its image: ``image_grid_thw`` repeated; image tokens only in the prompt)."""
+        import torch
+
         grid = image_inputs["image_grid_thw"]
         rows = len(seq_ids) // len(grid)
+        in_prompt = torch.arange(seq_ids.shape[1], device=seq_ids.device) < prompt_length
         positions, _ = self.model.model.get_rope_index(
-            seq_ids, mm_token_type_ids=(seq_ids == self.image_token_id).long() * mask,
+            seq_ids, mm_token_type_ids=((seq_ids == self.image_token_id) & in_prompt).long() * mask,
             image_grid_thw=grid.repeat_interleave(rows, 0), attention_mask=mask)
         out = self.model.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False,
                                output_attentions=output_attentions)

@@ -372,3 +372,28 @@ def test_notebook_api_explains_a_generated_answer(llava, square):
     assert r.target == "'red' rather than 'blue'" and np.isfinite(r.region_scores).all()
     first = vllens.attribute(llava, square, QUESTION, method="rollout")
     assert first.target.startswith("token 0")
+
+
+def test_an_answer_holding_the_image_token_is_a_word_after_the_prompt(generative_adapter):
+    """Image features go at the prompt's image tokens only: an answer that writes the image token (only a
+    degenerate model would) is scored with that token as a word, as generate would feed it back."""
+    adapter, image = generative_adapter
+    image_text = adapter.tokenizer.convert_ids_to_tokens(adapter.image_token_id)
+    spec, target = target_spec(adapter, image, QUESTION, f"{image_text} red")
+    P, ids = spec.extra["prompt_length"], list(spec.extra["answer_ids"][0])
+    assert ids[0] == adapter.image_token_id and len(ids) >= 3
+    with torch.no_grad():
+        scores = adapter.forward_logits(**spec.inputs)
+        first = torch.log_softmax(adapter.next_token_logits(**adapter.encode_batch([image], [QUESTION])).float(), -1)
+    assert scores.shape == (1, len(ids), 3) and torch.isfinite(scores).all()
+    # the first answer token depends on the prompt alone: the prompt's own next-token distribution
+    assert float(scores[0, 0, 0]) == pytest.approx(float(first[0, adapter.image_token_id]), abs=1e-4)
+    if adapter.name == "llava":  # the whole sequence by hand: image features in the prompt, the answer as words
+        seq = torch.cat([spec.inputs["input_ids"][:, :P], torch.tensor([ids])], 1)
+        in_prompt = (seq == adapter.image_token_id) & (torch.arange(seq.shape[1]) < P)
+        with torch.no_grad():
+            embeds = adapter._embed_with_images(seq, in_prompt, {"pixel_values": spec.inputs["pixel_values"]}, None)
+            logits = adapter.model(inputs_embeds=embeds, attention_mask=torch.ones_like(seq), use_cache=False).logits
+        logp = torch.log_softmax(logits[0].float(), -1)
+        expected = [float(logp[P + t - 1, ids[t]]) for t in range(len(ids))]
+        np.testing.assert_allclose(scores[0, :, 0].numpy(), expected, atol=1e-4)
