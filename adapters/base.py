@@ -86,6 +86,14 @@ def stack_layers(tensors) -> np.ndarray:
     return torch.stack([t[0].to("cpu", torch.float16) for t in tensors]).numpy()
 
 
+def batch_layers(tensors) -> np.ndarray:
+    """Per-layer (B, ...) tensors of a whole batch as one float16 array (B, layers, ...): each layer
+    converted once for the batch, on the CPU (layers already offloaded and layers on a GPU alike)."""
+    import torch
+
+    return torch.stack([t.to("cpu", torch.float16) for t in tensors], 1).numpy()
+
+
 def token_geometry(n_tokens: int, text_spans, image_boxes: np.ndarray, image_grid: np.ndarray):
     """Per-token geometry arrays of a Record whose first T tokens are the text side (``text_spans``,
     T character spans) and whose last I tokens are the image ones (``image_boxes`` (I, 4),

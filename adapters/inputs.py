@@ -45,21 +45,30 @@ class EncodedQuestion:
 
 def encode_question(tokenizer, question: str, max_tokens: int) -> EncodedQuestion:
     """Tokenize one checked question, truncated to ``max_tokens`` with a notice when it is cut."""
-    full = tokenizer(question, add_special_tokens=True)["input_ids"]
-    enc = tokenizer(question, truncation=True, max_length=max_tokens, return_offsets_mapping=True,
-                    return_tensors="pt")
-    notices = []
-    if len(full) > max_tokens:
-        notices.append(f"question truncated: {len(full)} tokens, this model reads at most "
-                       f"{max_tokens}; words after the cut were ignored")
-    ids = enc["input_ids"][0].tolist()
+    return encode_each_question(tokenizer, [question], max_tokens)[0]
+
+
+def encode_each_question(tokenizer, questions: list[str], max_tokens: int) -> list[EncodedQuestion]:
+    """``encode_question`` of each checked question, in two tokenizer calls for all of them (a batch's
+    recording read its questions one call at a time, twice each)."""
+    import torch
+
+    full = tokenizer(questions, add_special_tokens=True)["input_ids"]
+    enc = tokenizer(questions, truncation=True, max_length=max_tokens, return_offsets_mapping=True)
     unk = tokenizer.unk_token_id
     specials = set(tokenizer.all_special_ids)
-    words = [i for i in ids if i not in specials or i == unk]
-    if words and all(i == unk for i in words):
-        notices.append("none of the question's words are in this model's vocabulary (all unknown)")
-    return EncodedQuestion(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                           offsets=enc["offset_mapping"][0].tolist(), notices=tuple(notices))
+    out = []
+    for n_full, ids, offsets in zip((len(f) for f in full), enc["input_ids"], enc["offset_mapping"]):
+        notices = []
+        if n_full > max_tokens:
+            notices.append(f"question truncated: {n_full} tokens, this model reads at most "
+                           f"{max_tokens}; words after the cut were ignored")
+        words = [i for i in ids if i not in specials or i == unk]
+        if words and all(i == unk for i in words):
+            notices.append("none of the question's words are in this model's vocabulary (all unknown)")
+        out.append(EncodedQuestion(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                   offsets=[tuple(o) for o in offsets], notices=tuple(notices)))
+    return out
 
 
 def encode_questions(tokenizer, questions: list[str], max_tokens: int):

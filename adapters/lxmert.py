@@ -36,8 +36,8 @@ from torch import nn
 
 from adapters.base import (PROBABILITY_RULES, Adapter, AttributionSpec, display_copy, probabilities_by_rule,
                            stack_layers, token_geometry)
-from adapters.inputs import check_batch, check_image, check_question, encode_question, encode_questions, pad_words, text_inputs, \
-    text_layout
+from adapters.inputs import (check_batch, check_image, check_question, encode_each_question, encode_question,
+                             encode_questions, pad_words, text_inputs, text_layout)
 from adapters.loading import checkpoint_info, load_error, resolve_device, resolve_source
 from adapters.lxmert_capture import capture
 from adapters.pixels import ResizedPixelCache
@@ -327,7 +327,7 @@ class LxmertAdapter(Adapter):
         rgbs, qs, labels, source_keys = check_batch(images, questions, labels, source_keys)
         if regions is not None and len(regions) != len(rgbs):
             raise InputError(f"need one region set per image (got {len(regions)} for {len(rgbs)} images)")
-        encoded = [encode_question(self.tokenizer, q, self.max_text_tokens) for q in qs]
+        encoded = encode_each_question(self.tokenizer, qs, self.max_text_tokens)
         enc = encode_questions(self.tokenizer, qs, self.max_text_tokens)
         inputs = text_inputs(enc["input_ids"], enc["attention_mask"], self.device, token_types=True)
         inputs.update(self._visual_inputs(rgbs, regions))

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from adapters.base import (Adapter, AttributionSpec, display_copy, probabilities_by_rule, stack_layers,
-                           token_geometry)
-from adapters.inputs import IMAGE_TOKEN, check_batch, encode_question, pad_words, text_layout
+from adapters.base import (Adapter, AttributionSpec, batch_layers, display_copy, probabilities_by_rule,
+                           token_geometry, top_k_prediction)
+from adapters.inputs import IMAGE_TOKEN, check_batch, encode_each_question, pad_words, text_layout
 from core.errors import AdapterError
 from core.ids import example_id_of
 from store.schema import AttentionBlock, HiddenBlock, Prediction, Record
@@ -47,18 +47,21 @@ class SequenceLayout:
         return len(self.text_spans)
 
 
-def single_stream_record(*, image: Image.Image, question: str, layout: SequenceLayout, attentions, hidden_states,
-                         prediction: Prediction, label: str | None, source_key: str | None, notices,
-                         meta: dict, b: int = 0) -> Record:
+def single_stream_record(*, image: Image.Image, question: str, layout: SequenceLayout, attentions: np.ndarray,
+                         hidden_states: np.ndarray, prediction: Prediction, label: str | None, source_key: str | None,
+                         notices, meta: dict, b: int = 0) -> Record:
     """The Record of batch element ``b`` of a single-stream model: one ``self`` attention over the
     joint sequence and one ``joint`` hidden stream, at ``layout.positions`` only.
 
-    ``attentions`` / ``hidden_states`` are the model's per-layer outputs, (B, H, S, S) / (B, S, D).
+    ``attentions`` / ``hidden_states``: the whole batch's maps as float16 arrays (``batch_layers``),
+    (B, L, H, S, S) / (B, L + 1, S, D).
     """
     n = len(layout.tokens)
     boxes, grid, token_spans = token_geometry(n, layout.text_spans, layout.image_boxes, layout.image_grid)
-    attn = stack_layers(_at_positions(attentions, b, layout.positions, dims=(-2, -1)))  # (L, H, N, N)
-    hidden = stack_layers(_at_positions(hidden_states, b, layout.positions, dims=(-2,)))  # (L + 1, N, D)
+    attn, hidden = attentions[b], hidden_states[b]  # (L, H, S, S), (L + 1, S, D)
+    pos = layout.positions
+    if len(pos) != attn.shape[-1]:  # positions are increasing: as many as S means all of them
+        attn, hidden = attn[:, :, pos[:, None], pos], hidden[:, pos]
     if attn.shape[-1] != n:
         raise AdapterError(f"internal: {attn.shape[-1]} attention positions for {n} tokens")
     idx = np.arange(n)
@@ -70,19 +73,6 @@ def single_stream_record(*, image: Image.Image, question: str, layout: SequenceL
         hidden={"joint": HiddenBlock(values=hidden, token_index=idx)},
         prediction=prediction, label=label, source_key=source_key, notices=tuple(notices), meta=meta,
     )
-
-
-def _at_positions(tensors, b: int, positions: np.ndarray, dims: tuple[int, ...]) -> list:
-    """Batch element ``b`` (kept as a batch of 1) of each tensor, cut to ``positions`` on ``dims``."""
-    out = []
-    for t in tensors:
-        t = t[b:b + 1]
-        if len(positions) != t.shape[dims[0]]:  # positions are increasing: as many as S means all of them
-            index = torch.as_tensor(positions, device=t.device)
-            for d in dims:
-                t = t.index_select(d, index)
-        out.append(t)
-    return out
 
 
 class SingleStreamAdapter(Adapter):
@@ -161,12 +151,17 @@ class SingleStreamAdapter(Adapter):
                   labels: list | None = None, source_keys: list | None = None) -> list[Record]:
         """``run`` for many examples in one forward; each Record cut back to its own tokens."""
         rgbs, qs, labels, source_keys = check_batch(images, questions, labels, source_keys)
-        encoded = [encode_question(self.tokenizer, q, self.max_text_tokens) for q in qs]
+        encoded = encode_each_question(self.tokenizer, qs, self.max_text_tokens)
         inputs = self._batch_inputs(rgbs, qs)
         out = self._outputs(inputs, output_attentions=True, output_hidden_states=True)
+        # The whole batch converted at once (one float16 copy per layer, not one per layer and example),
+        # then each example's own positions picked from it: a third of a small model's recording went
+        # into per-example slicing and conversion.
+        attentions, hidden_states = batch_layers(out.attentions), batch_layers(out.hidden_states)
+        probabilities, answers = self.answer_probabilities(out.logits), self.answers()
         return [single_stream_record(
-            image=rgbs[b], question=qs[b], layout=self._layout(inputs, enc.offsets, b), attentions=out.attentions,
-            hidden_states=out.hidden_states, prediction=self.prediction_from_logits(out.logits[b:b + 1], top_k),
+            image=rgbs[b], question=qs[b], layout=self._layout(inputs, enc.offsets, b), attentions=attentions,
+            hidden_states=hidden_states, prediction=top_k_prediction(probabilities[b:b + 1], answers, top_k),
             label=labels[b], source_key=source_keys[b], notices=list(enc.notices),
             meta=self._record_meta(rgbs[b], inputs, b), b=b) for b, enc in enumerate(encoded)]
 
