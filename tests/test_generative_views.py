@@ -332,6 +332,46 @@ def test_a_tiled_image_overlays_tiles_or_the_global_image_from_their_boxes(tiled
         np.testing.assert_allclose(f["weight"].to_numpy(), want[f["token"].astype(int)], atol=2e-3)
 
 
+def test_compare_overlays_one_part_of_a_tiled_image_at_a_time(tiled_store, tmp_path, monkeypatch):
+    """Compare's word overlay of a tiled model draws tiles or the global image, never both stacked."""
+    import shutil
+
+    from store.zarr_store import VLStore
+    from tests.view_records import single_stream_record
+
+    path = tmp_path / "pair.zarr"
+    shutil.copytree(tiled_store, path)
+    reader = VLStore(path).run("tiled")
+    eid = reader.example_ids()[0]
+    rec = reader.record(eid)
+    tile = [i for i, t in enumerate(rec.tokens) if t.startswith("tile ")]
+    glob = [i for i, t in enumerate(rec.tokens) if t.startswith("global patch")]
+    cls = single_stream_record(seed=0)
+    write_store(path, [Record(**{**{f: getattr(cls, f) for f in ("question", "tokens", "modality", "token_boxes",
+                                                                 "token_grid", "token_spans", "image", "attention",
+                                                                 "hidden", "prediction", "label", "meta")},
+                                 "example_id": eid})], run="cls")
+    at = open_page(monkeypatch, path, "views/compare.py", run="tiled", run2="cls", ex=eid)
+    at.run()
+    assert not at.exception, at.exception
+    word = at.selectbox(key="compare_word").value
+    t = next(i for i, (tok, m) in enumerate(zip(rec.tokens, rec.modality)) if m == "text" and tok.strip() == word)
+    layer = rec.attention["self"].n_layers - 1  # relative depth 1: the last layer
+    want = mean_row(rec, layer, t)
+    for part, tokens in (("tiles", tile), ("global image", glob), ("both", sorted(tile + glob))):
+        at.radio(key="compare_part").set_value(part).run()
+        assert not at.exception, at.exception
+        overlays = [f for c in chart_datasets(at) for f in c["data"]
+                    if all(k in f.columns for k in ("x0", "y0", "x1", "y1", "weight"))]
+        assert len(overlays) == 2  # A (tiled) and B (the classifier)
+        a = overlays[0]
+        assert sorted(a["token"].astype(int)) == tokens
+        np.testing.assert_allclose(a["weight"].to_numpy(), want[a["token"].astype(int)], atol=2e-3)
+        assert len(overlays[1]) == 9  # the classifier's 3 x 3 patches, whatever the part
+    caption = next(c.value for c in at.caption if c.value.startswith("A: tiled"))
+    assert f"{want[tile + glob].sum():.0%} of its attention to the image" in caption
+
+
 # ---- a layer recorded in full (record --full-layers) -------------------------------------------------
 @pytest.fixture(scope="module")
 def full_layer_store(tmp_path_factory):

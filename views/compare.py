@@ -11,6 +11,7 @@ import streamlit as st
 
 import charts
 from analysis import compare as cmp
+from analysis.attention_views import IMAGE_PARTS, image_parts
 from analysis.depth import depth_bins, kind_depths, nearest_layer
 from analysis.head_stats import STAT_LABELS, as_defined, not_applicable, not_applicable_message
 from analysis.projections import project_layers
@@ -269,6 +270,15 @@ with tab_example:
             st.info("One model has no text-to-image attention kind (self or cross_l2v) to overlay.")
         else:
             word = st.selectbox("Word (present in both token lists)", words, key="compare_word")
+            # A tiled image (SmolVLM / Idefics3): tile and global-image tokens cover the same pixels, so one
+            # part is drawn at a time, as in the Attention view; the share in the caption is the whole image's.
+            tiled = {tag: image_parts(tok["token_grid"], tok["modality"]) for tag, tok in (("A", tok_a), ("B", tok_b))}
+            part = None
+            if any(p is not None for p in tiled.values()):
+                part = st.radio("Image tokens of the tiled model", list(IMAGE_PARTS), horizontal=True,
+                                key="compare_part",
+                                help="Its image was split into tiles plus a downscaled global image: tile and global "
+                                     "tokens overlap in the picture, so one part is drawn at a time.")
             cols = st.columns(2)
             for col, reader, tok, okind, tag in ((cols[0], reader_a, tok_a, ov_a, "A"), (cols[1], reader_b, tok_b, ov_b, "B")):
                 layers_here = _layers(reader, eid)
@@ -281,12 +291,16 @@ with tab_example:
                 except ValueError as e:
                     col.warning(f"{tag}: {e}")
                     continue
-                pic = charts.overlay(example_image(loc, reader.name, eid), tok["token_boxes"][img_tok], w,
-                                     tokens=img_tok, labels=[tok["tokens"][i] for i in img_tok], width=256)
                 # Where every key is an image token (cross_l2v) the share is 100% by construction: not a finding.
                 share = (f"'{word}' sends {w.sum():.0%} of its attention to the image"
                          if not_applicable(okind, "text_to_image") is None
                          else f"{okind}'s keys are all image tokens, so each row sums to 1 over the image")
+                if tiled[tag] is not None:
+                    drawn = np.isin(img_tok, tiled[tag][part])
+                    share += f" ({w[drawn].sum():.0%} to the {part} drawn)" if part != "both" else ""
+                    img_tok, w = img_tok[drawn], w[drawn]
+                pic = charts.overlay(example_image(loc, reader.name, eid), tok["token_boxes"][img_tok], w,
+                                     tokens=img_tok, labels=[tok["tokens"][i] for i in img_tok], width=256)
                 col.altair_chart(charts.tagged(pic, f"compare_overlay_{tag}"), key=f"compare_overlay_{tag}",
                                  width="content")
                 col.caption(f"{tag}: {reader.name} · {okind} · layer {layer} (0–{L - 1}), "
