@@ -1,15 +1,16 @@
-"""Batched recording throughput (``record --batch-size B``, Adapter.run_batch).
+"""Batched recording throughput (``record --batch-size B``) against a bare batched forward.
 
-Per example, for chunks of B examples:
-- batched recording: ``run_batch`` (one padded forward capturing attention and hidden states, each
-  Record cut back to its own tokens) + head statistics + store write, what ``record --batch-size B``
-  does for each chunk;
-- vs a bare batched forward of the same chunk: ``encode_batch`` + ``forward_logits`` (the same
-  padded batch, logits only, no capture): goal ratio <= 1.2;
-- vs today's one-example recording: ``run`` + head statistics + write per example.
+Each measured over the same N examples, read from the data set (images decoded) in chunks of B:
+- batched recording: ``pipeline.record.record_examples(batch_size=B)`` into a fresh run, what
+  ``record --batch-size B`` does: ``run_batch`` (one padded forward capturing attention and hidden
+  states, each Record cut back to its own tokens), then head statistics and the store write on the
+  committer thread while the next chunk runs;
+- a bare batched forward: the images decoded, ``encode_batch`` + ``forward_logits`` of each chunk
+  (the same padded batches, logits only, no capture): goal ratio <= 1.2;
+- today's one-example recording: ``record_examples`` with one example per forward.
 
-Medians over chunks after one warm-up chunk, the three alternating on the same chunks (robust on a
-shared machine). CPU only here: no GPU timings were taken.
+Per example, medians over rounds after one warm-up round, the three alternating in each round (robust
+on a shared machine). CPU only here: no GPU timings were taken.
 """
 from __future__ import annotations
 
@@ -24,56 +25,47 @@ def _chunks(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-def measure(adapter, examples, batch_size: int) -> dict:
+def measure(adapter, examples, batch_size: int, rounds: int) -> dict:
     """Median seconds per example of bare batched forward, batched recording, one-example recording."""
     import torch
 
-    from analysis.head_stats import compute_head_stats
+    from pipeline.record import record_examples
     from store.zarr_store import VLStore
 
-    times: dict[str, list[float]] = {"bare": [], "batched": [], "one": [], "capture": []}
+    exs = [ex for ex, _ in examples]
+    times: dict[str, list[float]] = {"bare": [], "batched": [], "one": []}
     with tempfile.TemporaryDirectory(prefix="vl-lens-bench-") as tmp:
         store = VLStore(Path(tmp) / "s.zarr", mode="a")
-        writers = {k: store.writer(k, adapter.provenance()) for k in ("batched", "one")}
-        for c, chunk in enumerate(_chunks(examples, batch_size)):
-            images, questions = [im for _, im in chunk], [ex.question for ex, _ in chunk]
+        for r in range(rounds + 1):
             t0 = time.perf_counter()
-            with torch.no_grad():
-                adapter.forward_logits(**adapter.encode_batch(images, questions))
+            for chunk in _chunks(exs, batch_size):
+                with torch.no_grad():
+                    adapter.forward_logits(**adapter.encode_batch([ex.image() for ex in chunk],
+                                                                  [ex.question for ex in chunk]))
             t1 = time.perf_counter()
-            records = adapter.run_batch(images, questions, labels=[ex.label for ex, _ in chunk],
-                                        source_keys=[ex.source_key for ex, _ in chunk])
-            t_capture = time.perf_counter()
-            for rec in records:
-                writers["batched"].write(rec, compute_head_stats(rec))
+            record_examples(adapter, exs, store, f"batched{r}", progress=False, batch_size=batch_size)
             t2 = time.perf_counter()
-            for (ex, _), im, q in zip(chunk, images, questions):
-                rec = adapter.run(im, q, label=ex.label, source_key=ex.source_key)
-                writers["one"].write(rec, compute_head_stats(rec))
+            record_examples(adapter, exs, store, f"one{r}", progress=False)
             t3 = time.perf_counter()
-            if c == 0:
-                continue  # warm-up chunk
-            n = len(chunk)
-            times["bare"].append((t1 - t0) / n)
-            times["batched"].append((t2 - t1) / n)
-            times["one"].append((t3 - t2) / n)
-            times["capture"].append((t_capture - t1) / n)
-    return {k: median(v) for k, v in times.items()} | {"chunks": len(times["bare"])}
+            if r == 0:
+                continue  # warm-up round
+            for key, seconds in (("bare", t1 - t0), ("batched", t2 - t1), ("one", t3 - t2)):
+                times[key].append(seconds / len(exs))
+    return {k: median(v) for k, v in times.items()} | {"rounds": rounds}
 
 
 def run(quick: bool = False) -> dict:
     out = {}
-    for label, build, b, n in (("demo ViLT", demo_vilt, 8, 24 if quick else 72),
-                               ("ViLT-B/32", vilt_b32_random, 4, 8 if quick else 20)):
+    for label, build, b, n, rounds in (("demo ViLT", demo_vilt, 8, 24 if quick else 96, 2 if quick else 5),
+                                       ("ViLT-B/32", vilt_b32_random, 4, 8 if quick else 16, 1 if quick else 3)):
         adapter, desc = build()
-        m = measure(adapter, easyvqa_examples(n), b)
-        note = (f"{desc}; batch {b}; median of {m['chunks']} chunks after one warm-up; CPU; of which run_batch "
-                f"{m['capture'] * 1e3:.1f} ms, head stats + write the rest")
+        m = measure(adapter, easyvqa_examples(n), b, rounds)
+        note = f"{desc}; batch {b}; {n} examples; median of {m['rounds']} rounds after one warm-up; CPU"
         out[f"batched recording vs bare batched forward, {label}"] = figure(
             m["batched"] * 1e3, m["bare"] * 1e3, "ms/example",
-            note + "; record = run_batch + head stats + store write; bare = encode_batch + forward_logits; "
-            "goal ratio <= 1.2")
+            note + "; record = record_examples(batch_size=B): run_batch, then head stats + store write on the "
+            "committer thread; bare = decode + encode_batch + forward_logits; goal ratio <= 1.2")
         out[f"batched recording vs one-example recording, {label}"] = figure(
             m["batched"] * 1e3, m["one"] * 1e3, "ms/example",
-            note + "; baseline = run + head stats + write, one example per forward (below 1: batching is faster)")
+            note + "; baseline = record_examples with one example per forward (below 1: batching is faster)")
     return out

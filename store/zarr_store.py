@@ -79,7 +79,7 @@ from zarr.core.sync import sync
 from core.errors import RecordError, StoreError
 from store.json_values import array_from_json, array_to_json, jsonable
 from store.schema import SCHEMA_VERSION, AttentionBlock, FullAttention, HiddenBlock, Prediction, Record, as_float32
-from store.shard_writer import ArrayPlan, write_example
+from store.shard_writer import NOT_LOCAL, ArrayPlan, committed_attributes, write_example
 
 FORMAT_NAME = "vl-lens-store"
 RUN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -284,6 +284,9 @@ class RunReader:
         return zarr.open_group(self.store._store, path=f"{self.path}/examples/{eid}", mode="r")
 
     def _example_attrs(self, eid: str) -> dict | None:
+        attrs = committed_attributes(self.store._store, f"{self.path}/examples/{eid}")
+        if attrs is not NOT_LOCAL:
+            return attrs
         try:
             attrs = dict(self._example_group(eid).attrs)
         except Exception:  # missing or half-written metadata: not committed
