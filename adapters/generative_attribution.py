@@ -167,7 +167,7 @@ class GenerativeAttribution:
             record_modality=tuple(prompt.modality) + tuple(labels[0][1]),
             inputs=inputs, baselines=baselines, word_token_index=words, word_is_special=is_special,
             region_boxes=np.asarray(prompt.boxes, np.float32)[regions].reshape(-1, 4), region_token_index=regions,
-            cls_token_index=P - 1, notices=tuple(prompt.notices),
+            cls_token_index=P - 1, notices=tuple(prompt.notices) + _padding_patch_notice(patch_region),
             extra={"example_id": example_id_of(rgb, q), "answers": tuple(texts), "answer_ids": tuple(map(tuple, seqs)),
                    "answer_tokens": answer_tokens, PROMPT_LENGTH: P, ANSWER_LENGTHS: tuple(len(s) for s in seqs),
                    "generated": self._answer_text(generated.token_ids),
@@ -258,3 +258,14 @@ class GenerativeAttribution:
             pos[spec.word_token_index[np.asarray(word_mask, bool) & ~spec.word_is_special]] = True
             new["input_ids"] = pad_words(inputs["input_ids"], pos, self.word_baseline_id())
         return new
+
+
+def _padding_patch_notice(patch_region: np.ndarray) -> tuple[str, ...]:
+    """A notice when some vision patches are in no region (LLaVA's pad to square: patches of padding
+    only, outside the source image): their attribution is in no map and no image total."""
+    outside = int((patch_region < 0).sum())
+    if not outside:
+        return ()
+    return (f"{outside} of {len(patch_region)} vision patches cover only the padding the processor added "
+            "around the image: they are in no region, so their attribution is left out of the image map and "
+            "the image total (IG's totals then fall short of f(x) - f(baseline) by their share)",)

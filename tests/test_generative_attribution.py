@@ -397,3 +397,18 @@ def test_an_answer_holding_the_image_token_is_a_word_after_the_prompt(generative
         logp = torch.log_softmax(logits[0].float(), -1)
         expected = [float(logp[P + t - 1, ids[t]]) for t in range(len(ids))]
         np.testing.assert_allclose(scores[0, :, 0].numpy(), expected, atol=1e-4)
+
+
+def test_patches_of_padding_only_are_named_in_a_notice(llava, square):
+    """LLaVA pads a non-square image to a square: patches of padding only are in no region, and the
+    spec (so every result) says how many, since their attribution is in no map or total."""
+    wide = Image.fromarray((np.random.RandomState(4).rand(32, 64, 3) * 255).astype(np.uint8))
+    spec, target = target_spec(llava, wide, QUESTION)
+    region = spec.extra["patch_region"]
+    assert len(region) == 64 and int((region < 0).sum()) == 32  # 8 x 8 patches; 2 rows above, 2 below
+    note = "32 of 64 vision patches cover only the padding"
+    assert any(n.startswith(note) for n in spec.notices)
+    r = attribute(llava, spec, target, "occlusion")
+    assert any(n.startswith(note) for n in r.notes)
+    sq, _ = target_spec(llava, square, QUESTION)
+    assert (sq.extra["patch_region"] >= 0).all() and not any("cover only the padding" in n for n in sq.notices)

@@ -1,0 +1,89 @@
+"""A generative run in a real browser (issue 20: every view works for generated answers).
+
+A tiny random LLaVA records two easy-VQA examples; `streamlit run` serves that store and chromium
+plays what a person does: the Examples page shows the generated answer; on the Attention page the
+token overlay opens on the first answer token, explains it from the row that generated it, and
+picking another answer token redraws the overlay for that token, names it, and keeps it in the link.
+The helpers (server, tab, waiting) are the end-to-end test's own (tests/test_browser_e2e.py).
+"""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.test_browser_e2e import AppData, Tab, require_browser, run_app, squash
+from tests.test_browser_e2e import browser, shots  # noqa: F401 - fixtures the tests below use
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def gen_records(tmp_path_factory):
+    """(store path, [Record]) of the tiny random LLaVA on the first two easy-VQA test examples."""
+    from pipeline.record import limited, record_examples
+    from sources.easyvqa import EasyVQA
+    from store.zarr_store import VLStore
+    from testkit.tiny_llava import make_tiny_adapter
+
+    work = tmp_path_factory.mktemp("e2e_generative")
+    adapter, _ = make_tiny_adapter(work / "model")
+    adapter.max_new_tokens = 4
+    path = work / "gen.zarr"
+    record_examples(adapter, limited(iter(EasyVQA("test")), 2), VLStore(path, mode="a"), "gen", total=2,
+                    progress=False)
+    reader = VLStore(path).run("gen")
+    return path, [reader.record(eid) for eid in reader.example_ids()]
+
+
+@pytest.fixture(scope="module")
+def server(gen_records, tmp_path_factory):
+    require_browser()
+    app = AppData(store=gen_records[0], ask_models=None, answers=(), label="tiny generative")
+    with run_app(app, tmp_path_factory.mktemp("e2e_gen_server")) as srv:
+        yield srv
+
+
+@pytest.fixture
+def tab(browser, server, shots):  # noqa: F811 - the e2e module's browser and shots
+    t = Tab(browser, server, shots)
+    yield t
+    t.close()
+
+
+def test_examples_show_the_generated_answer(tab, gen_records):
+    _, records = gen_records
+    tab.open("examples?run=gen")
+    tab.assert_healthy("examples (generative)")
+    text = squash(tab.main_text())
+    for rec in records:
+        assert squash(rec.prediction.top) in text, f"the generated answer {rec.prediction.top!r} is not shown"
+
+
+def test_attention_overlay_follows_the_picked_answer_token(tab, gen_records):
+    _, records = gen_records
+    rec = records[0]
+    answer = [int(i) for i in rec.answer_indices()]
+    assert len(answer) >= 2, "the tiny model should write at least two answer tokens"
+    tab.open(f"attention?run=gen&ex={rec.example_id}")
+    tab.assert_healthy("attention (generative)")
+    tab.page.locator('[data-testid="stMain"] [role="tab"]', has_text=re.compile(r"token.*image", re.I)).first.click()
+    tab.wait_idle()
+    view = '[data-testid="stMain"] [role="tabpanel"]:visible [data-testid="stVegaLiteChart"]'
+    tab.page.locator(view).first.wait_for()
+    token_box = tab.widget("stSelectbox", re.compile(r"token", re.I)).locator("visible=true").first
+    combo = token_box.locator('input[role="combobox"]').first
+    first = answer[0]
+    # it opens on the first answer token, explained from the row of the step that generated it
+    assert squash(combo.input_value()) == f"{rec.tokens[first]} (#{first}) · answer"
+    caption = squash(tab.main_text())
+    assert f"generating “{rec.tokens[first]}” (row of #{first - 1}" in caption
+    before = tab.visual(view)
+    second = answer[1]
+    picked = tab.select(token_box, f"{rec.tokens[second]} (#{second}) · answer")
+    assert picked is not None, "the second answer token is not offered"
+    tab.assert_healthy("attention (generative): second answer token")
+    tab.page.wait_for_function(
+        f"() => new URL(location.href).searchParams.get('token') === '{second}'", timeout=30_000)
+    assert f"generating “{rec.tokens[second]}” (row of #{second - 1}" in squash(tab.main_text())
+    assert tab.visual(view) != before, "picking another answer token did not redraw the overlay"
