@@ -53,7 +53,7 @@ def tab(browser, server, shots):  # noqa: F811 - the e2e module's browser and sh
 
 def test_examples_show_the_generated_answer(tab, gen_records):
     _, records = gen_records
-    tab.open("examples?run=gen")
+    tab.open("?run=gen")  # Examples is the default page: served at the root
     tab.assert_healthy("examples (generative)")
     text = squash(tab.main_text())
     for rec in records:
