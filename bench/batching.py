@@ -3,8 +3,8 @@
 Each measured over the same N examples, read from the data set (images decoded) in chunks of B:
 - batched recording: ``pipeline.record.record_examples(batch_size=B)`` into a fresh run, what
   ``record --batch-size B`` does: ``run_batch`` (one padded forward capturing attention and hidden
-  states, each Record cut back to its own tokens), then head statistics and the store write on the
-  committer thread while the next chunk runs;
+  states, each Record cut back to its own tokens), head statistics and the store write of each
+  example, and the run's index at the end;
 - a bare batched forward: the images decoded, ``encode_batch`` + ``forward_logits`` of each chunk
   (the same padded batches, logits only, no capture): goal ratio <= 1.2;
 - today's one-example recording: ``record_examples`` with one example per forward.
@@ -63,8 +63,8 @@ def run(quick: bool = False) -> dict:
         note = f"{desc}; batch {b}; {n} examples; median of {m['rounds']} rounds after one warm-up; CPU"
         out[f"batched recording vs bare batched forward, {label}"] = figure(
             m["batched"] * 1e3, m["bare"] * 1e3, "ms/example",
-            note + "; record = record_examples(batch_size=B): run_batch, then head stats + store write on the "
-            "committer thread; bare = decode + encode_batch + forward_logits; goal ratio <= 1.2")
+            note + "; record = record_examples(batch_size=B): run_batch, head stats, store write, the run's index; "
+            "bare = decode + encode_batch + forward_logits; goal ratio <= 1.2")
         out[f"batched recording vs one-example recording, {label}"] = figure(
             m["batched"] * 1e3, m["one"] * 1e3, "ms/example",
             note + "; baseline = record_examples with one example per forward (below 1: batching is faster)")

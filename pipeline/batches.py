@@ -106,7 +106,7 @@ def batch_work(adapter: Adapter, top_k: int = 5) -> Callable[[tuple[ExampleBatch
 
         def make():
             rec = batch.record(i, adapter, top_k)
-            return rec, lambda: compute_head_stats(rec)  # made by whichever thread commits it
+            return rec, compute_head_stats(rec)
 
         return Pending(example_id=example_id_of(batch.image(i), ex.question), make=make, group=ex.group)
 

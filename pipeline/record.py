@@ -73,17 +73,13 @@ def record_examples(adapter: Adapter, examples: Iterable[Example], store: VLStor
     start = time.time()
     writer = store.writer(run, with_checkpoint_hash(adapter.provenance()))
     items, prepare, key_of = examples, example_work(adapter, top_k), lambda ex: ex.source_key
-    background = 0
     if batch_size != 1:
         from pipeline.batches import batch_work, batched_items, item_key
 
         items, prepare, key_of = batched_items(examples, batch_size, RECOVERABLE), batch_work(adapter, top_k), item_key
-        # One batch is written (head statistics and store) while the next runs: up to two batches made
-        # ahead of the store, in memory.
-        background = 2 * batch_size
     counts = write_records(items, prepare, writer, key_of=key_of,
                            recoverable=RECOVERABLE, progress=f"record {run}" if progress else None, total=total,
-                           on_progress=on_progress, consolidate=consolidate, background=background)
+                           on_progress=on_progress, consolidate=consolidate)
     return RecordResult(run=run, written=counts.written, skipped=counts.skipped, failed=counts.failed,
                         seconds=time.time() - start)
 
