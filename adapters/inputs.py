@@ -66,7 +66,8 @@ def encode_each_question(tokenizer, questions: list[str], max_tokens: int) -> li
         words = [i for i in ids if i not in specials or i == unk]
         if words and all(i == unk for i in words):
             notices.append("none of the question's words are in this model's vocabulary (all unknown)")
-        out.append(EncodedQuestion(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+        out.append(EncodedQuestion(input_ids=torch.tensor([ids]),
+                                   attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                                    offsets=[tuple(o) for o in offsets], notices=tuple(notices)))
     return out
 

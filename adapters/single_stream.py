@@ -155,8 +155,8 @@ class SingleStreamAdapter(Adapter):
         inputs = self._batch_inputs(rgbs, qs)
         out = self._outputs(inputs, output_attentions=True, output_hidden_states=True)
         # The whole batch converted at once (one float16 copy per layer, not one per layer and example),
-        # then each example's own positions picked from it: a third of a small model's recording went
-        # into per-example slicing and conversion.
+        # then each example's own positions picked from it (demo ViLT: run_batch beyond the forward
+        # 2.8 -> 2.0 ms per example).
         attentions, hidden_states = batch_layers(out.attentions), batch_layers(out.hidden_states)
         probabilities, answers = self.answer_probabilities(out.logits), self.answers()
         return [single_stream_record(
