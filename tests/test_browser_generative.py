@@ -1,7 +1,7 @@
 """A generative run in a real browser (issue 20: every view works for generated answers).
 
-A tiny random LLaVA records two easy-VQA examples; `streamlit run` serves that store and chromium
-plays what a person does: the Examples page shows the generated answer; on the Attention page the
+The shipped demo LLaVA (a tiny random one when its weights are absent) records two easy-VQA examples;
+`streamlit run` serves that store and chromium plays what a person does: the Examples page shows the generated answer; on the Attention page the
 token overlay opens on the first answer token, explains it from the row that generated it, and
 picking another answer token redraws the overlay for that token, names it, and keeps it in the link.
 The helpers (server, tab, waiting) are the end-to-end test's own (tests/test_browser_e2e.py).
@@ -20,15 +20,20 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def gen_records(tmp_path_factory):
-    """(store path, [Record]) of the tiny random LLaVA on the first two easy-VQA test examples."""
+    """(store path, [Record]) of the demo LLaVA on the first two easy-VQA test examples."""
+    from adapters.registry import MODELS, load_model
+    from core.paths import REPO_ROOT
     from pipeline.record import limited, record_examples
     from sources.easyvqa import EasyVQA
     from store.zarr_store import VLStore
     from testkit.tiny_llava import make_tiny_adapter
 
     work = tmp_path_factory.mktemp("e2e_generative")
-    adapter, _ = make_tiny_adapter(work / "model")
-    adapter.max_new_tokens = 4
+    if (REPO_ROOT / MODELS["llava-easyvqa"][1] / "config.json").is_file():
+        adapter = load_model("llava-easyvqa")  # answers "<word> </s>": two answer tokens
+    else:
+        adapter, _ = make_tiny_adapter(work / "model")
+        adapter.max_new_tokens = 4
     path = work / "gen.zarr"
     record_examples(adapter, limited(iter(EasyVQA("test")), 2), VLStore(path, mode="a"), "gen", total=2,
                     progress=False)
@@ -64,7 +69,7 @@ def test_attention_overlay_follows_the_picked_answer_token(tab, gen_records):
     _, records = gen_records
     rec = records[0]
     answer = [int(i) for i in rec.answer_indices()]
-    assert len(answer) >= 2, "the tiny model should write at least two answer tokens"
+    assert len(answer) >= 2, "the model should write at least two answer tokens (a word and </s>)"
     tab.open(f"attention?run=gen&ex={rec.example_id}")
     tab.assert_healthy("attention (generative)")
     tab.page.locator('[data-testid="stMain"] [role="tab"]', has_text=re.compile(r"token.*image", re.I)).first.click()
@@ -79,6 +84,7 @@ def test_attention_overlay_follows_the_picked_answer_token(tab, gen_records):
     caption = squash(tab.main_text())
     assert f"generating “{rec.tokens[first]}” (row of #{first - 1}" in caption
     before = tab.visual(view)
+    tab.screenshot("attention_generative")  # the README's: the demo LLaVA's first answer token
     second = answer[1]
     picked = tab.select(token_box, f"{rec.tokens[second]} (#{second}) · answer")
     assert picked is not None, "the second answer token is not offered"
