@@ -293,15 +293,21 @@ def not_applicable_reasons(kind: str, stats) -> dict[str, str]:
     return {s: r for s in stats if (r := not_applicable(kind, s)) is not None}
 
 
+def nan_where_not_applicable(values: np.ndarray, kind: str, stats) -> dict[str, str]:
+    """Set to NaN, in place, the rows of ``values`` (stat, ...) (in ``stats`` order) of the statistics
+    ``kind`` cannot vary; returns statistic -> why for those."""
+    reasons = not_applicable_reasons(kind, stats)
+    for stat in reasons:
+        values[list(stats).index(stat)] = np.nan
+    return reasons
+
+
 def stat_values(inp: StatInput, stats: dict[str, StatFn] | None = None) -> tuple[np.ndarray, dict[str, str]]:
     """((stat, ...) values of every statistic of ``stats`` on ``inp``, NaN where ``inp.kind`` cannot vary
     it; statistic -> why for those)."""
     stats = HEAD_STATS if stats is None else stats
     vals = np.stack([np.asarray(fn(inp), dtype=np.float32) for fn in stats.values()])
-    reasons = not_applicable_reasons(inp.kind, stats)
-    for stat in reasons:
-        vals[list(stats).index(stat)] = np.nan
-    return vals, reasons
+    return vals, nan_where_not_applicable(vals, inp.kind, stats)
 
 
 def compute_head_stats(record: Record, stats: dict[str, StatFn] | None = None) -> dict[str, HeadStats]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from analysis.head_stats import HEAD_STATS, HeadStats, StatFn, StatInput, not_applicable_reasons
+from analysis.head_stats import HEAD_STATS, HeadStats, StatFn, StatInput, nan_where_not_applicable
 
 
 # The statistics of a generated answer (``answer_stats``), after the built-in ones in a generative record.
@@ -49,9 +49,7 @@ class FullMapHeadStats:
         if not self.layers:
             raise ValueError("no layer was observed")
         values = np.stack([self.layers[k] for k in sorted(self.layers)], axis=1)
-        reasons = not_applicable_reasons(self.kind, self.stats)
-        for stat in reasons:
-            values[list(self.stats).index(stat)] = np.nan
+        reasons = nan_where_not_applicable(values, self.kind, self.stats)
         return {self.kind: HeadStats(names=self.names, values=values, not_applicable=reasons)}
 
 

@@ -113,12 +113,9 @@ def train(out: Path, *, epochs: int = DEFAULT_EPOCHS, batch_size: int = 64, lr: 
 
 def evaluate_by_kind(adapter, examples: list[Example], kind_of) -> tuple[dict, dict[str, float]]:
     """(evaluate's result over ``examples``, accuracy per question kind), each question answered once."""
-    from training.finetune import evaluate
+    from training.finetune import evaluate_each_kind
 
-    groups: dict[str, list[Example]] = {}
-    for ex in examples:
-        groups.setdefault(kind_of(ex), []).append(ex)
-    results = {k: evaluate(adapter, g, batch_size=128) for k, g in sorted(groups.items())}
+    results = evaluate_each_kind(adapter, examples, kind_of, batch_size=128)
     n = sum(r["examples"] for r in results.values())
     full = {"accuracy": sum(r["accuracy"] * r["examples"] for r in results.values()) / n, "examples": n}
     return full, {k: round(r["accuracy"], 4) for k, r in results.items()}

@@ -490,9 +490,16 @@ def finetune_cycles(adapter, train: list[Example], configs: list[FinetuneConfig]
     return res, history, steps
 
 
-def accuracy_by_kind(adapter, examples: list[Example], kind_of, *, batch_size: int = 256) -> dict[str, float]:
-    """Accuracy per question kind, ``kind_of(example) -> str`` (e.g. easy-VQA's yes/no, shape, colour)."""
+def evaluate_each_kind(adapter, examples: list[Example], kind_of, *, batch_size: int = 256) -> dict[str, dict]:
+    """``evaluate``'s result per question kind, ``kind_of(example) -> str`` (e.g. easy-VQA's yes/no,
+    shape, colour), kinds in sorted order; each question answered once."""
     groups: dict[str, list[Example]] = {}
     for ex in examples:
         groups.setdefault(kind_of(ex), []).append(ex)
-    return {k: round(evaluate(adapter, g, batch_size=batch_size)["accuracy"], 4) for k, g in sorted(groups.items())}
+    return {k: evaluate(adapter, g, batch_size=batch_size) for k, g in sorted(groups.items())}
+
+
+def accuracy_by_kind(adapter, examples: list[Example], kind_of, *, batch_size: int = 256) -> dict[str, float]:
+    """Accuracy per question kind (``evaluate_each_kind``), rounded to 4 places."""
+    return {k: round(r["accuracy"], 4)
+            for k, r in evaluate_each_kind(adapter, examples, kind_of, batch_size=batch_size).items()}
