@@ -3,7 +3,8 @@
 The shipped demo LLaVA (a tiny random one when its weights are absent) records two easy-VQA examples;
 `streamlit run` serves that store and chromium plays what a person does: the Examples page shows the generated answer; on the Attention page the
 token overlay opens on the first answer token, explains it from the row that generated it, and
-picking another answer token redraws the overlay for that token, names it, and keeps it in the link.
+picking another answer token redraws the overlay for that token, names it, and keeps it in the link;
+on Compare, a tiled model's word overlay draws its tiles, then only its global image when that is picked.
 The helpers (server, tab, waiting) are the end-to-end test's own (tests/test_browser_e2e.py).
 """
 from __future__ import annotations
@@ -36,6 +37,12 @@ def gen_records(tmp_path_factory):
         adapter.max_new_tokens = 4
     path = work / "gen.zarr"
     record_examples(adapter, limited(iter(EasyVQA("test")), 2), VLStore(path, mode="a"), "gen", total=2,
+                    progress=False)
+    # a tiled model (tiny random Idefics3: 2 x 2 tiles and a global image) on the same examples, for Compare
+    from testkit.tiny_idefics3 import make_tiny_adapter as make_tiny_idefics3
+
+    tiled, _ = make_tiny_idefics3(work / "idefics3")
+    record_examples(tiled, limited(iter(EasyVQA("test")), 2), VLStore(path, mode="a"), "tiled", total=2,
                     progress=False)
     reader = VLStore(path).run("gen")
     return path, [reader.record(eid) for eid in reader.example_ids()]
@@ -93,3 +100,29 @@ def test_attention_overlay_follows_the_picked_answer_token(tab, gen_records):
         f"() => new URL(location.href).searchParams.get('token') === '{second}'", timeout=30_000)
     assert f"generating “{rec.tokens[second]}” (row of #{second - 1}" in squash(tab.main_text())
     assert tab.visual(view) != before, "picking another answer token did not redraw the overlay"
+
+
+def test_compare_draws_one_part_of_a_tiled_image_as_picked(tab, gen_records):
+    from store.zarr_store import VLStore
+
+    path, records = gen_records
+    eid = records[0].example_id
+    tiled = VLStore(path).run("tiled").record(eid)
+    tab.open(f"compare?run=tiled&run2=gen&ex={eid}")
+    tab.assert_healthy("compare (tiled vs generative)")
+    radio = tab.page.locator('[data-testid="stMain"] [data-testid="stRadio"]').filter(
+        has=tab.page.locator('[data-testid="stWidgetLabel"]', has_text="Image tokens of the tiled model"))
+    radio.first.wait_for()
+    # A's column (the tiled model): its caption names the run
+    column = tab.page.locator('[data-testid="stMain"] [data-testid="stColumn"]').filter(has_text="A: tiled ·")
+    overlay_chart = column.last.locator('[data-testid="stVegaLiteChart"]').first
+    overlay_chart.wait_for()
+    before = overlay_chart.screenshot()
+    assert "to the tiles drawn" in squash(tab.main_text())  # tiles first: the share of the part drawn
+    radio.first.locator("label", has_text="global image").first.click()
+    tab.wait_idle()
+    tab.assert_healthy("compare: global image")
+    text = squash(tab.main_text())
+    assert "to the global image drawn" in text and "to the tiles drawn" not in text
+    assert overlay_chart.screenshot() != before, "picking the global image did not redraw the tiled model's overlay"
+    assert any(t.startswith("global patch") for t in tiled.tokens)  # the part picked exists in the record
