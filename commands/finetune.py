@@ -46,6 +46,9 @@ def add_arguments(p):
                         "against the normalized soft scores (the LXMERT / KD-VLP demos)")
     p.add_argument("--warmup", type=float, default=0.1, help="fraction of the steps spent warming up (onecycle)")
     p.add_argument("--clip-grad-norm", type=float, default=None, help="clip the gradient norm (default: no clipping)")
+    p.add_argument("--freeze", action="append", default=[], metavar="PREFIX",
+                   help="keep the parameters named under PREFIX fixed (repeatable; with --full), e.g. "
+                        "model.vision_tower. for a LLaVA's vision encoder")
     p.add_argument("--images-per-batch", type=int, default=None,
                    help="a batch holds every question of N random images (instead of --batch-size questions)")
     p.add_argument("--hidden", type=int, default=None,
@@ -75,7 +78,8 @@ def run(args) -> int:
                             limit=args.limit, eval_every=args.eval_every, eval_limit=eval_limit, seed=args.seed,
                             new_answers=args.new_answers, schedule=args.schedule, max_steps=args.max_steps,
                             loss=args.loss, warmup=args.warmup, clip_grad_norm=args.clip_grad_norm,
-                            images_per_batch=args.images_per_batch, augment=args.augment)
+                            images_per_batch=args.images_per_batch, augment=args.augment,
+                            frozen=tuple(args.freeze))
     train = open_source(args.dataset, split=args.split)
     evals = None
     if args.eval_dataset or args.eval_split:

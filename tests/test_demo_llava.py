@@ -18,7 +18,7 @@ def _weights(path) -> dict:
 
 @pytest.mark.slow
 def test_going_on_from_a_checkpoint_is_one_call(tmp_path):
-    kw = dict(epochs=1, limit=24, batch_size=8, images_per_batch=2)
+    kw = dict(epochs=1, limit=24, batch_size=8, images_per_batch=2, vision_steps=3)
     train(tmp_path / "first", polish=((1, 3e-4),), **kw)
     train(tmp_path / "went_on", polish=((1, 3e-4), (1, 1e-4)), start_from=tmp_path / "first", cycles_done=2, **kw)
     train(tmp_path / "one_call", polish=((1, 3e-4), (1, 1e-4)), **kw)

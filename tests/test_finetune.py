@@ -127,6 +127,24 @@ def test_classifier_only_leaves_the_encoder_alone_and_is_seeded(tiny_vilt_dir, t
     assert not torch.equal(full.model.vilt.encoder.layer[0].attention.attention.query.weight, enc_before)
 
 
+def test_frozen_prefixes_keep_those_weights_while_the_rest_trains(tiny_vilt_dir, tmp_path):
+    """``frozen``: every parameter named under the prefix keeps its value, the others train, only the
+    others count as trained; an unknown prefix is a clear error, not a silent full fine-tune."""
+    examples = list(open_source(make_folder_csv(tmp_path)))
+    a = fresh(tiny_vilt_dir)
+    before = {k: v.detach().clone() for k, v in a.model.named_parameters()}
+    res = finetune(a, examples, config=quick(full=True, lr=1e-3, epochs=1, frozen=("vilt.encoder.layer.0.",)))
+    after = dict(a.model.named_parameters())
+    held = {k for k in before if k.startswith("vilt.encoder.layer.0.")}
+    assert held and all(torch.equal(before[k], after[k]) for k in held)
+    assert not torch.equal(before["vilt.encoder.layer.1.attention.attention.query.weight"],
+                           after["vilt.encoder.layer.1.attention.attention.query.weight"])
+    assert res.parameters_trained == sum(v.numel() for k, v in before.items() if k not in held)
+    assert all(p.requires_grad for p in a.model.parameters())  # restored afterwards
+    with pytest.raises(ValueError, match="no parameter of the model is named under vision_tower."):
+        finetune(fresh(tiny_vilt_dir), examples, config=quick(full=True, frozen=("vision_tower.",)))
+
+
 def test_new_answers_extend_the_classifier_and_the_checkpoint_loads(tiny_vilt_dir, tmp_path):
     from adapters.vilt import ViltAdapter
 
@@ -182,6 +200,15 @@ def test_cli_finetune_writes_a_loadable_checkpoint(tiny_vilt_dir, tmp_path, caps
     rc = cli.main(["finetune", "--model", f"vilt:{tiny_vilt_dir}", "--dataset", f"folder:{tmp_path / 'none'}",
                    "--out", str(out)])
     assert rc == 1 and "does not exist" in capsys.readouterr().err
+    rc = cli.main(["finetune", "--model", f"vilt:{tiny_vilt_dir}", "--dataset", spec, "--out", str(out), "--full",
+                   "--max-steps", "1", "--freeze", "vilt.", "--freeze", "classifier.0."])
+    assert rc == 0
+    saved = json.loads((out / "finetune_result.json").read_text())
+    assert saved["config"]["frozen"] == ["vilt.", "classifier.0."]  # only the last classifier layer trained
+    assert saved["parameters_trained"] == sum(p.numel() for p in ViltAdapter.load(str(out)).model.classifier[1:].parameters())
+    rc = cli.main(["finetune", "--model", f"vilt:{tiny_vilt_dir}", "--dataset", spec, "--out", str(out), "--full",
+                   "--freeze", "vision_tower."])
+    assert rc == 1 and "no parameter of the model is named under vision_tower." in capsys.readouterr().err
 
 
 def test_demo_training_is_a_thin_call_to_finetune(tmp_path):

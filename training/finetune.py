@@ -67,6 +67,9 @@ class FinetuneConfig:
     # square (seeded). Only for data whose answers do not depend on orientation (easy-VQA: shape and
     # colour questions); never for questions about left / right / above.
     augment: str = "none"
+    # Parameter-name prefixes (as in ``adapter.model.named_parameters()``) kept frozen while the rest
+    # trains, e.g. ("model.vision_tower.",): LLaVA's recipe keeps its pretrained vision encoder fixed.
+    frozen: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -282,7 +285,7 @@ def finetune(adapter, train: Iterable[Example], *, out: str | Path | None = None
     gen = seed_everything(config.seed)
     examples, eval_list = _split_eval(_take(train, config.limit), eval_examples, config)
     added, usable = _learnable(adapter, examples, config)
-    params = _unfreeze(adapter, config.full)
+    params = _unfreeze(adapter, config.full, config.frozen)
     groups, per_epoch, total = _step_plan(usable, config)
     trainer = _Trainer(adapter, params, config, total)
     run = _RunLog(total=total, progress=config.progress)
@@ -355,13 +358,21 @@ def _learnable(adapter, examples: list[Example], config: FinetuneConfig) -> tupl
     return added, usable
 
 
-def _unfreeze(adapter, full: bool) -> list:
+def _unfreeze(adapter, full: bool, frozen: tuple[str, ...] = ()) -> list:
     """The parameters to train, with gradients on; the rest frozen (only the classifier learns, and
-    backward is cheaper) unless ``full``."""
+    backward is cheaper) unless ``full``. Parameters named under a ``frozen`` prefix never train."""
     params = adapter.trainable_parameters(full)
-    if not full:
+    if frozen:
+        named = [p for name, p in adapter.model.named_parameters() if name.startswith(tuple(frozen))]
+        if not named:
+            raise ValueError(f"no parameter of the model is named under {', '.join(frozen)}")
+        held = {id(p) for p in named}
+        params = [p for p in params if id(p) not in held]
+    if not full or frozen:
+        kept = {id(p) for p in params}
         for p in adapter.trainable_parameters(True):
-            p.requires_grad_(False)
+            if id(p) not in kept:
+                p.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
     return params
