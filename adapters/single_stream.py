@@ -28,6 +28,7 @@ from adapters.base import (Adapter, AttributionSpec, batch_layers, display_copy,
 from adapters.inputs import IMAGE_TOKEN, check_batch, encode_each_question, pad_words, text_layout
 from core.errors import AdapterError
 from core.ids import example_id_of
+from core.runs import index_runs, take_runs
 from store.schema import AttentionBlock, HiddenBlock, Prediction, Record
 
 
@@ -61,7 +62,8 @@ def single_stream_record(*, image: Image.Image, question: str, layout: SequenceL
     attn, hidden = attentions[b], hidden_states[b]  # (L, H, S, S), (L + 1, S, D)
     pos = layout.positions
     if len(pos) != attn.shape[-1]:  # positions are increasing: as many as S means all of them
-        attn, hidden = attn[:, :, pos[:, None], pos], hidden[:, pos]
+        runs = index_runs(pos)  # a few runs (words, [IMG], image tokens): slices, not a gather of every pair
+        attn, hidden = take_runs(take_runs(attn, runs, 2), runs, 3), take_runs(hidden, runs, 1)
     if attn.shape[-1] != n:
         raise AdapterError(f"internal: {attn.shape[-1]} attention positions for {n} tokens")
     idx = np.arange(n)

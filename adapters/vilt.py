@@ -127,9 +127,12 @@ class ViltAdapter(SingleStreamAdapter):
 
     @staticmethod
     def _image_pixels(inputs: dict, b: int) -> tuple[int, int]:
-        """(rows, cols) of example ``b``'s own (resized, unpadded) pixels, from its pixel mask."""
+        """(rows, cols) of example ``b``'s own (resized, unpadded) pixels, from its pixel mask.
+
+        ViLT's processor pads at the bottom and right, so the first column and the first row of the
+        mask say it (reading the whole mask cost about 1 ms per example at 384 px)."""
         mask = inputs["pixel_mask"][b]
-        return int(mask.any(dim=1).sum()), int(mask.any(dim=0).sum())
+        return int(mask[:, 0].sum()), int(mask[0].sum())
 
     def _cell_pixels(self) -> int:
         return self.patch_size

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from analysis.head_stats import (DIRECTIONS, HEAD_STATS, POOLED, as_defined, compute_head_stats, not_applicable,
-                                 not_applicable_message, stat_input, zscore_across_heads)
+from analysis.head_stats import (DIRECTIONS, HEAD_STATS, MAX_KEY_RUNS, POOLED, as_defined, compute_head_stats,
+                                 key_masses, not_applicable, not_applicable_message, stat_input, zscore_across_heads)
 from core.kinds import DUAL_STREAM_KINDS
 from tests.records import grid_record
 from tests.view_records import dual_stream_record, single_stream_record
@@ -88,6 +88,24 @@ def test_nonlocal_equals_its_definition_on_random_attention():
     expected /= len(img)
     np.testing.assert_allclose(stats(rec)["image_to_image_nonlocal"], expected, atol=1e-6)
 
+
+
+@pytest.mark.parametrize("layout", ["runs", "interleaved"])
+def test_key_masses_are_the_sums_over_each_modalitys_keys(layout):
+    """Float16 maps, keys in a few runs (summed in place) or interleaved past MAX_KEY_RUNS runs (one
+    matrix product): both equal the masked sums written out in float64."""
+    rng = np.random.default_rng(3)
+    if layout == "runs":
+        modality = np.array(["special"] + ["text"] * 5 + ["special", "special"] + ["image"] * 12 + ["special"])
+    else:
+        modality = np.array(["text", "image", "special"] * 8)
+        assert len(modality) > MAX_KEY_RUNS  # every key a run of its own
+    values = rng.random((2, 3, 4, len(modality))).astype(np.float16)
+    got = key_masses(values, modality)
+    for m in ("text", "image", "special"):
+        expected = values.astype(np.float64)[..., modality == m].sum(-1)
+        assert got[m].dtype == np.float32 and got[m].shape == (2, 3, 4)
+        np.testing.assert_allclose(got[m], expected, rtol=1e-6, atol=1e-6)
 
 def test_the_hot_head_is_found():
     """One head of one layer sends all text attention to the image: only that cell is near 1."""
