@@ -14,10 +14,14 @@ from pathlib import Path
 from commands.devices import add_device_argument
 
 
+# demo/inits.py's names (a test keeps them equal; importing it here would load every trainer for --help)
+INIT_NAMES = ["demo-vilt", "demo-lxmert", "demo-kdvlp", "demo-llava"]
+
+
 def add_arguments(p):
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="model name (see `models`) or ADAPTER:HUB_ID_OR_DIR to start from")
-    src.add_argument("--init", choices=["demo-vilt", "demo-lxmert", "demo-kdvlp"],
+    src.add_argument("--init", choices=INIT_NAMES,
                      help="start from a fresh, untrained easy-VQA demo model instead")
     p.add_argument("--dataset", required=True, help="data set spec (easyvqa, vqa:..., folder:..., hf:..., mc:...)")
     p.add_argument("--split", default="train", help="training split, for data sets that have them (default: train)")

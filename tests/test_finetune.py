@@ -211,6 +211,13 @@ def test_cli_finetune_writes_a_loadable_checkpoint(tiny_vilt_dir, tmp_path, caps
     assert rc == 1 and "no parameter of the model is named under vision_tower." in capsys.readouterr().err
 
 
+
+def test_cli_init_offers_every_demo_init():
+    from commands.finetune import INIT_NAMES
+    from demo.inits import INITS
+
+    assert sorted(INIT_NAMES) == sorted(INITS)
+
 def test_demo_training_is_a_thin_call_to_finetune(tmp_path):
     """Smoke run of demo/train_vilt.py on 32 easy-VQA questions: same output files as before."""
     from adapters.vilt import ViltAdapter
