@@ -74,7 +74,8 @@ def train(out: Path, *, epochs: int = DEFAULT_EPOCHS, batch_size: int = 64, lr: 
           shape: LlavaShape = DEMO_SHAPE, limit: int | None = None,
           polish: tuple[tuple[int, float], ...] = DEFAULT_POLISH, start_from: Path | None = None,
           cycles_done: int = 0, vision_steps: int = DEFAULT_VISION_STEPS) -> dict:
-    """A fresh demo LLaVA through training.finetune (every weight), then gentler one-cycles (``polish``).
+    """A fresh demo LLaVA: its vision tower pretrained, then kept fixed (``vision_steps``; 0: every weight
+    trains), training.finetune, then gentler one-cycles (``polish``).
 
     ``start_from``: a checkpoint this command wrote after its first ``cycles_done`` cycles (each cycle
     reseeds and starts a fresh optimizer, so going on from it runs the same steps as one call).
@@ -88,10 +89,10 @@ def train(out: Path, *, epochs: int = DEFAULT_EPOCHS, batch_size: int = 64, lr: 
     earlier: list[dict] = []
     vision = None
     if start_from is None:
-        adapter = init_demo_llava(list(train_src), train_src.answers(), shape=shape, seed=seed)
+        every = list(train_src)
+        adapter = init_demo_llava(every, train_src.answers(), shape=shape, seed=seed)
         if vision_steps:
-            train_list = list(train_src) if limit is None else [ex for _, ex in zip(range(limit), train_src)]
-            vision = pretrain_vision_tower(adapter, train_list, question_kind, steps=vision_steps, seed=seed)
+            vision = pretrain_vision_tower(adapter, every[:limit], question_kind, steps=vision_steps, seed=seed)
     else:
         from adapters.llava import LlavaAdapter
 
