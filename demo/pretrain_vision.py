@@ -50,6 +50,8 @@ def pretrain_vision_tower(adapter, examples: list[Example], kind_of, *, steps: i
     patch features (the features the projector reads). One-cycle schedule, AdamW, seeded. Returns a summary."""
     start = time.time()
     images, classes, labels = image_labels(examples, kind_of)
+    if not all(classes.values()):
+        raise ValueError("vision pretraining needs questions that name both a shape and a colour")
     pixels = torch.cat([adapter.processor.image_processor(images=[ex.image()], return_tensors="pt")["pixel_values"]
                         for ex in images])
     tower = adapter.model.model.vision_tower
@@ -78,6 +80,7 @@ def pretrain_vision_tower(adapter, examples: list[Example], kind_of, *, steps: i
                 print(f"vision pretraining step {step}/{steps}: loss {loss:.3f}", flush=True)
     finally:
         tower.eval()
+
     def mean(xs):
         return round(sum(xs) / len(xs), 4)
 

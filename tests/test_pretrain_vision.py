@@ -80,3 +80,5 @@ def test_pretraining_trains_the_vision_tower_alone_seeded_towards_the_labels(ada
     pretrain_vision_tower(adapter, _examples(), _kind, steps=80, batch_size=8, lr=3e-3, seed=1, log_every=0)
     for k, v in _state(adapter.model).items():
         np.testing.assert_array_equal(v.numpy(), after[k].numpy(), err_msg=k)
+    with pytest.raises(ValueError, match="name both a shape and a colour"):
+        pretrain_vision_tower(adapter, [ex for ex in _examples() if ex.label in ("red", "blue")], _kind, steps=1)
