@@ -21,6 +21,7 @@ import time
 import torch
 
 from sources.base import Example
+from training.finetune import image_key
 
 IGNORE = -100  # cross_entropy's ignore_index: an image without a question of this kind
 
@@ -32,7 +33,7 @@ def image_labels(examples: list[Example], kind_of) -> tuple[list[Example], dict[
     first: dict[str, Example] = {}
     named: dict[str, dict[str, str]] = {}
     for ex in examples:
-        key = ex.meta.get("image_path") or ex.source_key
+        key = image_key(ex)
         first.setdefault(key, ex)
         kind = kind_of(ex)
         if kind in kinds:
@@ -52,8 +53,8 @@ def pretrain_vision_tower(adapter, examples: list[Example], kind_of, *, steps: i
     images, classes, labels = image_labels(examples, kind_of)
     if not all(classes.values()):
         raise ValueError("vision pretraining needs questions that name both a shape and a colour")
-    pixels = torch.cat([adapter.processor.image_processor(images=[ex.image()], return_tensors="pt")["pixel_values"]
-                        for ex in images])
+    processed = adapter.processor.image_processor(images=[ex.image() for ex in images], return_tensors="pt")
+    pixels = processed["pixel_values"]
     tower = adapter.model.model.vision_tower
     width = tower.config.hidden_size
     gen = torch.Generator().manual_seed(seed)
@@ -85,4 +86,5 @@ def pretrain_vision_tower(adapter, examples: list[Example], kind_of, *, steps: i
         return round(sum(xs) / len(xs), 4)
 
     return {"steps": steps, "images": len(images), "classes": classes, "lr": lr, "batch_size": batch_size,
-            "first_loss": mean(losses[:20]), "final_loss": mean(losses[-20:]), "wall_seconds": round(time.time() - start, 1)}
+            "first_loss": mean(losses[:20]), "final_loss": mean(losses[-20:]),
+            "wall_seconds": round(time.time() - start, 1)}

@@ -86,10 +86,10 @@ def train(out: Path, *, epochs: int = DEFAULT_EPOCHS, batch_size: int = 64, lr: 
 
     start = time.time()
     train_src, test_src = EasyVQA("train"), EasyVQA("test")
+    every = list(train_src)  # the vocabulary, stage 1 and the loop read the same list
     earlier: list[dict] = []
     vision = None
     if start_from is None:
-        every = list(train_src)
         adapter = init_demo_llava(every, train_src.answers(), shape=shape, seed=seed)
         if vision_steps:
             vision = pretrain_vision_tower(adapter, every[:limit], question_kind, steps=vision_steps, seed=seed)
@@ -104,7 +104,7 @@ def train(out: Path, *, epochs: int = DEFAULT_EPOCHS, batch_size: int = 64, lr: 
                            checkpoint_every_epoch=True, clip_grad_norm=1.0, images_per_batch=images_per_batch,
                            augment=augment, frozen=FROZEN if vision_steps else ())
     cycles = [first] + [dataclasses.replace(first, epochs=e, lr=r) for e, r in polish]
-    res, evals, _ = finetune_cycles(adapter, train_src, cycles[cycles_done:], out=out, eval_examples=test_src)
+    res, evals, _ = finetune_cycles(adapter, every, cycles[cycles_done:], out=out, eval_examples=test_src)
     epochs_done = sum(c.epochs for c in cycles[:cycles_done])
     evals = [{**h, "epoch": h["epoch"] + epochs_done, "cycle": h["cycle"] + cycles_done} for h in evals]
     tests = list(test_src) if limit is None else [ex for _, ex in zip(range(limit), test_src)]

@@ -368,11 +368,9 @@ def _unfreeze(adapter, full: bool, frozen: tuple[str, ...] = ()) -> list:
             raise ValueError(f"no parameter of the model is named under {', '.join(frozen)}")
         held = {id(p) for p in named}
         params = [p for p in params if id(p) not in held]
-    if not full or frozen:
-        kept = {id(p) for p in params}
-        for p in adapter.trainable_parameters(True):
-            if id(p) not in kept:
-                p.requires_grad_(False)
+    kept = {id(p) for p in params}
+    for p in adapter.trainable_parameters(True):
+        p.requires_grad_(id(p) in kept)
     for p in params:
         p.requires_grad_(True)
     return params
